@@ -1,0 +1,82 @@
+# Sluice — the two quick-start commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+HOST ?= 127.0.0.1
+# The PostgreSQL + Redis pass of `make test` (run when reachable; required when CI=true).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice_ci
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/11
+
+.PHONY: run test test-embedded test-services lint fmt web asgi worker beat check-deploy bench clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-run: requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@ $(VENV)/.installed-run
+
+## run: install, migrate, load the demo and serve everything in one process (embedded default)
+run: $(VENV)/.installed-run
+	@export DEBUG=$${DEBUG:-true}; \
+	$(PY) manage.py migrate --no-input -v0 && \
+	key=$$($(PY) manage.py demo) && \
+	echo && echo "  Sluice is starting on http://$(HOST):$(PORT)/" && \
+	echo "  Admin:      http://$(HOST):$(PORT)/admin/  (make superuser: $(PY) manage.py createsuperuser)" && \
+	echo "  API docs:   http://$(HOST):$(PORT)/api/docs/" && \
+	echo "  Demo key:   $$key" && \
+	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && echo && \
+	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+## test: the whole suite — embedded default, then PostgreSQL + Redis
+test: test-embedded test-services
+
+test-embedded: $(VENV)/.installed-dev
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest
+
+test-services: $(VENV)/.installed-dev
+	@if $(PY) scripts/services_up.py "$(TEST_DATABASE_URL)" "$(TEST_REDIS_URL)"; then \
+		DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
+		REDIS_KEY_PREFIX="sluice-test-$$$$" $(PY) -m pytest; \
+	elif [ "$$CI" = "true" ]; then echo "PostgreSQL/Redis unreachable under CI" >&2; exit 1; \
+	else echo "PostgreSQL or Redis unreachable: skipped the PostgreSQL + Redis pass"; fi
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DEBUG=true $(VENV)/bin/mypy
+	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
+
+fmt: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+## Production processes, configured from the environment (as docker-compose.yml runs them)
+web: $(VENV)/.installed-run
+	$(VENV)/bin/gunicorn config.wsgi --config deploy/gunicorn.conf.py
+
+asgi: $(VENV)/.installed-run
+	$(VENV)/bin/daphne --bind 0.0.0.0 --port $(PORT) --proxy-headers config.asgi:application
+
+worker: $(VENV)/.installed-run
+	$(VENV)/bin/celery -A config worker --loglevel INFO --queues $${CELERY_QUEUES:-celery,cpu,jobs} --pool threads --concurrency $${CELERY_CONCURRENCY:-4}
+
+beat: $(VENV)/.installed-run
+	$(VENV)/bin/celery -A config beat --loglevel INFO
+
+## check-deploy: Django's deployment checklist with the documented production variables
+check-deploy: $(VENV)/.installed-run
+	$(PY) scripts/check_deploy.py
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/auth_overhead.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,33 @@
+"""The embedded all-in-one process: daphne serving HTTP and WebSocket, plus a Celery worker on
+a thread of the same process (memory transport when no broker is configured)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from config.celery import app
+
+log = logging.getLogger(__name__)
+
+
+def start_worker(*, queues: list[str] | None = None, concurrency: int = 4) -> Any:
+    """Start a worker on a daemon thread and return once it consumes.
+
+    ``WorkController`` (not ``celery worker``'s ``Worker``) installs no signal handlers, so it
+    runs off the main thread; daphne keeps the main thread and its signals.
+    """
+    # celery-types declares WorkController without its signature.
+    controller: Any = app.WorkController
+    worker = controller(
+        pool_cls="threads",
+        concurrency=concurrency,
+        queues=queues,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
+    log.info("in-process Celery worker started (%s)", app.conf.broker_url.split("@")[-1])
+    return worker

@@ -1,0 +1,40 @@
+"""Load the demo: a tenant and a key. Idempotent: the key is kept in var/demo-key (git-ignored,
+mode 600) and reused while it still verifies, so ``make run`` prints the same working key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from rest_framework.exceptions import AuthenticationFailed
+
+from tenants.selectors import key_verify
+from tenants.services import apikey_create, demo_load
+
+
+class Command(BaseCommand):
+    help = "Create the demo tenant and key (idempotent); print the key."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--key-file", default=str(Path(settings.BASE_DIR) / "var" / "demo-key"))
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        tenant = demo_load()
+        path = Path(opts["key_file"])
+        raw = path.read_text().strip() if path.exists() else ""
+        try:
+            if not raw:
+                raise AuthenticationFailed("no saved key")
+            key_verify(raw)
+        except AuthenticationFailed:
+            _, raw = apikey_create(
+                tenant=tenant, name="demo", scopes=["infer", "jobs", "streams", "admin"]
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(raw + "\n")
+        self.stdout.write(raw)

@@ -1,0 +1,106 @@
+"""Project-wide middleware: request log and id, API body limit, per-IP rate limit."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils.deprecation import MiddlewareMixin
+
+from config import ratelimit
+from config.log import request_id_var
+from config.net import client_ip
+from config.problems import is_api_path, problem_response
+
+access_log = logging.getLogger("sluice.access")
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestLogMiddleware(MiddlewareMixin):
+    """Assigns a request id (or keeps a sane incoming ``X-Request-ID``) and logs one line per
+    request: id, method, path, status, duration and tenant. Keys are never logged."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        rid = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        request.request_id = rid  # type: ignore[attr-defined]
+        request._sluice_started = time.perf_counter()  # type: ignore[attr-defined]
+        request_id_var.set(rid)
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        rid = getattr(request, "request_id", None)
+        if rid is None:
+            return response
+        response["X-Request-ID"] = rid
+        tenant = getattr(request, "tenant", None)
+        extra: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - request._sluice_started) * 1000, 2),  # type: ignore[attr-defined]
+            "tenant": getattr(tenant, "slug", None),
+        }
+        access_log.info("%s %s %s", request.method, request.path, response.status_code, extra=extra)
+        return response
+
+
+class ApiBodyLimitMiddleware(MiddlewareMixin):
+    """413 before reading a body whose declared length is over ``API_MAX_BODY_BYTES``."""
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if not is_api_path(request.path):
+            return None
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return problem_response(400, slug="malformed-request", detail="Bad Content-Length.")
+        if length > settings.API_MAX_BODY_BYTES:
+            return problem_response(
+                413,
+                slug="payload-too-large",
+                detail=f"Request body is {length} bytes; the limit is "
+                f"{settings.API_MAX_BODY_BYTES}.",
+                instance=request.path,
+            )
+        return None
+
+
+class ApiIpRateLimitMiddleware(MiddlewareMixin):
+    """Per-client-IP limit on every API path (``RATELIMIT_IP_RATE``), and the ``RateLimit-*``
+    headers of whichever limit (IP, key, tenant) is tightest for this request."""
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if not is_api_path(request.path):
+            return None
+        try:
+            usage = ratelimit.hit(
+                request, group="ip", value=client_ip(request), rate=settings.RATELIMIT_IP_RATE
+            )
+        except ratelimit.LimiterUnavailable:
+            return problem_response(
+                503,
+                slug="unavailable",
+                detail="Rate limiting is unavailable; retry later.",
+                headers={"Retry-After": "5"},
+            )
+        if usage is not None and usage.limited:
+            return problem_response(
+                429,
+                slug="rate-limited",
+                detail=f"More than {usage.limit} requests from this address in the window.",
+                instance=request.path,
+                headers=ratelimit.headers_for(usage),
+            )
+        return None
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        usage: ratelimit.Usage | None = getattr(request, "_sluice_ratelimit", None)
+        if usage is not None:
+            for name, value in ratelimit.headers_for(usage).items():
+                response.setdefault(name, value)
+        return response
