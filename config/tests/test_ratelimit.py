@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tenants.tests.factories import make_key
+
+pytestmark = pytest.mark.django_db
+
+DEAD_REDIS = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+    }
+}
+
+
+def test_it_limits_each_client_ip_on_every_api_path(client, settings):
+    settings.RATELIMIT_IP_RATE = "3/h"
+    for _ in range(3):
+        assert client.get("/v1/tenant").status_code == 401
+    response = client.get("/v1/no-such-path")
+    assert response.status_code == 429
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["type"] == "urn:sluice:problem:rate-limited"
+    assert int(response["Retry-After"]) > 0
+    assert response["RateLimit-Limit"] == "3"
+    assert response["RateLimit-Remaining"] == "0"
+    # another address has its own budget
+    assert client.get("/v1/tenant", REMOTE_ADDR="10.9.9.9").status_code == 401
+
+
+def test_it_does_not_limit_non_api_paths(client, settings):
+    settings.RATELIMIT_IP_RATE = "1/h"
+    for _ in range(3):
+        assert client.get("/healthz").status_code == 200
+
+
+def test_it_sends_the_tightest_limit_in_ratelimit_headers(api, tenant, settings):
+    settings.RATELIMIT_IP_RATE = "1000/h"
+    tenant.requests_per_minute = 5
+    tenant.save()
+    response = api.get("/v1/tenant")
+    assert response.status_code == 200
+    assert response["RateLimit-Limit"] == "5"
+    assert response["RateLimit-Remaining"] == "4"
+    assert 0 < int(response["RateLimit-Reset"]) <= 60
+
+
+def test_it_limits_a_tenant_across_its_keys(tenant, client_for):
+    tenant.requests_per_minute = 2
+    tenant.save()
+    a, b = client_for(make_key(tenant)[1]), client_for(make_key(tenant)[1])
+    assert a.get("/v1/tenant").status_code == 200
+    assert b.get("/v1/tenant").status_code == 200
+    response = a.get("/v1/tenant")
+    assert response.status_code == 429
+    assert response.json()["detail"].startswith("Tenant limit of 2/min.")
+    assert response["RateLimit-Remaining"] == "0"
+    assert int(response["Retry-After"]) > 0
+
+
+def test_it_limits_a_key_with_its_own_rate(tenant, client_for):
+    limited = client_for(make_key(tenant, requests_per_minute=1)[1])
+    free = client_for(make_key(tenant)[1])
+    assert limited.get("/v1/tenant").status_code == 200
+    assert limited.get("/v1/tenant").status_code == 429
+    assert free.get("/v1/tenant").status_code == 200
+
+
+def test_it_enforces_the_monthly_quota(api, tenant):
+    tenant.monthly_request_quota = 2
+    tenant.save()
+    assert api.get("/v1/tenant").status_code == 200
+    assert api.get("/v1/tenant").status_code == 200
+    response = api.get("/v1/tenant")
+    assert response.status_code == 429
+    assert response.json()["type"] == "urn:sluice:problem:quota-exceeded"
+    assert int(response["Retry-After"]) > 0
+
+
+def test_it_ignores_x_forwarded_for_unless_a_proxy_is_trusted(client, settings):
+    settings.RATELIMIT_IP_RATE = "1/h"
+    assert client.get("/v1/tenant", HTTP_X_FORWARDED_FOR="1.1.1.1").status_code == 401
+    assert client.get("/v1/tenant", HTTP_X_FORWARDED_FOR="2.2.2.2").status_code == 429
+    settings.TRUSTED_PROXY_COUNT = 1
+    assert client.get("/v1/tenant", HTTP_X_FORWARDED_FOR="6.6.6.6, 3.3.3.3").status_code == 401
+    # the spoofed left-most address does not buy a new budget
+    assert client.get("/v1/tenant", HTTP_X_FORWARDED_FOR="7.7.7.7, 3.3.3.3").status_code == 429
+
+
+def test_it_fails_open_when_redis_is_down(api, settings, caplog):
+    settings.CACHES = DEAD_REDIS
+    settings.RATELIMIT_FAIL_OPEN = True
+    with caplog.at_level(logging.ERROR):
+        response = api.get("/v1/tenant")
+    assert response.status_code == 200
+    assert "RateLimit-Limit" not in response
+    assert any("failing open" in r.getMessage() for r in caplog.records)
+
+
+def test_it_fails_closed_when_configured_and_redis_is_down(api, settings):
+    settings.CACHES = DEAD_REDIS
+    settings.RATELIMIT_FAIL_OPEN = False
+    response = api.get("/v1/tenant")
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Retry-After"] == "5"
