@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,16 +88,18 @@ def running(
     cmd: list[str], env: dict[str, str], *, port: int, timeout: float = 30
 ) -> Iterator[str]:
     """Start ``cmd``, wait until ``/healthz`` answers on ``port``, yield the base URL, stop it."""
-    log = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    # A file, not a pipe: a chatty child must never block on a full pipe nobody reads.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE, start_new_session=True
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                log.seek(0)
+                raise RuntimeError(f"{cmd[0]} exited: {log.read().decode()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
