@@ -40,8 +40,12 @@ def quota_use(tenant_id: int, limit: int) -> int | None:
         return None
     key = f"quota:{tenant_id}:{timezone.now():%Y%m}"
     try:
-        cache.add(key, 0, timeout=_seconds_to_month_end() + 86400)
-        return int(cache.incr(key))
+        try:
+            return int(cache.incr(key))  # one round trip on every request but the month's first
+        except ValueError:  # no counter yet this month
+            if cache.add(key, 1, timeout=_seconds_to_month_end() + 86400):
+                return 1
+            return int(cache.incr(key))  # another process created it first
     except (RedisError, OSError, ValueError):
         log.exception("quota counter unavailable", extra={"tenant_id": tenant_id})
         return None
