@@ -26,7 +26,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)
 run: $(VENV)/.installed-run
-	@export DEBUG=$${DEBUG:-true}; \
+	@export DEBUG=$${DEBUG:-true}; mkdir -p var/static; \
 	$(PY) manage.py migrate --no-input -v0 && \
 	key=$$($(PY) manage.py demo) && \
 	echo && echo "  Sluice is starting on http://$(HOST):$(PORT)/" && \

@@ -32,6 +32,18 @@ def _isolated_cache(settings: Any) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _static_files_from_apps() -> None:
+    """In-process tests serve static files from the apps (no collectstatic run); the
+    production manifest path is covered by the browser test's real server process."""
+    settings.WHITENOISE_USE_FINDERS = True
+    settings.STATIC_ROOT = None
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _redis_cleanup() -> Iterator[None]:
     """Delete this run's Redis keys (and only those: they carry REDIS_KEY_PREFIX)."""
     yield
