@@ -1,0 +1,53 @@
+"""Gunicorn settings for the WSGI web process (`make web`, the image's default command).
+
+Every value comes from the environment so one image serves every size of deployment. The
+access log stays off: ``config.middleware.RequestLogMiddleware`` already writes one JSON line
+per request (with the request id and tenant), and a second, unstructured line would only cost
+disk and parsing.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+# gthread: each worker process serves GUNICORN_THREADS requests at once, so a view waiting on a
+# worker's result (unary inference) does not block the whole process.
+worker_class = "gthread"
+workers = _int("WEB_CONCURRENCY", 2)
+threads = _int("GUNICORN_THREADS", 4)
+bind = f"0.0.0.0:{_int('PORT', 8000)}"
+
+# A request gets this long before the worker is killed; nginx's proxy_read_timeout for the
+# web upstream (60 s) is longer, so nginx reports the 502 rather than cutting a live request.
+timeout = _int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+# Longer than nginx's upstream keepalive_timeout, so nginx (not gunicorn) closes idle
+# connections and never sends a request on a socket gunicorn is closing.
+keepalive = _int("GUNICORN_KEEPALIVE", 75)
+# Recycle workers now and then so a slow leak cannot grow without bound; the jitter keeps
+# them from all restarting at once.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 2000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 200)
+
+# The heartbeat files live in memory: /tmp may be slow, and is read-only under Kubernetes'
+# readOnlyRootFilesystem unless a volume is mounted there.
+SHM = "/dev/shm"  # noqa: S108 - gunicorn's own advice for containers; files are per worker
+worker_tmp_dir = SHM if os.path.isdir(SHM) else None
+
+# Only these peers may set X-Forwarded-Proto (and so make a request count as HTTPS). In the
+# compose file and in Kubernetes only the proxy can reach gunicorn, so they set "*".
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+proc_name = "sluice-web"
