@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,11 @@ def test_compose_sets_only_variables_something_reads() -> None:
     for name in (*APP_SERVICES, "migrate"):
         unknown = set(compose()["services"][name]["environment"]) - known
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
+
+
+def test_every_compose_variable_is_documented() -> None:
+    text = COMPOSE_FILE.read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    docs = (REPO / "docs" / "deployment.md").read_text()
+    undocumented = {v for v in used if f"`{v}`" not in docs}
+    assert not undocumented
