@@ -43,8 +43,9 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 200)
 SHM = "/dev/shm"  # noqa: S108 - gunicorn's own advice for containers; files are per worker
 worker_tmp_dir = SHM if os.path.isdir(SHM) else None
 
-# Only these peers may set X-Forwarded-Proto (and so make a request count as HTTPS). In the
-# compose file and in Kubernetes only the proxy can reach gunicorn, so they set "*".
+# Peers whose X-Forwarded-Proto gunicorn believes (wsgi.url_scheme). Django decides on its own
+# from TRUSTED_PROXY_COUNT; keep the two in step. Compose and Kubernetes set "*": there only
+# the proxy, whose address is not fixed, is meant to reach gunicorn.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 accesslog = None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
+import redis
+from django.conf import settings
 
+from config.celery import app as celery_app
 from deploy.tests.conftest import (
     DEPLOY,
     NON_SETTINGS_VARIABLES,
@@ -241,3 +245,24 @@ def test_the_secret_is_an_example_with_placeholders_only() -> None:
     auth = of_kind(render("production"), "TriggerAuthentication")["sluice-redis"]
     assert {r["key"] for r in auth["spec"]["secretTargetRef"]} <= set(values)
     assert set(values) - set(NON_SETTINGS_VARIABLES) <= settings_variables()
+
+
+@pytest.mark.redis
+def test_a_queued_task_lands_in_the_list_keda_watches() -> None:
+    """The list name KEDA reads, with this run's prefix and a queue of its own, is where
+    Celery really puts a task for that queue."""
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL: the broker is Redis only then")
+    objects = render("production")
+    trigger = of_kind(objects, "ScaledObject")["sluice-worker-jobs"]["spec"]["triggers"][0]
+    deployed_prefix = config(objects)["REDIS_KEY_PREFIX"]
+    queue = f"keda-probe-{uuid.uuid4().hex[:8]}"
+    list_name = trigger["metadata"]["listName"].replace(deployed_prefix, settings.REDIS_KEY_PREFIX)
+    key = list_name.removesuffix(":jobs") + f":{queue}"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        celery_app.send_task("deploy.keda_probe", queue=queue)
+        assert client.llen(key) == 1
+    finally:
+        client.delete(key)
+        client.close()
