@@ -151,7 +151,6 @@ def test_the_build_context_keeps_the_code_and_drops_secrets_and_clutter() -> Non
         "requirements.txt",
         "config/settings.py",
         "tenants/models.py",
-        "deploy/__init__.py",
         "deploy/gunicorn.conf.py",
     ]
     dropped = [

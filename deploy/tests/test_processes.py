@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,7 @@ from deploy.tests.conftest import (
     spawn,
     wait_for,
 )
+from deploy.tests.test_dockerfile import stage
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +60,13 @@ def test_it_serves_healthz_and_readyz_under_gunicorn(
         wait_for(answers(f"{base}/healthz"), running=web, what="gunicorn /healthz")
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
+        # The image's HEALTHCHECK, run as the container would (python on PATH, PORT set).
+        check = json.loads(stage("web").last("HEALTHCHECK").split("CMD", 1)[1])
+        assert check[0] == "python"
+        result = subprocess.run(
+            [sys.executable, *check[1:]], env=env, capture_output=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stderr
         output = web.output()
 
     assert "Using worker: gthread" in output
