@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import redis
 from django.conf import settings
@@ -21,6 +22,9 @@ from deploy.tests.conftest import (
 )
 
 HTTP_TIERS = ("sluice-web", "sluice-asgi")
+# The oldest Kubernetes still commonly run; every field used here exists there.
+KUBERNETES_VERSION = "1.30"
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -51,6 +55,42 @@ def test_it_renders_every_process(overlay: str) -> None:
     }
     assert expected <= deployments
     assert "sluice-migrate" in of_kind(render(overlay), "Job")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_matches_the_kubernetes_schema(overlay: str) -> None:
+    """Kubernetes' OpenAPI schemas, strict: an unknown (misspelt) field is an error."""
+    errors = []
+    for obj in render(overlay):
+        if obj["kind"] in KEDA_KINDS:
+            continue  # a CRD: checked in test_keda_objects_are_well_formed
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    assert errors == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_objects_are_well_formed(overlay: str) -> None:
+    objects = render(overlay)
+    for scaled in of_kind(objects, "ScaledObject").values():
+        assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+        spec = scaled["spec"]
+        assert isinstance(spec["minReplicaCount"], int)
+        assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        for trigger in spec["triggers"]:
+            # KEDA reads trigger metadata as a map of strings; a bare number is rejected.
+            assert all(isinstance(v, str) for v in trigger["metadata"].values()), trigger
+            assert {"listName", "listLength"} <= set(trigger["metadata"])
+    for auth in of_kind(objects, "TriggerAuthentication").values():
+        assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} <= {
+            "address",
+            "host",
+            "port",
+            "username",
+            "password",
+        }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -237,6 +277,7 @@ def test_manifests_set_only_variables_something_reads() -> None:
 
 def test_the_secret_is_an_example_with_placeholders_only() -> None:
     example = load_yaml(DEPLOY / "k8s" / "base" / "secret.example.yaml")
+    kubernetes_validate.validate(example, KUBERNETES_VERSION, strict=True)
     assert "Secret" not in {o["kind"] for o in render("production")}
     values = example["stringData"]
     for key in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "REDIS_PASSWORD"):
