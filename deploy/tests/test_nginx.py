@@ -172,9 +172,22 @@ def test_nginx_routes_like_the_design_says(stack: Stack) -> None:
         # handshake. A 404 would mean the upgrade was lost and Django answered plain HTTP.
         assert ws.status_code in (403, 500), ws.status_code
 
-        # Without a caller's id, nginx makes one up and the app uses it.
-        generated = client.get(f"{stack.https}/healthz").headers["X-Request-ID"]
-        assert re.fullmatch(r"[0-9a-f]{32}", generated)
+        # Without a usable id from the caller, nginx makes one up and the app uses it; the
+        # response carries it once.
+        for sent in ({}, {"X-Request-ID": "not a valid id!"}):
+            response = client.get(f"{stack.https}/healthz", headers=sent)
+            (generated,) = response.headers.get_list("X-Request-ID")
+            assert re.fullmatch(r"[0-9a-f]{32}", generated)
+            assert stack.which(generated) == "web"
+
+        # Static files go to the static server; nothing listens there in this test, and
+        # nginx's own 502 still carries the request id.
+        down = client.get(
+            f"{stack.https}/static/admin/css/base.css", headers={"X-Request-ID": "s-1"}
+        )
+        assert down.status_code == 502
+        assert down.headers["X-Request-ID"] == "s-1"
+        assert stack.which("s-1") == "static"
 
         # JSON is compressed.
         schema = client.get(
