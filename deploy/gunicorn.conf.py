@@ -26,8 +26,9 @@ workers = _int("WEB_CONCURRENCY", 2)
 threads = _int("GUNICORN_THREADS", 4)
 bind = f"0.0.0.0:{_int('PORT', 8000)}"
 
-# A request gets this long before the worker is killed; nginx's proxy_read_timeout for the
-# web upstream (60 s) is longer, so nginx reports the 502 rather than cutting a live request.
+# A worker process silent for this long is killed and replaced. Under gthread the main loop
+# keeps beating while threads serve, so this does not cut slow requests: those are bounded by
+# the app's own deadlines and by nginx's proxy_read_timeout (60 s).
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 # Longer than nginx's upstream keepalive_timeout, so nginx (not gunicorn) closes idle
