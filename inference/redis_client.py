@@ -1,0 +1,26 @@
+"""The Redis connections inference uses directly (replies, admission), one pool per process."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.conf import settings
+
+
+@functools.cache
+def client(*, blocking: bool = False) -> Any:
+    """A client on ``REDIS_URL``. ``blocking`` ones have no read timeout (for BLPOP, which
+    carries its own), the others fail fast like the rest of the project."""
+    import redis
+
+    timeout = settings.REDIS_SOCKET_TIMEOUT
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=timeout,
+        socket_timeout=None if blocking else timeout,
+    )
+
+
+def key(*parts: object) -> str:
+    return ":".join([settings.REDIS_KEY_PREFIX, "inference", *map(str, parts)])
