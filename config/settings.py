@@ -148,6 +148,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_TASK_TIME_LIMIT * 2,
     "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:",
 }
+if CELERY_BROKER_URL.startswith("memory://"):
+    # The memory transport polls; its 1 s default would add up to a second to every
+    # inference request of the embedded server.
+    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01
 
 # --- Inference --------------------------------------------------------------------------------
 # Queues a model version may name; the embedded worker consumes "celery" plus all of these.
