@@ -33,7 +33,8 @@ run: $(VENV)/.installed-run
 	echo "  Admin:      http://$(HOST):$(PORT)/admin/  (make superuser: $(PY) manage.py createsuperuser)" && \
 	echo "  API docs:   http://$(HOST):$(PORT)/api/docs/" && \
 	echo "  Demo key:   $$key" && \
-	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && echo && \
+	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && \
+	echo "  Models:     curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/models   (infer: docs/inference.md)" && echo && \
 	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 ## test: the whole suite — embedded default, then PostgreSQL + Redis

@@ -76,9 +76,9 @@ def version_checksum_refresh(*, version: ModelVersion) -> None:
         version.checksum = ""
         return
     digest = hashlib.sha256()
-    with version.artifact.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    # Not closed here: an upload not yet saved must stay open for the save that follows.
+    for chunk in version.artifact.chunks():
+        digest.update(chunk)
     version.checksum = digest.hexdigest()
 
 

@@ -30,7 +30,7 @@ class ModelListView(APIView):
 
     required_scope = "infer"
 
-    @extend_schema(responses=ModelListSerializer)
+    @extend_schema(operation_id="models_list", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
         models = selectors.models_for_tenant(_tenant(request))
         return Response({"object": "list", "data": ModelSerializer(models, many=True).data})
@@ -39,7 +39,7 @@ class ModelListView(APIView):
 class ModelDetailView(APIView):
     required_scope = "infer"
 
-    @extend_schema(responses=ModelSerializer)
+    @extend_schema(operation_id="models_retrieve", responses=ModelSerializer)
     def get(self, request: Request, name: str) -> Response:
         return Response(ModelSerializer(selectors.model_for_tenant(name, _tenant(request))).data)
 
