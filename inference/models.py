@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
@@ -208,6 +209,10 @@ class ModelVersion(models.Model):
             validate_schema(self.input_schema or {})
         except SchemaError as exc:
             raise ValidationError({"input_schema": str(exc)}) from exc
+        if self.queue not in settings.INFERENCE_QUEUES:
+            raise ValidationError(
+                {"queue": f"Not one of the inference queues {settings.INFERENCE_QUEUES}."}
+            )
         if self.runtime == self.Runtime.ONNX and not self.artifact:
             raise ValidationError({"artifact": "An ONNX version needs its .onnx artifact."})
         if self.runtime == self.Runtime.PYTHON and not (self.runtime_options or {}).get("handler"):

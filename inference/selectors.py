@@ -75,6 +75,7 @@ def version_spec(version_id: int) -> VersionSpec:
         device=v.device,
         max_batch_size=v.max_batch_size,
         max_delay_ms=v.max_delay_ms,
+        queue=v.queue,
     )
 
 

@@ -166,7 +166,7 @@ def _shadow_copy(model: Model, version_id: int, payload: dict[str, Any], deadlin
     except backpressure.QueueFull:
         log.info("shadow copy to %s skipped: queue full", shadow)
         return
-    # The shadow's slot is released by its deadline sweep: nobody waits for its reply.
+    # The worker frees the shadow's slot when it is done (or the deadline sweep does).
     try:
         from inference.tasks import inference_predict
 
@@ -221,8 +221,10 @@ def predict(
         log.info("dropped expired request %s for version %s", request_id, version_id)
         return
     reply: dict[str, Any]
+    spec: VersionSpec | None = None
     try:
-        loaded = _models.get(_spec(version_id))
+        spec = _spec(version_id)
+        loaded = _models.get(spec)
         output, batch_size = loaded.batcher.submit(payload, deadline=deadline)
         reply = {"ok": True, "output": output, "batch_size": batch_size}
     except DeadlineExceeded:
@@ -233,6 +235,10 @@ def predict(
     except Exception as exc:
         log.exception("inference failed for version %s", version_id)
         reply = {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    finally:
+        if shadow and spec is not None:
+            # Nobody waits for a shadow's answer, so its queue slot is freed here.
+            backpressure.release(spec.queue, request_id)
     reply["ms"] = round((time.perf_counter() - started) * 1000, 2)
     if shadow:
         _shadow_measure(version_id, reply)

@@ -34,6 +34,7 @@ class VersionSpec:
     device: str = "cpu"
     max_batch_size: int = 8
     max_delay_ms: int = 5
+    queue: str = "cpu"
 
     @property
     def label(self) -> str:

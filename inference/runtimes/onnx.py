@@ -11,6 +11,7 @@ runtime_options:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ class OnnxRuntime(Runtime):
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
         for module in cls.engines:
-            if importlib.util.find_spec(module) is None:
+            if not _installed(module):
                 return f"unavailable: {module} is not installed — {INSTALL_HINT}"
         return None
 
@@ -86,6 +87,12 @@ class OnnxRuntime(Runtime):
 
     def close(self) -> None:
         self.session = None
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    # Asked on every routing decision; an engine does not appear while the process runs.
+    return importlib.util.find_spec(module) is not None
 
 
 def _dtype_of(onnx_type: str) -> str:

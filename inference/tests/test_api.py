@@ -87,6 +87,7 @@ def test_it_answers_422_naming_the_wrong_field(api, digits) -> None:
 
 def test_it_answers_503_with_retry_after_when_the_queue_is_full(api, settings) -> None:
     queue = f"q{time.time_ns()}"  # a queue of this test only (the Redis pass shares the server)
+    settings.INFERENCE_QUEUES = ["cpu", queue]
     make_version(queue=queue)
     settings.INFERENCE_QUEUE_BOUND = 1
     backpressure.admit(queue, "someone-else", time.time() + 30)
@@ -198,6 +199,7 @@ def test_it_copies_requests_to_a_shadow_and_measures_it(api, eager) -> None:
     assert body["version"] == "1" and body["output"] == {"y": 10}
     stats = serving.shadow_stats(shadow.pk)
     assert stats["count"] == 1 and stats["errors"] == 0
+    assert backpressure.in_flight("cpu") == 0  # the shadow's slot was given back too
 
 
 def test_it_validates_timeout(api, doubler) -> None:
@@ -219,3 +221,18 @@ def test_onnx_digits_predictions_match_scikit_learn(digits) -> None:
     outputs = loaded.runtime.predict(batch)
     labels = np.array([o["label"] for o in outputs])
     assert (labels == data.target[:50]).mean() > 0.9
+
+
+def test_it_keeps_a_tenant_on_one_canary_version_when_sticky(api, other_api, eager) -> None:
+    make_version()
+    v2 = make_version(version="2")
+    v2.model.set_weights({"1": 50, "2": 50}, actor="t")
+    type(v2.model).objects.filter(pk=v2.model_id).update(sticky_routing=True)
+    for client in (api, other_api):
+        seen = {
+            client.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").json()[
+                "version"
+            ]
+            for _ in range(10)
+        }
+        assert len(seen) == 1

@@ -99,6 +99,11 @@ def test_it_hides_models_the_plan_does_not_allow(tenant) -> None:
         model_for_tenant("doubler", tenant)
 
 
+def test_it_rejects_a_queue_no_worker_consumes() -> None:
+    with pytest.raises(ValidationError, match="inference queues"):
+        make_version(queue="nobody-listens")
+
+
 def test_it_rejects_a_schema_it_cannot_check() -> None:
     with pytest.raises(ValidationError, match="unsupported type"):
         make_version(input_schema={"properties": {"x": {"type": "matrix"}}})
