@@ -10,15 +10,17 @@ from django.conf import settings
 
 @functools.cache
 def client(*, blocking: bool = False) -> Any:
-    """A client on ``REDIS_URL``. ``blocking`` ones have no read timeout (for BLPOP, which
-    carries its own), the others fail fast like the rest of the project."""
+    """A client on ``REDIS_URL``. ``blocking`` ones (for BLPOP, which carries its own
+    timeout) read for as long as the longest deadline, so a dead Redis still ends the wait;
+    the others fail fast like the rest of the project."""
     import redis
 
     timeout = settings.REDIS_SOCKET_TIMEOUT
+    longest = settings.INFERENCE_MAX_TIMEOUT_MS / 1000 + 5
     return redis.Redis.from_url(
         settings.REDIS_URL,
         socket_connect_timeout=timeout,
-        socket_timeout=None if blocking else timeout,
+        socket_timeout=longest if blocking else timeout,
     )
 
 
