@@ -21,6 +21,8 @@ from cachetools import TTLCache
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.storage import default_storage
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
@@ -113,25 +115,31 @@ def infer(
     except exceptions.ValidationError as exc:
         raise exceptions.ValidationError({"input": exc.detail}) from exc
     deadline = _deadline(timeout_ms)
+    retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
     try:
         backpressure.admit(chosen.queue, request_id, deadline)
+        try:
+            enqueue(
+                version_id=chosen.pk,
+                queue=chosen.queue,
+                payload=payload,
+                request_id=request_id,
+                deadline=deadline,
+            )
+            for shadow in plan.shadows:
+                _shadow_copy(model, shadow.id, payload, deadline)
+            reply = reply_wait(request_id, deadline - time.time())
+        finally:
+            backpressure.release(chosen.queue, request_id)
     except backpressure.QueueFull as exc:
-        problem = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
-        problem.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
-        raise problem from exc
-    try:
-        enqueue(
-            version_id=chosen.pk,
-            queue=chosen.queue,
-            payload=payload,
-            request_id=request_id,
-            deadline=deadline,
-        )
-        for shadow in plan.shadows:
-            _shadow_copy(model, shadow.id, payload, deadline)
-        reply = reply_wait(request_id, deadline - time.time())
-    finally:
-        backpressure.release(chosen.queue, request_id)
+        full = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
+        full.wait = retry_after  # type: ignore[attr-defined]
+        raise full from exc
+    except (RedisError, KombuError, OSError) as exc:
+        log.exception("inference queue unreachable", extra={"queue": chosen.queue})
+        down = ServiceUnavailable("The inference queue is unreachable; retry later.")
+        down.wait = retry_after  # type: ignore[attr-defined]
+        raise down from exc
     if reply is None or time.time() > deadline:
         breaker.record(chosen.pk, ok=False)
         raise GatewayTimeout(f"No answer from {model.name}:{chosen.version} before the deadline.")
@@ -165,6 +173,9 @@ def _shadow_copy(model: Model, version_id: int, payload: dict[str, Any], deadlin
         backpressure.admit(shadow.queue, rid, deadline)
     except backpressure.QueueFull:
         log.info("shadow copy to %s skipped: queue full", shadow)
+        return
+    except (RedisError, OSError):
+        log.exception("shadow copy to %s skipped: admission store unreachable", shadow)
         return
     # The worker frees the shadow's slot when it is done (or the deadline sweep does).
     try:

@@ -236,3 +236,16 @@ def test_it_keeps_a_tenant_on_one_canary_version_when_sticky(api, other_api, eag
             for _ in range(10)
         }
         assert len(seen) == 1
+
+
+def test_it_answers_503_when_the_broker_is_unreachable(api, doubler, monkeypatch) -> None:
+    from kombu.exceptions import OperationalError
+
+    def down(**kwargs):
+        raise OperationalError("Connection refused")
+
+    monkeypatch.setattr(serving, "enqueue", down)
+    response = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json")
+    body = _problem(response, 503)
+    assert "unreachable" in body["detail"] and response["Retry-After"] == "1"
+    assert backpressure.in_flight("cpu") == 0
