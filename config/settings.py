@@ -158,6 +158,8 @@ if CELERY_BROKER_URL.startswith("memory://"):
 INFERENCE_QUEUES = env.list("INFERENCE_QUEUES", default=["cpu", "gpu"])
 # Models one worker process keeps loaded (least recently used are closed first).
 INFERENCE_CACHE_MAX_MODELS = env.int("INFERENCE_CACHE_MAX_MODELS", default=8)
+# A starting `celery worker` loads and warms the active versions of its queues at once.
+INFERENCE_PRELOAD = env.bool("INFERENCE_PRELOAD", default=True)
 # Requests in flight per queue before the API answers 503 at once ("queue=bound,..." overrides).
 INFERENCE_QUEUE_BOUND = env.int("INFERENCE_QUEUE_BOUND", default=256)
 INFERENCE_QUEUE_BOUNDS = env.dict("INFERENCE_QUEUE_BOUNDS", cast={"value": int}, default={})

@@ -79,5 +79,15 @@ def version_spec(version_id: int) -> VersionSpec:
     )
 
 
+def active_version_ids(queues: set[str]) -> list[int]:
+    """Versions taking traffic (or shadowing) on these queues, busiest first."""
+    rows = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE, queue__in=queues)
+    return [
+        v.pk
+        for v in rows.order_by("-traffic_weight", "-created_at")
+        if (v.traffic_weight or v.is_shadow) and version_unavailable(v) is None
+    ]
+
+
 def model_events(model: Model, *, limit: int = 50) -> list[ModelEvent]:
     return list(model.events.select_related("version")[:limit])

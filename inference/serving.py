@@ -21,6 +21,7 @@ from cachetools import TTLCache
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.storage import default_storage
+from django.db import connection
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
@@ -220,6 +221,23 @@ def _spec(version_id: int) -> VersionSpec:
         with _specs_lock:
             _specs[version_id] = spec
     return spec
+
+
+def preload(queues: set[str]) -> list[str]:
+    """Load and warm the active versions this worker serves, before the first request asks.
+    Best effort: a version that cannot load is logged and left for its first request."""
+    done: list[str] = []
+    try:
+        for version_id in selectors.active_version_ids(queues)[: _models.max_models]:
+            try:
+                spec = _spec(version_id)
+                _models.get(spec)
+                done.append(spec.label)
+            except Exception:
+                log.exception("preloading version %s failed", version_id)
+    finally:
+        connection.close()  # this runs on a thread of its own
+    return done
 
 
 def predict(

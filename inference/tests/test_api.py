@@ -249,3 +249,13 @@ def test_it_answers_503_when_the_broker_is_unreachable(api, doubler, monkeypatch
     body = _problem(response, 503)
     assert "unreachable" in body["detail"] and response["Retry-After"] == "1"
     assert backpressure.in_flight("cpu") == 0
+
+
+def test_it_lists_models_in_constant_queries(api, django_assert_max_num_queries) -> None:
+    for name in ("a", "b", "c"):
+        make_version(name)
+        make_version(name, version="2")
+    api.get("/v1/models")  # warm the key cache
+    with django_assert_max_num_queries(3):
+        body = api.get("/v1/models").json()
+    assert len(body["data"]) == 3 and all(len(m["versions"]) == 2 for m in body["data"])

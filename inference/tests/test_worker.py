@@ -110,3 +110,33 @@ def test_it_delivers_replies_across_threads_and_times_out() -> None:
     assert reply_wait(rid, 2) == {"ok": True}
     assert reply_wait(uuid.uuid4().hex, 0.05) is None
     assert reply_wait(rid, 0) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_preloads_the_active_versions_of_its_queues() -> None:
+    make_version("a")
+    make_version("b", queue="gpu")
+    draft = make_version("c", activate=False)
+    assert serving.preload({"cpu"}) == ["a:1"]
+    assert [s.label for s in serving.model_cache().loaded()] == ["a:1"]
+    assert Doubler.warmed == 1
+    assert draft.pk not in {s.id for s in serving.model_cache().loaded()}
+
+
+def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from inference import apps
+
+    seen: list[set[str]] = []
+    done = threading.Event()
+
+    def fake_preload(queues: set[str]) -> list[str]:
+        seen.append(queues)
+        done.set()
+        return []
+
+    monkeypatch.setattr(serving, "preload", fake_preload)
+    consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
+    apps._preload_on_worker_ready(sender=consumer)
+    assert done.wait(5) and seen == [{"cpu"}]
