@@ -13,6 +13,14 @@ STABLE = Candidate(id=1, version="1", weight=90, stable=True)
 CANARY = Candidate(id=2, version="2", weight=10)
 
 
+class Closed:
+    """A breaker that always allows: the statistical tests draw tens of thousands of routes
+    and measure weights, not cache round trips."""
+
+    def allow(self, version_id: int) -> bool:
+        return True
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_000.0
@@ -24,7 +32,10 @@ class Clock:
 def test_it_splits_traffic_by_weight() -> None:
     rng = random.Random(7)
     n = 20_000
-    picks = Counter(route("m", [STABLE, CANARY], rng=rng.random).primary.version for _ in range(n))
+    picks = Counter(
+        route("m", [STABLE, CANARY], rng=rng.random, breaker=Closed()).primary.version
+        for _ in range(n)
+    )
     # 10% canary: the binomial standard deviation at n=20k is 0.2%; allow 5 sigma.
     assert abs(picks["2"] / n - 0.10) < 0.011
     assert picks["1"] + picks["2"] == n
@@ -38,7 +49,9 @@ def test_it_splits_three_ways_by_relative_weight() -> None:
         Candidate(id=3, version="c", weight=20),
     ]
     n = 30_000
-    picks = Counter(route("m", cands, rng=rng.random).primary.version for _ in range(n))
+    picks = Counter(
+        route("m", cands, rng=rng.random, breaker=Closed()).primary.version for _ in range(n)
+    )
     for label, share in (("a", 0.5), ("b", 0.3), ("c", 0.2)):
         assert abs(picks[label] / n - share) < 0.015
 
@@ -68,7 +81,8 @@ def test_it_keeps_a_tenant_on_one_version_when_sticky() -> None:
 def test_it_spreads_sticky_tenants_by_weight() -> None:
     n = 10_000
     picks = Counter(
-        route("m", [STABLE, CANARY], sticky_key=f"t{i}").primary.version for i in range(n)
+        route("m", [STABLE, CANARY], sticky_key=f"t{i}", breaker=Closed()).primary.version
+        for i in range(n)
     )
     assert abs(picks["2"] / n - 0.10) < 0.015
     assert 0 <= sticky_point("t1", "m") < 1
