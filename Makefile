@@ -26,7 +26,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-model
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)
 run: $(VENV)/.installed-run
-	@export DEBUG=$${DEBUG:-true}; \
+	@mkdir -p var && export DEBUG=$${DEBUG:-true}; \
 	$(PY) manage.py migrate --no-input -v0 && \
 	key=$$($(PY) manage.py demo) && \
 	echo && echo "  Sluice is starting on http://$(HOST):$(PORT)/" && \
