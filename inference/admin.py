@@ -138,6 +138,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             obj.refresh_from_db()
             return
         super().save_model(request, obj, form, change)
+        if form.changed_data:
+            ModelEvent.record(obj.model, obj, "edit", _actor(request), fields=form.changed_data)
 
     def _each(self, request: HttpRequest, queryset: QuerySet[ModelVersion], verb: str) -> None:
         actor = _actor(request)

@@ -8,7 +8,7 @@ so two operators acting at once cannot leave a half-applied mix.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -218,20 +218,35 @@ class ModelVersion(models.Model):
         if self.runtime == self.Runtime.PYTHON and not (self.runtime_options or {}).get("handler"):
             raise ValidationError({"runtime_options": 'A Python version needs {"handler": ...}.'})
 
+    # The state machine: every state change goes through activate() or retire().
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
+        State.DRAFT: frozenset({State.ACTIVE, State.RETIRED}),
+        State.ACTIVE: frozenset({State.RETIRED}),
+        State.RETIRED: frozenset({State.ACTIVE}),
+    }
+
+    def _check_move(self, to: str) -> None:
+        if to not in self.TRANSITIONS[self.state]:
+            raise ValidationError(f"{self} cannot go from {self.state} to {to}.")
+
     def activate(self, *, actor: str) -> None:
         """draft/retired → active. The first active version becomes stable with all traffic."""
         with transaction.atomic():
             # Locks the model: two first activations must not both become the stable version.
             model = Model.objects.select_for_update().get(pk=self.model_id)
             row = ModelVersion.objects.select_for_update().get(pk=self.pk)
-            if row.state != self.State.ACTIVE:
+            changed = row.state != self.State.ACTIVE
+            if changed:
+                row._check_move(self.State.ACTIVE)
                 row.state = self.State.ACTIVE
                 row.save(update_fields=["state", "updated_at"])
             if model.stable_version_id is None and not row.is_shadow:
                 ModelVersion.objects.filter(pk=row.pk).update(traffic_weight=100)
                 model.stable_version = row
                 model.save(update_fields=["stable_version"])
-            ModelEvent.record(model, row, "activate", actor)
+                changed = True
+            if changed:  # activating an active version is a no-op, not an event
+                ModelEvent.record(model, row, "activate", actor)
         self.refresh_from_db()
 
     def retire(self, *, actor: str) -> None:
@@ -241,6 +256,7 @@ class ModelVersion(models.Model):
             model = Model.objects.select_for_update().get(pk=self.model_id)
             if model.stable_version_id == self.pk:
                 raise ValidationError("The stable version cannot be retired; promote another.")
+            ModelVersion.objects.select_for_update().get(pk=self.pk)._check_move(self.State.RETIRED)
             ModelVersion.objects.filter(pk=self.pk).update(
                 state=self.State.RETIRED, traffic_weight=0, is_shadow=False
             )

@@ -93,3 +93,24 @@ def test_it_shows_the_audit_log_on_the_model_page(admin_client) -> None:
     v1 = make_version()
     page = admin_client.get(f"/admin/inference/model/{v1.model.pk}/change/").content.decode()
     assert "activate" in page and "available" in page
+
+
+def test_it_logs_edits_of_a_version(admin_client) -> None:
+    v1 = make_version()
+    response = admin_client.post(
+        f"/admin/inference/modelversion/{v1.pk}/change/",
+        {
+            "runtime_options": '{"handler": "inference.tests.fakes.Doubler", "sleep": 0}',
+            "input_schema": "{}",
+            "device": "cpu",
+            "queue": "cpu",
+            "max_batch_size": 16,
+            "max_delay_ms": 5,
+            "traffic_weight": 100,
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    v1.refresh_from_db()
+    assert v1.max_batch_size == 16
+    event = ModelEvent.objects.filter(action="edit").get()
+    assert set(event.detail["fields"]) == {"runtime_options", "input_schema", "max_batch_size"}

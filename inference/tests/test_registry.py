@@ -146,3 +146,16 @@ def test_it_builds_the_digits_model_once(capsys) -> None:
     out = capsys.readouterr().out
     assert "registered digits:1 (active" in out and "already registered digits:1" in out
     assert ModelVersion.objects.filter(model__name="digits").count() == 1
+
+
+def test_it_follows_the_state_machine() -> None:
+    v1 = make_version()
+    v2 = make_version(version="2", activate=False)
+    v2.retire(actor="ops")
+    with pytest.raises(ValidationError, match="from retired to retired"):
+        v2.retire(actor="ops")
+    v2.activate(actor="ops")
+    assert v2.state == "active"
+    events = ModelEvent.objects.filter(version=v1, action="activate").count()
+    v1.activate(actor="ops")  # already active: nothing happens, nothing is logged
+    assert ModelEvent.objects.filter(version=v1, action="activate").count() == events
