@@ -46,7 +46,7 @@ class VersionSerializer(serializers.ModelSerializer):
         return selectors.version_unavailable(obj)
 
 
-class ModelSerializer(serializers.ModelSerializer):
+class ModelInfoSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="name")
     object = serializers.SerializerMethodField()
     created = serializers.SerializerMethodField()
@@ -93,7 +93,7 @@ class ModelSerializer(serializers.ModelSerializer):
 
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = ModelSerializer(many=True)  # type: ignore[assignment]  # the OpenAI field name
+    data = ModelInfoSerializer(many=True)  # type: ignore[assignment]  # the OpenAI field name
 
 
 class InferRequestSerializer(serializers.Serializer):

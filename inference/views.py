@@ -13,8 +13,8 @@ from inference import selectors, serving
 from inference.serializers import (
     InferRequestSerializer,
     InferResponseSerializer,
+    ModelInfoSerializer,
     ModelListSerializer,
-    ModelSerializer,
 )
 from tenants.models import Tenant
 from tenants.selectors import KeyContext
@@ -33,15 +33,17 @@ class ModelListView(APIView):
     @extend_schema(operation_id="models_list", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
         models = selectors.models_for_tenant(_tenant(request))
-        return Response({"object": "list", "data": ModelSerializer(models, many=True).data})
+        return Response({"object": "list", "data": ModelInfoSerializer(models, many=True).data})
 
 
 class ModelDetailView(APIView):
     required_scope = "infer"
 
-    @extend_schema(operation_id="models_retrieve", responses=ModelSerializer)
+    @extend_schema(operation_id="models_retrieve", responses=ModelInfoSerializer)
     def get(self, request: Request, name: str) -> Response:
-        return Response(ModelSerializer(selectors.model_for_tenant(name, _tenant(request))).data)
+        return Response(
+            ModelInfoSerializer(selectors.model_for_tenant(name, _tenant(request))).data
+        )
 
 
 class InferView(APIView):
