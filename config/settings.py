@@ -151,6 +151,28 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_TASK_TIME_LIMIT * 2,
     "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:",
 }
+if CELERY_BROKER_URL.startswith("memory://"):
+    # The memory transport polls; its 1 s default would add up to a second to every
+    # inference request of the embedded server.
+    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01
+
+# --- Inference --------------------------------------------------------------------------------
+# Queues a model version may name; the embedded worker consumes "celery" plus all of these.
+INFERENCE_QUEUES = env.list("INFERENCE_QUEUES", default=["cpu", "gpu"])
+# Models one worker process keeps loaded (least recently used are closed first).
+INFERENCE_CACHE_MAX_MODELS = env.int("INFERENCE_CACHE_MAX_MODELS", default=8)
+# A starting `celery worker` loads and warms the active versions of its queues at once.
+INFERENCE_PRELOAD = env.bool("INFERENCE_PRELOAD", default=True)
+# Requests in flight per queue before the API answers 503 at once ("queue=bound,..." overrides).
+INFERENCE_QUEUE_BOUND = env.int("INFERENCE_QUEUE_BOUND", default=256)
+INFERENCE_QUEUE_BOUNDS = env.dict("INFERENCE_QUEUE_BOUNDS", cast={"value": int}, default={})
+INFERENCE_RETRY_AFTER_SECONDS = env.int("INFERENCE_RETRY_AFTER_SECONDS", default=1)
+INFERENCE_DEFAULT_TIMEOUT_MS = env.int("INFERENCE_DEFAULT_TIMEOUT_MS", default=10_000)
+INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
+# Circuit breaker per version: opens after this many consecutive failures, probes after cooldown.
+INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
+INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)
+INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
 
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,8 +1,39 @@
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 from django.apps import AppConfig
+
+log = logging.getLogger(__name__)
 
 
 class InferenceConfig(AppConfig):
     name = "inference"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from celery.signals import worker_ready
+
+        worker_ready.connect(_preload_on_worker_ready, weak=False)
+
+
+def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    """``celery worker`` is consuming: warm the models of its queues on a side thread, so the
+    first requests do not pay for loading (the consumer keeps serving meanwhile)."""
+    from django.conf import settings
+
+    from inference import serving
+
+    if not settings.INFERENCE_PRELOAD:
+        return
+    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
+    if not queues:
+        return
+
+    def run() -> None:
+        loaded = serving.preload(queues)
+        log.info("preloaded %d model version(s): %s", len(loaded), ", ".join(loaded) or "-")
+
+    threading.Thread(target=run, name="inference-preload", daemon=True).start()

@@ -1,5 +1,6 @@
-"""Load the demo: a tenant and a key. Idempotent: the key is kept in var/demo-key (git-ignored,
-mode 600) and reused while it still verifies, so ``make run`` prints the same working key."""
+"""Load the demo: a tenant, a key and the built-in models. Idempotent: the key is kept in
+var/demo-key (git-ignored, mode 600) and reused while it still verifies, so ``make run`` prints
+the same working key."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
+from inference.builtin import digits_install
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
 
 
 class Command(BaseCommand):
-    help = "Create the demo tenant and key (idempotent); print the key."
+    help = "Create the demo tenant, key and built-in models (idempotent); print the key."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--key-file", default=str(Path(settings.BASE_DIR) / "var" / "demo-key"))
 
     def handle(self, *args: Any, **opts: Any) -> None:
         tenant = demo_load()
+        self._builtin_models()
         path = Path(opts["key_file"])
         raw = path.read_text().strip() if path.exists() else ""
         try:
@@ -38,3 +41,16 @@ class Command(BaseCommand):
             with os.fdopen(fd, "w") as fh:
                 fh.write(raw + "\n")
         self.stdout.write(raw)
+
+    def _builtin_models(self) -> None:
+        # stdout carries only the key (make run captures it); progress goes to stderr.
+        try:
+            version, created = digits_install(actor="demo")
+        except ImportError as exc:
+            self.stderr.write(
+                f"built-in model digits skipped: {exc} — install with "
+                "pip install -r requirements-models.txt"
+            )
+            return
+        if created:
+            self.stderr.write(f"built-in model {version} registered")

@@ -1,0 +1,134 @@
+"""Dynamic batching for threads: concurrent callers' items are merged into one batch.
+
+A worker runs inference tasks on a thread pool; each task thread calls :meth:`Batcher.submit`
+and blocks. There is no batching thread of its own: the first waiting caller becomes the
+*leader*, waits until ``max_batch_size`` items are pending or ``max_delay_ms`` has passed since
+the oldest one arrived, runs the whole batch with one call and hands every caller its own
+result. Items whose deadline has passed are dropped before the batch runs, never computed.
+
+Nothing here knows about Celery or Django, so the same class can batch in the web process in
+front of the queue later.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class DeadlineExceeded(Exception):
+    """The item's deadline passed before its batch ran; it was not computed."""
+
+
+class _Slot(Generic[In, Out]):
+    __slots__ = ("arrived", "batch_size", "deadline", "done", "error", "item", "result")
+
+    def __init__(self, item: In, deadline: float | None) -> None:
+        self.item = item
+        self.deadline = deadline
+        self.arrived = time.monotonic()
+        self.done = False
+        self.result: Out | None = None
+        self.error: BaseException | None = None
+        self.batch_size = 0
+
+
+class Batcher(Generic[In, Out]):
+    """Merge concurrent :meth:`submit` calls into batches for ``run_batch``.
+
+    ``run_batch`` gets a list of items and must return one result per item, in order; if it
+    raises, every caller of that batch gets the exception.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], list[Out]],
+        *,
+        max_batch_size: int = 8,
+        max_delay_ms: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay = max(0.0, max_delay_ms) / 1000
+        self.clock = clock  # wall clock, for deadlines that crossed a process boundary
+        self._cond = threading.Condition()
+        self._pending: list[_Slot[In, Out]] = []
+        self._leading = False
+        self.batches_run = 0
+        self.items_dropped = 0
+
+    def submit(self, item: In, *, deadline: float | None = None) -> tuple[Out, int]:
+        """Run ``item`` in some batch; its result and the size of the batch it ran in.
+
+        ``deadline`` is a wall-clock (``time.time()``) instant; past it the item is dropped
+        and :class:`DeadlineExceeded` raised.
+        """
+        slot: _Slot[In, Out] = _Slot(item, deadline)
+        with self._cond:
+            self._pending.append(slot)
+            self._cond.notify_all()
+        while True:
+            with self._cond:
+                while not slot.done and self._leading:
+                    self._cond.wait()
+                if slot.done:
+                    break
+                self._leading = True
+            try:
+                self._lead()
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result, slot.batch_size  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        """Collect one batch (full, or the oldest item's delay spent), run it, deliver."""
+        with self._cond:
+            if not self._pending:
+                return
+            close_at = self._pending[0].arrived + self.max_delay
+            while len(self._pending) < self.max_batch_size:
+                left = close_at - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = self._pending[: self.max_batch_size]
+            del self._pending[: self.max_batch_size]
+        now = self.clock()
+        live: list[_Slot[In, Out]] = []
+        for slot in batch:
+            if slot.deadline is not None and slot.deadline <= now:
+                slot.error = DeadlineExceeded("deadline passed before the batch ran")
+                self.items_dropped += 1
+            else:
+                live.append(slot)
+        if live:
+            try:
+                results = self.run_batch([slot.item for slot in live])
+                if len(results) != len(live):
+                    raise RuntimeError(
+                        f"runtime returned {len(results)} results for {len(live)} items"
+                    )
+            except Exception as exc:  # noqa: BLE001 - delivered to every caller of the batch
+                for slot in live:
+                    slot.error = exc
+            else:
+                for slot, result in zip(live, results, strict=True):
+                    slot.result = result
+                    slot.batch_size = len(live)
+            self.batches_run += 1
+        with self._cond:
+            for slot in batch:
+                slot.done = True
+            self._cond.notify_all()

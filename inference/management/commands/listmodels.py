@@ -1,0 +1,31 @@
+"""``manage.py listmodels``: every model and version with state, weight and availability."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from inference import selectors
+
+
+class Command(BaseCommand):
+    help = "List models and their versions (state, weight, availability)."
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        models = selectors.models_for_tenant(None)
+        if not models:
+            self.stdout.write("no models (try: manage.py builddigits)")
+        for model in models:
+            self.stdout.write(f"{model.name}  [{model.task}]")
+            for v in model.versions.all():
+                marks = [
+                    "stable" if v.pk == model.stable_version_id else "",
+                    "shadow" if v.is_shadow else "",
+                ]
+                reason = selectors.version_unavailable(v) or "available"
+                self.stdout.write(
+                    f"  {v.version:<10} {v.state:<8} weight={v.traffic_weight:<3} "
+                    f"{v.runtime:<6} {v.device}/{v.queue:<5} {' '.join(m for m in marks if m):<13}"
+                    f" {reason}"
+                )

@@ -1,0 +1,78 @@
+"""The one interface every runtime implements, and what a worker knows about a version.
+
+Nothing here imports an engine or Django: a runtime module imports its engine inside its own
+functions, so a missing engine makes a version "unavailable" instead of breaking the web tier.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+INSTALL_HINT = "install with pip install -r requirements-models.txt"
+
+Item = dict[str, Any]
+
+
+class RuntimeUnavailable(Exception):
+    """The engine (or handler) a version needs cannot be used in this process."""
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """Everything needed to load and batch one model version (no ORM object crosses here)."""
+
+    id: int
+    model: str
+    version: str
+    runtime: str
+    checksum: str = ""
+    artifact_name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    max_batch_size: int = 8
+    max_delay_ms: int = 5
+    queue: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
+class Runtime(ABC):
+    """Load once, predict batches, optionally stream, close.
+
+    ``predict`` takes a list of validated input items (dicts) and returns one output dict per
+    item, in order. The batcher relies on that one-to-one order to split results back.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, spec: VersionSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    @abstractmethod
+    def unavailable(cls, options: dict[str, Any]) -> str | None:
+        """Why this runtime cannot serve a version with these options here, or None.
+        Cheap: the web tier calls it to show availability, so it must not load the engine."""
+
+    @abstractmethod
+    def load(self, artifact: bytes | None) -> None:
+        """Load the model (the artifact's bytes, if the version has one)."""
+
+    @abstractmethod
+    def predict(self, batch: list[Item]) -> list[Item]:
+        """One output per input item, same order."""
+
+    def stream(self, item: Item) -> Iterator[Item]:
+        """Chunks of one item's output; runtimes without streaming yield the whole answer."""
+        yield self.predict([item])[0]
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Run once after load so the first real request does not pay for lazy setup."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release what ``load`` took (sessions, GPU memory)."""

@@ -1,0 +1,63 @@
+"""Python handler runtime: ``runtime_options["handler"]`` is a dotted path to a class.
+
+The class is built as ``Handler(options=..., artifact=<bytes or None>)`` and must have
+``predict(batch: list[dict]) -> list[dict]``; it may have ``stream(item)``, ``warmup()`` and
+``close()``. The handler's module is imported when the version loads, in the worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from inference.runtimes.base import Item, Runtime, RuntimeUnavailable
+
+
+class PythonRuntime(Runtime):
+    name = "python"
+    handler: Any = None
+
+    @classmethod
+    def unavailable(cls, options: dict[str, Any]) -> str | None:
+        path = options.get("handler")
+        if not path or "." not in str(path):
+            return "unavailable: runtime_options.handler must be a dotted path to a class"
+        module = str(path).rpartition(".")[0]
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            return f"unavailable: handler module {module} is not installed"
+        return None
+
+    def load(self, artifact: bytes | None) -> None:
+        reason = self.unavailable(self.spec.options)
+        if reason:
+            raise RuntimeUnavailable(reason)
+        try:
+            cls = import_string(self.spec.options["handler"])
+        except ImportError as exc:
+            raise RuntimeUnavailable(f"unavailable: cannot import handler: {exc}") from exc
+        self.handler = cls(options=self.spec.options, artifact=artifact)
+
+    def predict(self, batch: list[Item]) -> list[Item]:
+        return list(self.handler.predict(batch))
+
+    def stream(self, item: Item) -> Iterator[Item]:
+        if hasattr(self.handler, "stream"):
+            yield from self.handler.stream(item)
+        else:
+            yield from super().stream(item)
+
+    def warmup(self) -> None:
+        if hasattr(self.handler, "warmup"):
+            self.handler.warmup()
+
+    def close(self) -> None:
+        if hasattr(self.handler, "close"):
+            self.handler.close()
+        self.handler = None

@@ -1,0 +1,55 @@
+"""The one place engines are faked for unit tests: small Python-runtime handlers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, ClassVar
+
+
+class Doubler:
+    """``{"x": n}`` → ``{"y": 2n}``; records every batch it ran (shared by the class)."""
+
+    batches: ClassVar[list[list[Any]]] = []
+    warmed: ClassVar[int] = 0
+    closed: ClassVar[int] = 0
+    _lock = threading.Lock()
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        self.sleep = float(options.get("sleep", 0))
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with Doubler._lock:
+            Doubler.batches.append([item["x"] for item in batch])
+        if self.sleep:
+            time.sleep(self.sleep)
+        return [{"y": item["x"] * 2} for item in batch]
+
+    def warmup(self) -> None:
+        Doubler.warmed += 1
+
+    def close(self) -> None:
+        Doubler.closed += 1
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.batches, cls.warmed, cls.closed = [], 0, 0
+
+
+class Broken:
+    """Always fails: for circuit breaker and error paths."""
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        pass
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise RuntimeError("model exploded")
+
+
+X_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 1000}},
+    "required": ["x"],
+}
+DOUBLER = {"handler": "inference.tests.fakes.Doubler"}
+BROKEN = {"handler": "inference.tests.fakes.Broken"}

@@ -1,0 +1,194 @@
+"""End to end: a real ``celery worker`` process and a real gunicorn serving HTTP, through Redis
+and the PostgreSQL test database. Runs in the PostgreSQL + Redis pass of ``make test``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+from sklearn.datasets import load_digits
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.redis,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (PostgreSQL + Redis pass)"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("the worker process needs a database it can share (PostgreSQL)")
+    auth = quote(db["USER"] or "")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"])
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "SECRET_KEY": "x",
+        "SECURE_SSL_REDIRECT": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "LOG_FORMAT": "text",
+        "LOG_LEVEL": "INFO",
+    }
+    worker_log = tmp_path / "worker.log"
+    web_log = tmp_path / "web.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with worker_log.open("wb") as wout, web_log.open("wb") as gout:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "config",
+                        "worker",
+                        "--pool",
+                        "threads",
+                        "--concurrency",
+                        "8",
+                        "--queues",
+                        "celery,cpu",
+                        "--loglevel",
+                        "INFO",
+                        "--without-heartbeat",
+                        "--without-mingle",
+                        "--without-gossip",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=wout,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "config.wsgi",
+                        "--bind",
+                        f"127.0.0.1:{port}",
+                        "--workers",
+                        "1",
+                        "--worker-class",
+                        "gthread",
+                        "--threads",
+                        "16",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=gout,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        base = f"http://127.0.0.1:{port}"
+
+        def web_up() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(web_up, f"gunicorn ({web_log.read_text()[-2000:]})")
+        _wait_for(lambda: "ready." in worker_log.read_text(), "the celery worker")
+        yield {"base": base, "worker_log": worker_log}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def test_it_serves_digits_through_a_real_worker_and_server(stack, key, digits) -> None:
+    from inference.models import ModelVersion
+
+    # A wider window than digits' 5 ms, so merging does not hinge on a busy CI machine's timing.
+    ModelVersion.objects.filter(pk=digits.pk).update(max_delay_ms=50)
+    base, raw = stack["base"], key[1]
+    data = load_digits()
+    headers = {"X-API-Key": raw}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        listed = client.get("/v1/models").json()
+        assert [m["id"] for m in listed["data"]] == ["digits"]
+        first = client.post(
+            "/v1/models/digits/infer", json={"input": {"pixels": data.data[0].tolist()}}
+        )
+        assert first.status_code == 200, first.text
+        assert first.json()["output"]["label"] == data.target[0]
+        bad = client.post("/v1/models/digits/infer", json={"input": {"pixels": [1]}})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "input.pixels"
+
+    def one(n: int) -> dict[str, Any]:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            response = client.post(
+                "/v1/models/digits/infer", json={"input": {"pixels": data.data[n].tolist()}}
+            )
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, range(32)))
+    assert [a["output"]["label"] for a in answers] == list(data.target[:32])
+    print("batch sizes seen:", sorted(a["batch_size"] for a in answers))
+    # Concurrent requests for one version are merged by the worker's batcher.
+    assert max(a["batch_size"] for a in answers) > 1, stack["worker_log"].read_text()[-3000:]
+
+
+def test_it_answers_504_and_drops_work_when_no_worker_is_fast_enough(stack, key, doubler) -> None:
+    from inference.models import ModelVersion
+
+    ModelVersion.objects.filter(pk=doubler.pk).update(
+        runtime_options={"handler": "inference.tests.fakes.Doubler", "sleep": 0.5}
+    )
+    with httpx.Client(base_url=stack["base"], headers={"X-API-Key": key[1]}, timeout=30) as c:
+        response = c.post("/v1/models/doubler/infer", json={"input": {"x": 1}, "timeout_ms": 200})
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"

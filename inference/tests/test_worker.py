@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from inference import serving
+from inference.cache import ModelCache
+from inference.replies import reply_publish, reply_wait
+from inference.runtimes import RuntimeUnavailable, VersionSpec
+from inference.tasks import inference_predict
+from inference.tests.conftest import make_version
+from inference.tests.fakes import DOUBLER, Doubler
+
+
+def _spec(id: int = 1, checksum: str = "a", **options) -> VersionSpec:
+    return VersionSpec(
+        id=id,
+        model="m",
+        version=str(id),
+        runtime="python",
+        checksum=checksum,
+        options={**DOUBLER, **options},
+    )
+
+
+def test_it_loads_a_version_once_under_concurrency_and_warms_it_up() -> None:
+    cache = ModelCache(max_models=4, read_artifact=lambda spec: None)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        entries = list(pool.map(lambda _: cache.get(_spec()), range(16)))
+    assert cache.loads == 1 and len({id(e) for e in entries}) == 1
+    assert Doubler.warmed == 1
+
+
+def test_it_evicts_the_least_recently_used_model_and_closes_it() -> None:
+    cache = ModelCache(max_models=2, read_artifact=lambda spec: None)
+    cache.get(_spec(1))
+    cache.get(_spec(2))
+    cache.get(_spec(1))  # 2 is now least recently used
+    cache.get(_spec(3))
+    assert [s.id for s in cache.loaded()] == [1, 3]
+    assert Doubler.closed == 1
+    cache.get(_spec(1, checksum="b"))  # a new artifact is a new entry
+    assert cache.loads == 4
+
+
+def test_it_reports_a_missing_handler_as_unavailable() -> None:
+    cache = ModelCache(max_models=2, read_artifact=lambda spec: None)
+    with pytest.raises(RuntimeUnavailable, match="not installed"):
+        cache.get(_spec(handler="sluice_missing_pkg.Handler"))
+
+
+@pytest.mark.django_db
+def test_it_drops_expired_work_without_running_it() -> None:
+    version = make_version()
+    rid = uuid.uuid4().hex
+    inference_predict(version.pk, {"x": 1}, rid, time.time() - 1)
+    assert Doubler.batches == []
+    assert serving.model_cache().loaded() == []  # not even loaded
+    assert reply_wait(rid, 0.05) is None
+
+
+@pytest.mark.django_db
+def test_it_publishes_the_answer_for_the_waiting_view() -> None:
+    version = make_version()
+    rid = uuid.uuid4().hex
+    inference_predict(version.pk, {"x": 4}, rid, time.time() + 10)
+    reply = reply_wait(rid, 1)
+    assert reply is not None and reply["ok"] is True and reply["output"] == {"y": 8}
+
+
+@pytest.mark.django_db
+def test_it_publishes_unavailable_with_the_reason() -> None:
+    version = make_version(options={"handler": "sluice_missing_pkg.Handler"})
+    rid = uuid.uuid4().hex
+    inference_predict(version.pk, {"x": 4}, rid, time.time() + 10)
+    reply = reply_wait(rid, 1)
+    assert reply is not None and reply["status"] == 503
+    assert "sluice_missing_pkg is not installed" in reply["error"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_batches_concurrent_tasks_of_one_version() -> None:
+    version = make_version(max_batch_size=8, max_delay_ms=100)
+    ids = [uuid.uuid4().hex for _ in range(8)]
+    barrier = threading.Barrier(8)
+
+    def task(i: int) -> None:
+        barrier.wait()
+        try:
+            inference_predict(version.pk, {"x": i}, ids[i], time.time() + 10)
+        finally:
+            connection.close()  # each thread opened its own
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(task, range(8)))
+    replies = [reply_wait(rid, 1) for rid in ids]
+    assert [r["output"]["y"] for r in replies] == [i * 2 for i in range(8)]
+    assert len(Doubler.batches) < 8
+    assert max(r["batch_size"] for r in replies) > 1
+
+
+def test_it_delivers_replies_across_threads_and_times_out() -> None:
+    rid = uuid.uuid4().hex
+    threading.Timer(0.05, reply_publish, args=(rid, {"ok": True})).start()
+    assert reply_wait(rid, 2) == {"ok": True}
+    assert reply_wait(uuid.uuid4().hex, 0.05) is None
+    assert reply_wait(rid, 0) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_preloads_the_active_versions_of_its_queues() -> None:
+    make_version("a")
+    make_version("b", queue="gpu")
+    draft = make_version("c", activate=False)
+    assert serving.preload({"cpu"}) == ["a:1"]
+    assert [s.label for s in serving.model_cache().loaded()] == ["a:1"]
+    assert Doubler.warmed == 1
+    assert draft.pk not in {s.id for s in serving.model_cache().loaded()}
+
+
+def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from inference import apps
+
+    seen: list[set[str]] = []
+    done = threading.Event()
+
+    def fake_preload(queues: set[str]) -> list[str]:
+        seen.append(queues)
+        done.set()
+        return []
+
+    monkeypatch.setattr(serving, "preload", fake_preload)
+    consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
+    apps._preload_on_worker_ready(sender=consumer)
+    assert done.wait(5) and seen == [{"cpu"}]
