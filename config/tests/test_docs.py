@@ -28,3 +28,17 @@ def test_every_setting_read_from_the_environment_is_in_the_readme():
     read = _read_by_settings()
     assert len(read) > 20, "the settings scan found too little: fix the pattern"
     assert read - _documented() == set()
+
+
+def test_every_problem_type_is_documented():
+    slugs = set()
+    for path in ROOT.glob("*/**/*.py"):
+        if ".venv" in path.parts or "tests" in path.parts:
+            continue
+        source = path.read_text()
+        slugs |= set(re.findall(r'problem_slug = "([a-z-]+)"', source))
+        slugs |= set(re.findall(r'slug="([a-z-]+)"', source))
+    errors = (ROOT / "docs" / "errors.md").read_text()
+    documented = set(re.findall(r"\| `([a-z-]+)`", errors))
+    assert "rate-limited" in slugs, "the scan found too little: fix the pattern"
+    assert slugs - documented == set()
