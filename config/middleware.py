@@ -9,10 +9,11 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from config import ratelimit
+from config import metrics, ratelimit
 from config.log import request_id_var
 from config.net import client_ip
 from config.problems import is_api_path, problem_response
@@ -38,11 +39,18 @@ class RequestLogMiddleware(MiddlewareMixin):
             return response
         response["X-Request-ID"] = rid
         tenant = getattr(request, "tenant", None)
+        seconds = time.perf_counter() - request._sluice_started  # type: ignore[attr-defined]
+        metrics.observe_request(
+            asgi=isinstance(request, ASGIRequest),
+            method=str(request.method),
+            status=response.status_code,
+            seconds=seconds,
+        )
         extra: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - request._sluice_started) * 1000, 2),  # type: ignore[attr-defined]
+            "duration_ms": round(seconds * 1000, 2),
             "tenant": getattr(tenant, "slug", None),
         }
         access_log.info("%s %s %s", request.method, request.path, response.status_code, extra=extra)

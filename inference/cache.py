@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from config.metrics import BATCH_SIZE
 from inference.batcher import Batcher
 from inference.runtimes import Runtime, VersionSpec, runtime_class
 from inference.runtimes.base import Item
@@ -76,8 +77,14 @@ class ModelCache:
         self.loads += 1
         load_ms = (time.perf_counter() - started) * 1000
         log.info("loaded %s (%s) in %.0f ms", spec.label, spec.runtime, load_ms)
+        sizes = BATCH_SIZE.labels(spec.model)
+
+        def run_batch(items: list[Item]) -> list[Item]:
+            sizes.observe(len(items))
+            return runtime.predict(items)
+
         batcher: Batcher[Item, Item] = Batcher(
-            runtime.predict, max_batch_size=spec.max_batch_size, max_delay_ms=spec.max_delay_ms
+            run_batch, max_batch_size=spec.max_batch_size, max_delay_ms=spec.max_delay_ms
         )
         return Loaded(spec=spec, runtime=runtime, batcher=batcher, load_ms=load_ms)
 

@@ -1,0 +1,97 @@
+"""Prometheus metrics: the contract in docs/deployment.md (the alerts and dashboard use it).
+
+Web and ASGI processes serve ``/metrics``; a separate worker process serves its own on
+``WORKER_METRICS_PORT``. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn with several worker
+processes), samples are written to that directory and ``/metrics`` aggregates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "sluice_http_requests_total", "HTTP requests answered.", ["process", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "sluice_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["process", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_SIZE = Histogram(
+    "sluice_batch_size",
+    "Requests merged into one model call by the worker's batcher.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+
+def broker_queues() -> list[str]:
+    return list(dict.fromkeys(["celery", *settings.INFERENCE_QUEUES, "jobs"]))
+
+
+class QueueDepthCollector(Collector):
+    """``sluice_queue_depth{queue}``: messages waiting in each Celery queue, read from the Redis
+    broker at scrape time (nothing for the in-process memory broker)."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "sluice_queue_depth", "Messages waiting in a Celery queue.", labels=["queue"]
+        )
+        url = settings.CELERY_BROKER_URL
+        if url.startswith(("redis://", "rediss://")):
+            prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+            client = redis.Redis.from_url(url, socket_timeout=settings.REDIS_SOCKET_TIMEOUT)
+            try:
+                depths = client.pipeline(transaction=False)
+                queues = broker_queues()
+                for queue in queues:
+                    depths.llen(f"{prefix}{queue}")
+                for queue, depth in zip(queues, depths.execute(), strict=True):
+                    gauge.add_metric([queue], float(depth))
+            except redis.RedisError:
+                log.warning("queue depth unavailable: broker unreachable")
+            finally:
+                client.close()
+        yield gauge
+
+
+def exposition() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    queues = CollectorRegistry()
+    queues.register(QueueDepthCollector())
+    return generate_latest(registry) + generate_latest(queues)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: for Prometheus on the pod network; nginx does not route it."""
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def observe_request(*, asgi: bool, method: str, status: int, seconds: float) -> None:
+    process = "asgi" if asgi else "web"
+    HTTP_REQUESTS.labels(process, method, str(status)).inc()
+    HTTP_DURATION.labels(process, method).observe(seconds)
