@@ -1,6 +1,6 @@
 """Summarise py-spy's collapsed stacks: share of samples spent inside each named function.
 
-    .venv/bin/python bench/collapse.py bench/results/profile-batching-on-web.txt [--top 25]
+.venv/bin/python bench/collapse.py bench/results/profile-batching-on-web.txt [--top 25]
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from pathlib import Path
 
 
 def main() -> None:
@@ -18,12 +19,13 @@ def main() -> None:
     args = parser.parse_args()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in open(args.path):
+    for line in Path(args.path).read_text().splitlines():
         stack, _, count = line.rstrip().rpartition(" ")
         n = int(count)
         frames = stack.split(";")
-        if args.skip_idle and re.search(r"\b(wait|select|poll|epoll|accept|_recv_into)\b",
-                                        frames[-1]):
+        if args.skip_idle and re.search(
+            r"\b(wait|select|poll|epoll|accept|_recv_into)\b", frames[-1]
+        ):
             continue
         total += n
         for name in {re.sub(r" \(.*?\)$", "", f) for f in frames}:

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.auth_overhead import machine  # noqa: E402
+from testing.processes import gunicorn  # noqa: E402
 
 DIGIT = [
     0,
@@ -170,21 +171,7 @@ def bench_config(
     env = {**env, "REDIS_KEY_PREFIX": f"{env['REDIS_KEY_PREFIX']}-{name.replace(' ', '-')}"}
     procs = [
         subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                "0",
-                str(BIN / "gunicorn"),
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{port}",
-                "-k",
-                "gthread",
-                "-w",
-                "1",
-                "--threads",
-                str(max(args.concurrency) + 8),
-            ],
+            ["taskset", "-c", "0", *gunicorn(port, threads=max(args.concurrency) + 8)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -118,7 +118,7 @@ def running(
         log.close()
 
 
-def gunicorn(port: int) -> list[str]:
+def gunicorn(port: int, *, threads: int = 4) -> list[str]:
     return [
         str(BIN / "gunicorn"),
         "config.wsgi",
@@ -127,7 +127,7 @@ def gunicorn(port: int) -> list[str]:
         "-k",
         "gthread",
         "--threads",
-        "4",
+        str(threads),
         "-w",
         "1",
     ]
