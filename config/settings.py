@@ -175,6 +175,11 @@ INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
 INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
 
+# --- Streams ----------------------------------------------------------------------------------
+STREAM_MAXLEN = env.int("STREAM_MAXLEN", default=10_000)  # events kept per stream
+STREAM_TTL_SECONDS = env.int("STREAM_TTL_SECONDS", default=3600)  # idle streams expire
+SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
+
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
