@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/auth/", include("rest_framework.urls")),
     path("v1/", include("tenants.urls")),
     path("v1/", include("inference.urls")),
+    path("v1/", include("streaming.urls")),
     # Last: anything else under an API prefix is a problem+json 404.
     re_path(r"^(?:v1|v2|api)/(?P<rest>.*)$", problems.api_not_found, name="api-not-found"),
 ]

@@ -1,0 +1,147 @@
+"""Server-Sent Events and stream metadata.
+
+SSE is served by daphne (nginx routes ``/v1/streams/`` there): an async view that reads the
+stream log and writes ``id:``/``event:``/``data:`` lines, resumes from ``Last-Event-ID`` (or
+``?after=``), sends a comment line every ``SSE_HEARTBEAT_SECONDS`` while the stream is quiet,
+and stops after the ``end`` event or when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.problems import problem_response
+from streaming.log import END, GAP, Event, StreamLog, StreamMeta, StreamNotFound, get_log, valid_id
+from tenants.authentication import authenticate_credential, presented_credential
+from tenants.limits import enforce_plan
+from tenants.selectors import KeyContext
+
+# How long one blocking read waits before the loop looks at the heartbeat and the client.
+READ_BLOCK_MS = 1000
+
+
+def sse_frame(event: Event) -> str:
+    """One event as SSE lines. A ``gap`` carries no id, so a reconnect resumes after it."""
+    lines = [] if event.event == GAP else [f"id: {event.id}"]
+    lines += [f"event: {event.event}", f"data: {json.dumps(event.data, separators=(',', ':'))}"]
+    return "\n".join(lines) + "\n\n"
+
+
+def owned_stream(ctx: KeyContext, stream_id: str) -> StreamMeta | None:
+    """The stream's metadata if the caller's tenant owns it (another tenant's is "missing")."""
+    meta = get_log().meta(stream_id)
+    return meta if meta is not None and meta.tenant_id == ctx.tenant.pk else None
+
+
+async def _frames(log: StreamLog, stream_id: str, after: str | None) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    yield ": connected\n\n"  # proxies and clients see the stream open at once
+    while True:
+        try:
+            events = await asyncio.to_thread(
+                log.read, stream_id, after, block_ms=READ_BLOCK_MS, count=500
+            )
+        except StreamNotFound:
+            yield sse_frame(Event(id="", event="error", data={"code": "stream_expired"}))
+            return
+        for event in events:
+            yield sse_frame(event)
+            if event.event != GAP:
+                after = event.id
+            if event.event == END:
+                return
+        if events:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
+            quiet_since = loop.time()
+            yield ": heartbeat\n\n"
+
+
+def _authenticate(request: HttpRequest) -> KeyContext:
+    raw = presented_credential(request)
+    if raw is None:
+        raise exceptions.NotAuthenticated()
+    ctx = authenticate_credential(raw)
+    if not ctx.has_scope("streams"):
+        raise exceptions.PermissionDenied("This API key lacks the 'streams' scope.")
+    enforce_plan(request, ctx)
+    return ctx
+
+
+async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponse:
+    """``GET /v1/streams/{stream_id}/events``: the stream as Server-Sent Events."""
+    try:
+        ctx = await sync_to_async(_authenticate)(request)
+    except exceptions.APIException as exc:
+        status = exc.status_code
+        headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
+        if isinstance(exc, exceptions.Throttled) and exc.wait:
+            headers["Retry-After"] = str(int(exc.wait))
+        return problem_response(
+            status, detail=str(exc.detail), instance=request.path, headers=headers
+        )
+    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or None
+    if after is not None and not valid_id(after):
+        return problem_response(
+            422,
+            slug="validation-error",
+            detail="Last-Event-ID is not a stream id.",
+            errors=[
+                {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
+            ],
+        )
+    if await sync_to_async(owned_stream)(ctx, stream_id) is None:
+        return problem_response(404, slug="not-found", instance=request.path)
+    response = StreamingHttpResponse(
+        _frames(get_log(), stream_id, after), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+class StreamView(APIView):
+    """A stream's metadata: kind, bounds, whether it has ended."""
+
+    required_scope = "streams"
+
+    @extend_schema(
+        responses=inline_serializer(
+            "Stream",
+            {
+                "id": serializers.CharField(),
+                "kind": serializers.CharField(),
+                "maxlen": serializers.IntegerField(),
+                "ttl": serializers.IntegerField(),
+                "closed": serializers.BooleanField(),
+                "events_url": serializers.CharField(),
+            },
+        )
+    )
+    def get(self, request: Request, stream_id: str) -> Response:
+        ctx = request.auth
+        meta = owned_stream(ctx, stream_id) if isinstance(ctx, KeyContext) else None
+        if meta is None:
+            raise exceptions.NotFound()
+        return Response(
+            {
+                "id": stream_id,
+                "kind": meta.kind,
+                "maxlen": meta.maxlen,
+                "ttl": meta.ttl,
+                "closed": meta.closed,
+                "events_url": f"/v1/streams/{stream_id}/events",
+            }
+        )
