@@ -78,7 +78,7 @@ def test_it_sends_heartbeats_while_quiet(key, stream, settings):
 
 def test_another_tenants_stream_is_404(other_tenant, stream, client_for):
     _, raw = make_key(other_tenant, scopes=["streams"])
-    status, headers, body = _get(f"/v1/streams/{stream}/events", x_api_key=raw)
+    status, headers, _ = _get(f"/v1/streams/{stream}/events", x_api_key=raw)
     assert status == 404
     assert headers["Content-Type"] == "application/problem+json"
     assert client_for(raw).get(f"/v1/streams/{stream}").status_code == 404
