@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.request import Request
@@ -80,15 +81,16 @@ def _authenticate(request: HttpRequest) -> KeyContext:
     return ctx
 
 
-async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponse:
+async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBase:
     """``GET /v1/streams/{stream_id}/events``: the stream as Server-Sent Events."""
     try:
         ctx = await sync_to_async(_authenticate)(request)
     except exceptions.APIException as exc:
         status = exc.status_code
         headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
-        if isinstance(exc, exceptions.Throttled) and exc.wait:
-            headers["Retry-After"] = str(int(exc.wait))
+        wait = getattr(exc, "wait", None)
+        if wait:
+            headers["Retry-After"] = str(int(wait))
         return problem_response(
             status, detail=str(exc.detail), instance=request.path, headers=headers
         )
