@@ -54,7 +54,7 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DEBUG=true $(VENV)/bin/mypy
-	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
+	DEBUG=true DATABASE_URL=sqlite://:memory: $(PY) manage.py makemigrations --check --dry-run
 
 fmt: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
@@ -64,7 +64,7 @@ web: $(VENV)/.installed-run
 	$(VENV)/bin/gunicorn config.wsgi --config deploy/gunicorn.conf.py
 
 asgi: $(VENV)/.installed-run
-	$(VENV)/bin/daphne --bind 0.0.0.0 --port $(PORT) --proxy-headers config.asgi:application
+	$(VENV)/bin/python manage.py serve --no-worker --host 0.0.0.0 --port $(PORT) --proxy-headers
 
 worker: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config worker --loglevel INFO --queues $${CELERY_QUEUES:-celery,cpu,jobs} --pool threads --concurrency $${CELERY_CONCURRENCY:-4}

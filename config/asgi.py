@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSocket through Channels (Origin checked)."""
+"""ASGI entry point: HTTP through Django, WebSocket through Channels (browser Origins checked)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from streaming.routing import websocket_urlpatterns  # noqa: E402
+from streaming.security import origin_validated  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": origin_validated(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -179,6 +179,9 @@ INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120
 STREAM_MAXLEN = env.int("STREAM_MAXLEN", default=10_000)  # events kept per stream
 STREAM_TTL_SECONDS = env.int("STREAM_TTL_SECONDS", default=3600)  # idle streams expire
 SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
+WS_AUTH_TIMEOUT_SECONDS = env.float("WS_AUTH_TIMEOUT_SECONDS", default=5.0)
+WS_REAUTH_SECONDS = env.float("WS_REAUTH_SECONDS", default=30.0)
+WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=64 * 1024)
 
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,7 +1,11 @@
-"""WebSocket routes under /ws/v1/ (consumers arrive with the streaming issue)."""
+"""WebSocket routes under /ws/v1/."""
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import path
 
-websocket_urlpatterns: list[URLPattern] = []
+from streaming.consumers import StreamConsumer
+
+websocket_urlpatterns = [
+    path("ws/v1/streams/<str:stream_id>", StreamConsumer.as_asgi()),
+]

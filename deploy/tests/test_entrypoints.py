@@ -37,7 +37,8 @@ MAKE_TARGETS = {
 def option(cmd: list[str], *names: str) -> str | None:
     for i, arg in enumerate(cmd):
         if arg in names:
-            return cmd[i + 1]
+            # a flag without a value (--proxy-headers, --no-worker) has none to return
+            return cmd[i + 1] if arg in TAKES_VALUE and i + 1 < len(cmd) else None
     return None
 
 
@@ -46,6 +47,7 @@ TAKES_VALUE = {
     *("--config", "-c", "--bind", "-b", "--port", "-p", "--app", "-A", "--loglevel", "-l"),
     *("--queues", "-Q", "--pool", "-P", "--concurrency", "--schedule", "-s", "--hostname"),
     *("--timeout", "--destination", "-d", "--workers", "-w"),
+    *("--host",),
 }
 
 

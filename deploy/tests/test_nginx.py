@@ -168,9 +168,9 @@ def test_nginx_routes_like_the_design_says(stack: Stack) -> None:
             },
         )
         assert stack.which("ws-1") == "asgi"
-        # 500: no consumer routes yet (URLRouter finds none); 403: a route refusing the
-        # handshake. A 404 would mean the upgrade was lost and Django answered plain HTTP.
-        assert ws.status_code in (403, 500), ws.status_code
+        # 101: the upgrade reached daphne and the stream consumer accepted it (it asks for
+        # credentials next). A 404 would mean the upgrade was lost and Django answered HTTP.
+        assert ws.status_code == 101, ws.status_code
 
         # Without a usable id from the caller, nginx makes one up and the app uses it; the
         # response carries it once.

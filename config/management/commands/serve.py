@@ -1,4 +1,5 @@
-"""``manage.py serve``: the all-in-one server of the quick start (and a small deployment)."""
+"""``manage.py serve``: daphne configured for Sluice. The all-in-one server of the quick start
+(with an in-process Celery worker) and, with ``--no-worker``, the production ASGI process."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 
+def closing_handshake(server: Any) -> None:
+    server.ws_factory.setProtocolOptions(failByDrop=False)
+
+
 class Command(BaseCommand):
-    help = "Serve HTTP and WebSocket with daphne, with an in-process Celery worker."
+    help = "Serve HTTP and WebSocket with daphne (and an in-process Celery worker)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--no-worker", action="store_true", help="Serve only.")
+        parser.add_argument(
+            "--proxy-headers",
+            action="store_true",
+            help="Take the client address and scheme from X-Forwarded-* (behind nginx only).",
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         from daphne.endpoints import build_endpoint_description_strings
@@ -24,15 +34,27 @@ class Command(BaseCommand):
         from config.asgi import application
         from config.embedded import start_worker
 
+        proxied = opts["proxy_headers"]
+        server = Server(
+            application=application,
+            endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
+            verbosity=0,  # the request log middleware writes one line per request
+            proxy_forwarded_address_header="X-Forwarded-For" if proxied else None,
+            proxy_forwarded_port_header="X-Forwarded-Port" if proxied else None,
+            proxy_forwarded_proto_header="X-Forwarded-Proto" if proxied else None,
+            # A WebSocket message over the limit is refused by the protocol layer with 1009 (an
+            # application may only send 1000 and 3000-4999) ...
+            websocket_max_message_size=settings.WS_MAX_FRAME_BYTES,
+            websocket_max_frame_size=settings.WS_MAX_FRAME_BYTES,
+            # ... with a closing handshake the client can read, not autobahn's default of
+            # dropping the TCP connection (which the client sees as 1006).
+            ready_callable=lambda: closing_handshake(server),
+        )
         worker = None if opts["no_worker"] else start_worker()
         mode = "embedded (SQLite, in-memory)" if settings.EMBEDDED else "PostgreSQL + Redis"
         self.stdout.write(f"Sluice serving on http://{opts['host']}:{opts['port']}/ [{mode}]")
         try:
-            Server(
-                application=application,
-                endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
-                verbosity=0,  # the request log middleware writes one line per request
-            ).run()
+            server.run()
         finally:
             if worker is not None:
                 worker.stop(in_sighandler=False)

@@ -1,0 +1,188 @@
+"""WebSocket delivery of a stream: ``/ws/v1/streams/<stream_id>``.
+
+Protocol (JSON text frames; close codes in docs/streams.md):
+
+1. Authenticate: an ``X-API-Key``/``Authorization`` header on the handshake, or a first message
+   ``{"type": "auth", "token": "<key or JWT>"}`` within ``WS_AUTH_TIMEOUT_SECONDS`` (browsers
+   cannot set headers; the query string would end up in access logs).
+2. ``{"type": "subscribe", "after": "<id>" | null}``: events arrive as envelopes
+   ``{"type": "event", "id", "event", "data"}``; after ``end`` the server closes with 1000.
+3. ``{"type": "cancel"}``: asks the producer to stop (it polls the stream's cancel flag).
+
+The key is checked again every ``WS_REAUTH_SECONDS``: a revoked key's socket closes with 4401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from rest_framework import exceptions
+
+from streaming import services
+from streaming.log import END, GAP, StreamNotFound, get_log, valid_id
+from tenants.authentication import authenticate_credential
+from tenants.selectors import KeyContext
+
+log = logging.getLogger(__name__)
+
+# Close codes (one table in docs/streams.md).
+CLOSE_NORMAL = 1000
+# daphne refuses messages over WS_MAX_FRAME_BYTES itself with 1009 (it is started with that
+# limit); the consumer's own check only fires behind a server started without it, and then uses
+# 4009, since the protocol layer lets an application send only 1000 and 3000-4999.
+CLOSE_TOO_BIG = 4009
+CLOSE_PROTOCOL = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_AUTH_TIMEOUT = 4408
+CLOSE_TOO_MANY = 4429
+MAX_BAD_FRAMES = 3
+
+
+class StreamConsumer(AsyncWebsocketConsumer):
+    ctx: KeyContext | None = None
+    raw: str | None = None
+    forwarder: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
+    holds_slot = False
+    bad_frames = 0
+
+    async def connect(self) -> None:
+        self.stream_id = str(self.scope["url_route"]["kwargs"]["stream_id"])
+        await self.accept()
+        headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
+        raw = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
+        if raw:
+            await self.authenticate(raw)
+        else:
+            self.watchdog = asyncio.create_task(self._auth_deadline())
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
+        if self.ctx is None:
+            await self.close(code=CLOSE_AUTH_TIMEOUT)
+
+    async def authenticate(self, raw: str) -> None:
+        try:
+            ctx = await database_sync_to_async(authenticate_credential)(raw)
+        except exceptions.AuthenticationFailed:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not ctx.has_scope("streams"):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        meta = await database_sync_to_async(get_log().meta)(self.stream_id)
+        if meta is None or meta.tenant_id != ctx.tenant.pk:
+            await self.close(code=CLOSE_NOT_FOUND)  # another tenant's stream does not exist
+            return
+        if not await database_sync_to_async(services.stream_slot_take)(ctx.tenant):
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        self.holds_slot = True
+        self.ctx, self.raw = ctx, raw
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.watchdog = asyncio.create_task(self._recheck_key())
+        await self.send_json({"type": "ready", "stream": self.stream_id})
+
+    async def _recheck_key(self) -> None:
+        while True:
+            await asyncio.sleep(settings.WS_REAUTH_SECONDS)
+            try:
+                await database_sync_to_async(authenticate_credential)(self.raw or "")
+            except exceptions.AuthenticationFailed:
+                await self.close(code=CLOSE_UNAUTHENTICATED)
+                return
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        try:
+            message = json.loads(text_data if text_data is not None else (bytes_data or b""))
+            kind = message["type"] if isinstance(message, dict) else None
+        except (ValueError, KeyError):
+            kind = None
+            message = {}
+        handler = getattr(self, f"on_{kind}", None) if isinstance(kind, str) else None
+        if handler is None:
+            await self.refuse("bad_message", "Expected a JSON object with a known 'type'.")
+            return
+        await handler(message)
+
+    async def refuse(self, code: str, message: str) -> None:
+        """An error event; the connection stays open until the client keeps sending garbage."""
+        self.bad_frames += 1
+        await self.send_json({"type": "error", "code": code, "message": message})
+        if self.bad_frames >= MAX_BAD_FRAMES:
+            await self.close(code=CLOSE_PROTOCOL)
+
+    async def on_auth(self, message: dict[str, Any]) -> None:
+        token = message.get("token")
+        if self.ctx is not None:
+            await self.refuse("already_authenticated", "This socket is authenticated.")
+        elif not isinstance(token, str) or not token:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+        else:
+            await self.authenticate(token)
+
+    async def on_subscribe(self, message: dict[str, Any]) -> None:
+        after = message.get("after")
+        if self.ctx is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+        elif after is not None and (not isinstance(after, str) or not valid_id(after)):
+            await self.refuse("bad_resume_id", "'after' must be a stream id or null.")
+        elif self.forwarder is not None:
+            await self.refuse("already_subscribed", "This socket is already subscribed.")
+        else:
+            self.forwarder = asyncio.create_task(self._forward(after))
+
+    async def on_cancel(self, message: dict[str, Any]) -> None:
+        if self.ctx is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await database_sync_to_async(get_log().request_cancel)(self.stream_id)
+        await self.send_json({"type": "cancelling"})
+
+    async def _forward(self, after: str | None) -> None:
+        stream_log = get_log()
+        while True:
+            try:
+                events = await asyncio.to_thread(
+                    stream_log.read, self.stream_id, after, block_ms=1000, count=500
+                )
+            except StreamNotFound:
+                await self.send_json({"type": "error", "code": "stream_expired"})
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            for event in events:
+                await self.send_json({"type": "event", **event.envelope()})
+                if event.event != GAP:
+                    after = event.id
+                if event.event == END:
+                    await self.close(code=CLOSE_NORMAL)
+                    return
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content, separators=(",", ":")))
+
+    async def disconnect(self, code: int) -> None:
+        for task in (self.forwarder, self.watchdog):
+            if task is not None:
+                task.cancel()
+        if self.holds_slot and self.ctx is not None:
+            self.holds_slot = False
+            await database_sync_to_async(services.stream_slot_release)(self.ctx.tenant)
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
