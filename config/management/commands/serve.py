@@ -35,7 +35,7 @@ class Command(BaseCommand):
         from config.embedded import start_worker
 
         proxied = opts["proxy_headers"]
-        server = Server(
+        server: Any = Server(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
             verbosity=0,  # the request log middleware writes one line per request
