@@ -33,7 +33,8 @@ def test_every_setting_read_from_the_environment_is_in_the_readme():
 def test_every_problem_type_is_documented():
     slugs = set()
     for path in ROOT.glob("*/**/*.py"):
-        if ".venv" in path.parts or "tests" in path.parts:
+        rel = path.relative_to(ROOT).parts
+        if rel[0].startswith(".") or "tests" in rel:  # virtualenvs (.venv, .venv-3.13), caches
             continue
         source = path.read_text()
         slugs |= set(re.findall(r'problem_slug = "([a-z-]+)"', source))
