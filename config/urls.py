@@ -5,6 +5,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from config import health, metrics, problems
+from inference.protocols.views_v2 import ServerMetadataView
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -18,6 +19,8 @@ urlpatterns = [
     path("v1/", include("tenants.urls")),
     path("v1/", include("inference.urls")),
     path("v1/", include("streaming.urls")),
+    path("v2", ServerMetadataView.as_view(), name="v2-server"),
+    path("v2/", include("inference.protocols.urls_v2")),
     # Last: anything else under an API prefix is a problem+json 404.
     re_path(r"^(?:v1|v2|api)/(?P<rest>.*)$", problems.api_not_found, name="api-not-found"),
 ]

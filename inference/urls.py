@@ -3,8 +3,12 @@ from __future__ import annotations
 from django.urls import path
 
 from inference import views
+from inference.protocols import views_openai
 
 urlpatterns = [
+    path("embeddings", views_openai.EmbeddingsView.as_view(), name="openai-embeddings"),
+    path("completions", views_openai.CompletionsView.as_view(), name="openai-completions"),
+    path("chat/completions", views_openai.ChatCompletionsView.as_view(), name="openai-chat"),
     path("models", views.ModelListView.as_view(), name="model-list"),
     path("models/<slug:name>", views.ModelDetailView.as_view(), name="model-detail"),
     path("models/<slug:name>/infer", views.InferView.as_view(), name="model-infer"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from inference.runtimes.base import Item, Runtime, RuntimeUnavailable
+from inference.runtimes.base import INSTALL_HINT, Item, Runtime, RuntimeUnavailable
 
 
 class PythonRuntime(Runtime):
@@ -32,6 +32,15 @@ class PythonRuntime(Runtime):
             found = None
         if found is None:
             return f"unavailable: handler module {module} is not installed"
+        # Engines the handler imports, so the web tier can say what is missing, and how to fix.
+        for engine in options.get("requires") or []:
+            try:
+                present = importlib.util.find_spec(str(engine)) is not None
+            except (ImportError, ValueError):
+                present = False
+            if not present:
+                hint = options.get("install_hint") or INSTALL_HINT
+                return f"unavailable: {engine} is not installed ({hint})"
         return None
 
     def load(self, artifact: bytes | None) -> None:
@@ -42,7 +51,10 @@ class PythonRuntime(Runtime):
             cls = import_string(self.spec.options["handler"])
         except ImportError as exc:
             raise RuntimeUnavailable(f"unavailable: cannot import handler: {exc}") from exc
-        self.handler = cls(options=self.spec.options, artifact=artifact)
+        try:
+            self.handler = cls(options=self.spec.options, artifact=artifact)
+        except ImportError as exc:
+            raise RuntimeUnavailable(f"unavailable: {exc} ({INSTALL_HINT})") from exc
 
     def predict(self, batch: list[Item]) -> list[Item]:
         return list(self.handler.predict(batch))

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
-from inference.builtin import digits_install
+from inference.builtin import digits_install, embeddings_install, sentiment_install
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
 
@@ -51,6 +51,12 @@ class Command(BaseCommand):
                 f"built-in model digits skipped: {exc} — install with "
                 "pip install -r requirements-models.txt"
             )
-            return
-        if created:
-            self.stderr.write(f"built-in model {version} registered")
+        else:
+            if created:
+                self.stderr.write(f"built-in model {version} registered")
+        # Handler models register without their engine: a worker without it shows them
+        # "unavailable" with the install hint instead of failing.
+        for install in (sentiment_install, embeddings_install):
+            version, created = install(actor="demo")
+            if created:
+                self.stderr.write(f"built-in model {version} registered")
