@@ -154,6 +154,7 @@ class ModelVersion(models.Model):
     class Runtime(models.TextChoices):
         ONNX = "onnx", "ONNX Runtime"
         PYTHON = "python", "Python handler"
+        TRANSFORMERS = "transformers", "Hugging Face transformers"
 
     class Device(models.TextChoices):
         CPU = "cpu"

@@ -11,6 +11,7 @@ from inference.runtimes.base import Runtime, RuntimeUnavailable, VersionSpec
 RUNTIMES: dict[str, str] = {
     "onnx": "inference.runtimes.onnx.OnnxRuntime",
     "python": "inference.runtimes.python.PythonRuntime",
+    "transformers": "inference.runtimes.transformers.TransformersRuntime",
 }
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeUnavailable", "VersionSpec", "runtime_class"]
