@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from inference import serving, streams
+from inference.builtin import TEXTGEN_SCHEMA
 from inference.models import Model, ModelVersion
 from inference.services import version_register
 from inference.tests.conftest import make_version
@@ -51,12 +52,11 @@ def make_lm(artifact: bytes, name: str = "lm") -> ModelVersion:
         artifact=artifact,
         artifact_filename="lm.zip",
         input_schema={
-            "type": "object",
+            **TEXTGEN_SCHEMA,
             "properties": {
-                "prompt": {"type": "string"},
+                **TEXTGEN_SCHEMA["properties"],
                 "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1000},
             },
-            "required": ["prompt"],
         },
         task=Model.Task.TEXT,
         actor="test",
