@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -209,6 +210,27 @@ def stream_events_sync(
             yield None
 
 
+class _SSEResponse(StreamingHttpResponse):
+    """Runs ``on_close`` exactly once: from the generator when it ends or is closed, or from
+    ``close()`` when the server drops a response whose generator never started."""
+
+    def __init__(self, content: Any, on_close: Callable[[bool], None] | None) -> None:
+        super().__init__(content, content_type="text/event-stream")
+        self._on_close = on_close
+        self._closed_lock = threading.Lock()
+
+    def claim(self) -> Callable[[bool], None] | None:
+        with self._closed_lock:
+            on_close, self._on_close = self._on_close, None
+        return on_close
+
+    def close(self) -> None:
+        super().close()
+        on_close = self.claim()
+        if on_close is not None:
+            on_close(True)
+
+
 def sse_response(
     request: HttpRequest,
     stream_id: str,
@@ -221,11 +243,12 @@ def sse_response(
     """A stream as ``text/event-stream`` for an endpoint that has just started the stream.
 
     ``render`` turns an event into SSE text (None: nothing sent); ``last`` is sent after the
-    ``end`` event (OpenAI's ``data: [DONE]``); ``on_close(abandoned)`` runs when the response
-    is over, with ``abandoned`` true when the client went away before the end (the producer
-    should stop: nobody is reading). Served by daphne the reader is async (a disconnect cancels
-    it at once, and ``on_close`` runs on a thread of its own, off the event loop); under a WSGI
-    server it is a blocking generator that notices the disconnect at its next write.
+    ``end`` event (OpenAI's ``data: [DONE]``); ``on_close(abandoned)`` runs once when the
+    response is over, with ``abandoned`` true when the client went away before the end (the
+    producer should stop: nobody is reading). Served by daphne the reader is async (a
+    disconnect cancels it at once, and ``on_close`` runs on a thread of its own, off the event
+    loop); under a WSGI server it is a blocking generator that notices the disconnect at its
+    next write.
     """
     stream_log = get_log()
 
@@ -241,9 +264,10 @@ def sse_response(
                 yield last
             finished = True
         finally:
-            if on_close is not None:
+            callback = response.claim()
+            if callback is not None:
                 # Not awaited (the request task may be being cancelled) and not on the loop.
-                threading.Thread(target=on_close, args=(not finished,), daemon=True).start()
+                threading.Thread(target=callback, args=(not finished,), daemon=True).start()
 
     def frames_sync() -> Iterator[str]:
         finished = False
@@ -257,11 +281,12 @@ def sse_response(
                 yield last
             finished = True
         finally:
-            if on_close is not None:
-                on_close(not finished)
+            callback = response.claim()
+            if callback is not None:
+                callback(not finished)
 
     content = frames_async() if isinstance(request, ASGIRequest) else frames_sync()
-    response = StreamingHttpResponse(content, content_type="text/event-stream")
+    response = _SSEResponse(content, on_close)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in (headers or {}).items():

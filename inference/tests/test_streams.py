@@ -160,6 +160,21 @@ def test_a_client_that_goes_away_cancels_the_stream(api) -> None:
     assert get_log().is_cancelled(stream_id)
 
 
+def test_a_response_dropped_before_its_first_byte_still_cancels_and_frees_the_slot(
+    api, tenant
+) -> None:
+    make_version()
+    tenant.concurrent_streams = 1
+    tenant.save()
+    for _ in range(3):  # each would need the one slot
+        response = api.post(
+            "/v1/models/doubler/infer?stream=true", {"input": {"x": 1}}, format="json"
+        )
+        assert response.status_code == 200
+        response.close()  # never iterated
+        assert get_log().is_cancelled(response["X-Sluice-Stream"])
+
+
 def _start(version: ModelVersion, tenant, item: dict) -> streams.Started:
     return streams.stream_start(model=version.model, tenant=tenant, kind=streams.TEXT, items=[item])
 
