@@ -34,6 +34,7 @@ from inference.models import Model
 from inference.replies import reply_publish, reply_wait
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
+from inference.runtimes.base import UpstreamError
 from inference.schema import validate_input
 from tenants.models import Tenant
 
@@ -261,6 +262,9 @@ def predict(
         return
     except RuntimeUnavailable as exc:
         reply = {"ok": False, "status": 503, "error": str(exc)}
+    except UpstreamError as exc:  # a remote runtime's upstream: 502, or 504 on its timeout
+        log.warning("version %s: upstream failed: %s", version_id, exc)
+        reply = {"ok": False, "status": exc.status, "error": str(exc)}
     except Exception as exc:
         log.exception("inference failed for version %s", version_id)
         reply = {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
