@@ -177,3 +177,28 @@ def test_an_edited_url_is_loaded_afresh(api, eager) -> None:
         serving._specs.clear()  # the worker's 30 s spec cache, elapsed
         assert _infer(api, 2).json()["output"] == {"y": 4}
         assert len(old.calls(INFER)) == 1 and len(new.calls(INFER)) == 1
+
+
+def test_an_openai_upstream_answers_sluices_chat_completions(api, upstream, eager) -> None:
+    version_register(
+        model_name="llm",
+        version="1",
+        runtime=ModelVersion.Runtime.OPENAI,
+        runtime_options={"url": f"{upstream.url}/v1", "model": "fake-llm"},
+        input_schema={
+            "type": "object",
+            "properties": {"prompt": {"type": "string"}, "max_tokens": {"type": "integer"}},
+            "required": ["prompt"],
+        },
+        task="text",
+        actor="test",
+    ).activate(actor="test")
+    response = api.post(
+        "/v1/chat/completions",
+        {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["choices"][0]["message"]["content"] == "user: hi assistant:"
+    [call] = upstream.calls("/v1/chat/completions")
+    assert call.body["model"] == "fake-llm" and call.body["max_tokens"] == 5
