@@ -121,8 +121,10 @@ class OpenAIRemoteRuntime(Runtime):
         except Exception:
             self.close()
             raise
-        ids = {str(m.get("id")) for m in listed.get("data") or [] if isinstance(m, dict)}
-        if isinstance(listed, dict) and "data" in listed and self.model not in ids:
+        if not isinstance(listed, dict) or not isinstance(listed.get("data"), list):
+            return  # not OpenAI's list shape: nothing to check the model against
+        ids = {str(m.get("id")) for m in listed["data"] if isinstance(m, dict)}
+        if self.model not in ids:
             self.close()
             raise UpstreamUnavailable(
                 f"unavailable: the upstream of {self.spec.label} does not serve model "
@@ -241,7 +243,10 @@ class OpenAIRemoteRuntime(Runtime):
             if kind != "text/event-stream":
                 # An upstream that ignores "stream": the whole answer as one chunk.
                 response.read()
-                [choice] = self._choices(response.json(), "choices", 1)
+                answer = response.json()
+                if not isinstance(answer, dict):
+                    raise UpstreamError(f"the upstream of {self.spec.label} sent no choices")
+                [choice] = self._choices(answer, "choices", 1)
                 text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
                 yield {"text": str(text)}
                 yield {"text": "", "finish_reason": choice.get("finish_reason")}
