@@ -153,7 +153,15 @@ def test_a_dropped_connection_is_sent_again(upstream, loaded) -> None:
     assert len(upstream.calls(INFER)) == 2
 
 
-def test_an_unreachable_upstream_is_retried_then_unavailable() -> None:
+def test_an_open_circuit_ends_the_retries(upstream, loaded) -> None:
+    runtime = loaded("kserve", url=upstream.url, retries=5, breaker_failures=2, **FAST)
+    upstream.plan(INFER, *[Reply(502)] * 5)
+    with pytest.raises(UpstreamUnavailable, match="circuit open"):
+        runtime.predict([{"x": 1}])
+    assert len(upstream.calls(INFER)) == 2  # every attempt counted; the third was refused
+
+
+def test_an_unreachable_upstream_is_retried_then_unavailable(caplog) -> None:
     spec = VersionSpec(
         id=next(_ids),
         model="model",
@@ -167,6 +175,8 @@ def test_an_unreachable_upstream_is_retried_then_unavailable() -> None:
         runtime.load(None)
     assert caught.value.status == 503 and time.monotonic() - started < 2
     assert runtime.upstream is None  # the client was closed
+    attempts = [r for r in caplog.records if "ConnectError" in r.getMessage()]
+    assert len(attempts) == 3  # the first try and two retries
 
 
 def test_the_breaker_opens_fails_fast_probes_once_and_closes(upstream, loaded) -> None:
