@@ -17,14 +17,17 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from testing.processes import free_port, running
+from testing.processes import free_port
 
 REQUIREMENTS = ("mlserver==1.7.*", "mlserver-sklearn==1.7.*", "uvloop<0.22")
 SUPPORTED = ((3, 9), (3, 12))  # MLServer 1.7's Requires-Python: >=3.9,<3.13
@@ -159,9 +162,41 @@ def mlserver(workdir: Path) -> Iterator[tuple[str, int]]:
         )
     )
     cmd = [str(venv / "bin" / "mlserver"), "start", str(workdir)]
-    with running(cmd, env, port=http_port, timeout=120, ready_path="/v2/health/ready") as base:
-        httpx.get(f"{base}/v2/models/{MODEL}/ready", timeout=10).raise_for_status()
+    base = f"http://127.0.0.1:{http_port}"
+    with _running(cmd, env, ready=f"{base}/v2/models/{MODEL}/ready", timeout=120):
         yield base, metrics_port
+
+
+@contextlib.contextmanager
+def _running(cmd: list[str], env: dict[str, str], *, ready: str, timeout: float) -> Iterator[None]:
+    """Start ``cmd`` in a session of its own, wait until ``ready`` answers 200, stop it after
+    (testing.processes.running waits for Sluice's /healthz, which MLServer does not serve)."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; a file never blocks the child
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"mlserver exited: {log.read().decode()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(ready, timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mlserver was not ready within {timeout}s")
+            time.sleep(0.2)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def infer_count(metrics_port: int) -> float:

@@ -85,15 +85,9 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 @contextlib.contextmanager
 def running(
-    cmd: list[str],
-    env: dict[str, str],
-    *,
-    port: int,
-    timeout: float = 30,
-    ready_path: str = "/healthz",
+    cmd: list[str], env: dict[str, str], *, port: int, timeout: float = 30
 ) -> Iterator[str]:
-    """Start ``cmd``, wait until ``ready_path`` answers 200 on ``port``, yield the base URL,
-    stop it."""
+    """Start ``cmd``, wait until ``/healthz`` answers on ``port``, yield the base URL, stop it."""
     # A file, not a pipe: a chatty child must never block on a full pipe nobody reads.
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -107,10 +101,10 @@ def running(
                 log.seek(0)
                 raise RuntimeError(f"{cmd[0]} exited: {log.read().decode()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}{ready_path}", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{cmd} did not serve {ready_path} within {timeout}s")
+                raise TimeoutError(f"{cmd} did not serve /healthz within {timeout}s")
             time.sleep(0.2)
         yield base
     finally:
