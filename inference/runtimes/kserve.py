@@ -146,7 +146,7 @@ class KServeRuntime(Runtime):
         self._path = f"/v2/models/{quote(model, safe='')}"
         if self.options.version:
             self._path += f"/versions/{quote(self.options.version, safe='')}"
-        self.upstream = Upstream(self.options.remote, label=self.spec.label)
+        self.upstream = Upstream(self.options.remote, label=self.spec.label, model=self.spec.model)
         try:
             metadata = self.upstream.request("GET", self._path).json()
         except Exception:

@@ -100,7 +100,7 @@ class OpenAIRemoteRuntime(Runtime):
         if reason:
             raise UpstreamUnavailable(reason)
         self.options = OpenAIOptions.parse(self.spec.options)
-        self.upstream = Upstream(self.options.remote, label=self.spec.label)
+        self.upstream = Upstream(self.options.remote, label=self.spec.label, model=self.spec.model)
         if self.options.endpoint == "chat":
             self._pool = ThreadPoolExecutor(
                 max_workers=self.options.remote.max_connections,

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from config.metrics import UPSTREAM_CALLS, UPSTREAM_DURATION
 from inference.router import CircuitBreaker
 from inference.runtimes.base import (
     UpstreamError,
@@ -251,11 +252,12 @@ class Upstream:
     clients) and goes to the log instead.
     """
 
-    def __init__(self, options: RemoteOptions, *, label: str) -> None:
+    def __init__(self, options: RemoteOptions, *, label: str, model: str) -> None:
         import httpx
 
         self.options = options
         self.label = label
+        self.model = model
         self.breaker = UpstreamBreaker(
             failures=options.breaker_failures, cooldown=options.breaker_cooldown
         )
@@ -278,8 +280,17 @@ class Upstream:
 
     # -- one attempt -----------------------------------------------------------------------
 
+    def _count(self, outcome: str, started: float | None = None) -> None:
+        """One attempt's outcome (``sluice_upstream_calls_total``) and, when it reached the
+        upstream, its time to the answer's headers."""
+        if outcome:
+            UPSTREAM_CALLS.labels(self.model, outcome).inc()
+        if started is not None:
+            UPSTREAM_DURATION.labels(self.model).observe(time.perf_counter() - started)
+
     def _gate(self) -> None:
         if not self.breaker.allow(self.circuit):
+            self._count("circuit_open")
             raise UpstreamUnavailable(
                 f"unavailable: the upstream of {self.label} is failing (circuit open); "
                 f"retry in up to {self.options.breaker_cooldown:g} s",
@@ -296,6 +307,15 @@ class Upstream:
 
         name = type(exc).__name__
         log.warning("upstream %s of %s: %s: %s", self.options.url, self.label, name, exc)
+        if isinstance(exc, httpx.PoolTimeout):
+            outcome = "pool_full"
+        elif isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            outcome = "unreachable"
+        elif isinstance(exc, httpx.TimeoutException):
+            outcome = "timeout"
+        else:
+            outcome = "dropped"
+        self._count(outcome)
         if isinstance(exc, httpx.PoolTimeout):
             # Our own pool is saturated: not the upstream's fault, and more waiting won't help.
             error = UpstreamUnavailable(
@@ -326,12 +346,17 @@ class Upstream:
             retryable=True,
         )
 
-    def _status_error(self, response: httpx.Response) -> UpstreamError | None:
+    def _status_error(self, response: httpx.Response, started: float) -> UpstreamError | None:
         """None for a 2xx; otherwise the error this answer means (and its breaker outcome)."""
         status = response.status_code
         if status < 300:
+            self._count("ok", started)
             self.breaker.record(self.circuit, ok=True)
             return None
+        if status == 429:
+            self._count("rate_limited", started)
+        else:
+            self._count("server_error" if status >= 500 else "client_error", started)
         detail = _detail(response)
         after = _retry_after(response)
         log.warning(
@@ -407,11 +432,12 @@ class Upstream:
         for attempt in self._retrying():
             with attempt:
                 self._gate()
+                started = time.perf_counter()
                 try:
                     response = self.client.request(method, path, json=body)
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc) from exc
-                error = self._status_error(response)
+                error = self._status_error(response, started)
                 if error is not None:
                     raise error
                 return response
@@ -429,6 +455,7 @@ class Upstream:
             with attempt:
                 self._gate()
                 request = self.client.build_request(method, path, json=body)
+                started = time.perf_counter()
                 try:
                     opened = self.client.send(request, stream=True)
                 except httpx.HTTPError as exc:
@@ -440,17 +467,26 @@ class Upstream:
                         raise self._transport_error(exc) from exc
                     finally:
                         opened.close()
-                # A 2xx records success only once the body is through (below).
-                error = self._status_error(opened) if opened.status_code >= 300 else None
-                if error is not None:
-                    raise error
+                    error = self._status_error(opened, started)
+                    if error is not None:
+                        raise error
+                # A 2xx counts (and closes the circuit) once the body is through, below.
+                self._count("", started)
                 response = opened
         assert response is not None
         try:
             yield response
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
+        except UpstreamError:  # the upstream reported a failure mid-stream (an error event)
+            self._count("server_error")
+            self.breaker.record(self.circuit, ok=False)
+            raise
+        except GeneratorExit:  # the reader stopped early (client gone, cancelled)
+            self._count("cancelled")
+            raise
         else:
+            self._count("ok")
             self.breaker.record(self.circuit, ok=True)
         finally:
             response.close()

@@ -377,3 +377,34 @@ def test_warmup_fails_when_the_upstream_does_not_serve_the_model(upstream) -> No
     with pytest.raises(UpstreamUnavailable, match="does not serve model 'not-there'"):
         runtime.warmup()
     assert runtime.upstream is None
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def _calls(model: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"model": model, "outcome": outcome}
+    return REGISTRY.get_sample_value("sluice_upstream_calls_total", labels) or 0.0
+
+
+def test_it_counts_every_attempt_by_outcome(upstream, loaded) -> None:
+    upstream.plan("/v2/models/metered", Reply(body={}))
+    upstream.plan("/v2/models/metered/ready", Reply(body={}))
+    runtime = loaded("kserve", url=upstream.url, model="metered", retries=1, **FAST)
+    upstream.plan("/v2/models/metered/infer", Reply(503))
+    upstream.plan("/v2/models/metered/infer", Reply(body={"outputs": []}))
+    before = {o: _calls("metered", o) for o in ("ok", "server_error")}
+    runtime.predict([{"x": 1}])
+    assert _calls("metered", "server_error") - before["server_error"] == 1
+    assert _calls("metered", "ok") - before["ok"] == 1
+
+
+def test_it_counts_a_stream_the_reader_left(upstream, loaded) -> None:
+    runtime = loaded("openai", url=f"{upstream.url}/v1", model="fake-llm")
+    before = _calls("fake-llm", "cancelled")
+    chunks = runtime.stream({"prompt": "one two three"})
+    assert next(chunks) == {"text": "one "}
+    chunks.close()  # the client went away: the connection is closed, the upstream stops
+    assert _calls("fake-llm", "cancelled") - before == 1
