@@ -179,7 +179,7 @@ INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120
 # UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
 # stored in the registry or shown in the admin, and no other variable (SECRET_KEY…) can be named.
 INFERENCE_UPSTREAM_KEYS: dict[str, str] = {
-    name: env.str(name)
+    name: env.str(name).strip()  # a secret file's trailing newline is not part of the key
     for name in sorted(
         {n.removesuffix("_FILE") for n in os.environ if n.startswith("UPSTREAM_KEY_")}
     )

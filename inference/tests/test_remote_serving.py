@@ -4,6 +4,7 @@ that cannot work shows as unavailable, with the reason, in the API and the admin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -202,3 +203,28 @@ def test_an_openai_upstream_answers_sluices_chat_completions(api, upstream, eage
     assert response.json()["choices"][0]["message"]["content"] == "user: hi assistant:"
     [call] = upstream.calls("/v1/chat/completions")
     assert call.body["model"] == "fake-llm" and call.body["max_tokens"] == 5
+
+
+def test_upstream_keys_come_from_the_environment_or_files(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    secret = tmp_path / "vllm-key"
+    secret.write_text("sk-from-file\n")
+    env = {
+        **os.environ,
+        "DEBUG": "true",
+        "UPSTREAM_KEY_TRITON": "sk-plain",
+        "UPSTREAM_KEY_VLLM_FILE": str(secret),
+        "NOT_AN_UPSTREAM_KEY": "x",
+    }
+    code = (
+        "import django, json; django.setup(); from django.conf import settings; "
+        "print(json.dumps(settings.INFERENCE_UPSTREAM_KEYS))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    keys = json.loads(out.stdout.strip().splitlines()[-1])
+    assert keys == {"UPSTREAM_KEY_TRITON": "sk-plain", "UPSTREAM_KEY_VLLM": "sk-from-file"}
