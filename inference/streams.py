@@ -39,7 +39,7 @@ from inference import backpressure, selectors, serving
 from inference.models import Model
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.runtimes.base import Item
+from inference.runtimes.base import Item, UpstreamError
 from inference.schema import validate_input
 from streaming.log import StreamNotFound, get_log
 from tenants.models import Tenant
@@ -224,6 +224,9 @@ def stream_run(
         _finish_early(stream_id, stop.reason)
     except RuntimeUnavailable as exc:
         _fail(stream_id, "model_unavailable", str(exc))
+    except UpstreamError as exc:
+        code = "timeout" if exc.status == 504 else "inference_failed"
+        _fail(stream_id, code, str(exc)[:500])
     except Exception as exc:
         log.exception("streaming inference failed for version %s", version_id)
         _fail(stream_id, "inference_failed", f"{type(exc).__name__}: {exc}"[:500])
@@ -280,7 +283,10 @@ def _single(stream_log: Any, stream_id: str, runtime: Any, item: Item, check: An
         close = getattr(chunks, "close", None)
         if close is not None:
             close()  # stops the engine (generation ends at its next token)
-    output = held if held is not None else {"text": "".join(pieces)}
+    output = held if held is not None else {}
+    if pieces and not output.get("text"):
+        # A runtime whose last chunk only says why it stopped (a remote upstream's stream).
+        output = {**output, "text": "".join(pieces)}
     stream_log.append(stream_id, "result", {"index": 0, "output": output})
     return count + 1
 
