@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from django.core.signals import request_finished
+from django.db import close_old_connections
 
 from inference import serving, streams
 from inference.builtin import TEXTGEN_SCHEMA
@@ -33,6 +35,17 @@ def sse_events(response) -> list[tuple[str, dict]]:
         if "event" in fields:
             out.append((fields["event"], json.loads(fields["data"])))
     return out
+
+
+def server_close(response) -> None:
+    """What a server does with a response it stops sending; without Django's connection
+    cleanup, which would close the test's own database connection (the test client does the
+    same around the closes it makes itself)."""
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +169,7 @@ def test_a_client_that_goes_away_cancels_the_stream(api) -> None:
     stream_id = response["X-Sluice-Stream"]
     assert next(iter(response.streaming_content)) == b": connected\n\n"
     assert not get_log().is_cancelled(stream_id)
-    response.close()  # the server notices the disconnect: the generator is closed
+    server_close(response)  # the server notices the disconnect: the generator is closed
     assert get_log().is_cancelled(stream_id)
 
 
@@ -171,7 +184,7 @@ def test_a_response_dropped_before_its_first_byte_still_cancels_and_frees_the_sl
             "/v1/models/doubler/infer?stream=true", {"input": {"x": 1}}, format="json"
         )
         assert response.status_code == 200
-        response.close()  # never iterated
+        server_close(response)  # never iterated
         assert get_log().is_cancelled(response["X-Sluice-Stream"])
 
 
