@@ -156,6 +156,7 @@ class ModelVersion(models.Model):
         PYTHON = "python", "Python handler"
         KSERVE = "kserve", "Remote KServe v2 / Triton"
         OPENAI = "openai", "Remote OpenAI-compatible"
+        TRANSFORMERS = "transformers", "Hugging Face transformers"
 
     class Device(models.TextChoices):
         CPU = "cpu"

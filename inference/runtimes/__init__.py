@@ -13,6 +13,7 @@ RUNTIMES: dict[str, str] = {
     "python": "inference.runtimes.python.PythonRuntime",
     "kserve": "inference.runtimes.kserve.KServeRuntime",
     "openai": "inference.runtimes.openai_remote.OpenAIRemoteRuntime",
+    "transformers": "inference.runtimes.transformers.TransformersRuntime",
 }
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeUnavailable", "VersionSpec", "runtime_class"]
