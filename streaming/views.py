@@ -147,3 +147,14 @@ class StreamView(APIView):
                 "events_url": f"/v1/streams/{stream_id}/events",
             }
         )
+
+
+def sse_response(stream_id: str, after: str | None) -> StreamingHttpResponse:
+    """The stream as an SSE response, for producers' own event endpoints (e.g. a job's
+    ``/events``) once they have authenticated the caller and checked who owns the stream."""
+    response = StreamingHttpResponse(
+        _frames(get_log(), stream_id, after), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
