@@ -31,11 +31,11 @@ def run_jobs(
     eager: None,  # noqa: F811
     django_capture_on_commit_callbacks: Any,
     settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., Any]:
     """Run ``fn`` and then every chunk it queued, in this thread (eager Celery), including
     the chunks those queue in turn; retries run at once (backoff is not waited for)."""
-    settings.JOBS_RETRY_BACKOFF_SECONDS = 0
-    settings.JOBS_RETRY_BACKOFF_MAX_SECONDS = 0
+    monkeypatch.setattr(runner, "backoff_seconds", lambda attempt: 0.0)
 
     def run(fn: Callable[[], Any]) -> Any:
         with django_capture_on_commit_callbacks(execute=True):
@@ -49,9 +49,3 @@ def digits_pixels() -> list[list[float]]:
     from sklearn.datasets import load_digits
 
     return [list(map(float, row)) for row in load_digits().data[:200]]
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff_floor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff has a 0.1 s floor; with retries run eagerly the tests would sleep for nothing."""
-    monkeypatch.setattr(runner, "backoff_seconds", lambda attempt: 0.0)
