@@ -344,7 +344,12 @@ JOBS_IDEMPOTENCY_TTL_HOURS = env.int("JOBS_IDEMPOTENCY_TTL_HOURS", default=24)
 JOBS_INPUT_PREFIX = env.str("JOBS_INPUT_PREFIX", default="inputs")
 CELERY_TASK_ROUTES = {"jobs_*": {"queue": JOBS_QUEUE}}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "jobs-reconcile": {"task": "jobs_reconcile", "schedule": JOBS_RECONCILE_SECONDS},
+    # Expires: a backlog of reconciler runs (workers were down) collapses into the next one.
+    "jobs-reconcile": {
+        "task": "jobs_reconcile",
+        "schedule": JOBS_RECONCILE_SECONDS,
+        "options": {"expires": JOBS_RECONCILE_SECONDS},
+    },
 }
 # Object storage for artifacts, job inputs and large results: "filesystem" (MEDIA_ROOT) or
 # "s3" (django-storages; any S3-compatible endpoint).

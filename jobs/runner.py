@@ -301,7 +301,16 @@ def reconcile(*, now: datetime | None = None) -> dict[str, int]:
     report = {"jobs": 0, "chunks": 0, "finalized": 0}
     for job_id in stalled.values_list("pk", flat=True)[:1000]:
         with transaction.atomic():
-            job = Job.objects.select_for_update().filter(pk=job_id, status__in=ACTIVE_JOB).first()
+            # Locks the job; checked again under the lock: two reconcilers running at once (a
+            # backlog of beat messages) must resend a stalled job's chunks once, not twice.
+            job = (
+                Job.objects.select_for_update()
+                .filter(pk=job_id, status__in=ACTIVE_JOB)
+                .filter(
+                    Q(progressed_at__lt=stale) | Q(progressed_at__isnull=True, created_at__lt=stale)
+                )
+                .first()
+            )
             if job is None:
                 continue
             report["jobs"] += 1
