@@ -32,17 +32,17 @@ from typing import Any
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import models, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
 from inference import selectors as inference_selectors
 from inference import serving
 from inference.runtimes import RuntimeUnavailable
-from inference.schema import validate_input
-from jobs import events
+from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
+from jobs.validation import validator_for
 
 log = logging.getLogger(__name__)
 
@@ -88,47 +88,37 @@ def open_window(job: Job) -> list[int]:
 
 @dataclass
 class Outcome:
-    ok: dict[int, Any] = field(default_factory=dict)  # task id → result
+    ok: dict[int, str] = field(default_factory=dict)  # task id → result (JSON text)
     refs: dict[int, str] = field(default_factory=dict)  # task id → storage name of a result
     failed: dict[int, str] = field(default_factory=dict)  # task id → error (retryable)
     invalid: dict[int, str] = field(default_factory=dict)  # task id → error (never retried)
     model_seconds: float = 0.0
 
 
-def _claim(job_id: str, chunk: int, now: datetime) -> list[tuple[int, int, Any, int]]:
+def _claim(job_id: str, chunk: int, now: datetime) -> list[bulk.Claimed]:
     """Take the chunk's runnable tasks: queued and due, or running under an expired lease
     (its worker died). Locked rows are skipped: another worker is writing them right now."""
     stale = now - timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    runnable = Q(status=TaskStatus.QUEUED) & (Q(not_before__isnull=True) | Q(not_before__lte=now))
-    runnable |= Q(status=TaskStatus.RUNNING, claimed_at__lt=stale)
     with transaction.atomic():
-        rows = list(
-            Task.objects.select_for_update(skip_locked=True)
-            .filter(runnable, job_id=job_id, chunk=chunk)
-            .order_by("index")
-            .values_list("id", "index", "input", "attempts")
-        )
-        if rows:
-            Task.objects.filter(id__in=[r[0] for r in rows]).update(
-                status=TaskStatus.RUNNING, claimed_at=now, attempts=F("attempts") + 1
-            )
+        claimed = bulk.claim(job_id, chunk, now, stale)
+        if claimed:
             Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
                 status=JobStatus.RUNNING, started_at=now
             )
-    return [(r[0], r[1], r[2], r[3] + 1) for r in rows]
+    return claimed
 
 
-def _store_large(job: Job, task_id: int, index: int, result: Any) -> tuple[Any, str]:
+def _store_large(job: Job, task_id: int, index: int, result: Any) -> tuple[str, str]:
     """A result over ``JOBS_RESULT_INLINE_MAX_BYTES`` goes to object storage under a name of
     its own (a duplicate run overwrites it with the same bytes)."""
     raw = json.dumps(result, separators=(",", ":"))
     if len(raw) <= settings.JOBS_RESULT_INLINE_MAX_BYTES:
-        return result, ""
+        return raw, ""
     name = f"jobs/{job.pk.hex}/results/{index}.json"
     if default_storage.exists(name):
         default_storage.delete(name)
     saved = default_storage.save(name, ContentFile(raw.encode()))
-    return None, saved
+    return "", saved
 
 
 def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
@@ -140,11 +130,11 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
         for task_id, *_ in claimed:
             outcome.failed[task_id] = f"model unavailable: {exc}"[:1000]
         return outcome
-    schema = dict(job.version.input_schema or {})
+    validate = validator_for(dict(job.version.input_schema or {}))
     batch: list[tuple[int, int, dict[str, Any]]] = []
     for task_id, index, raw, _attempt in claimed:
         try:
-            batch.append((task_id, index, validate_input(schema, raw)))
+            batch.append((task_id, index, validate(raw)))
         except exceptions.ValidationError as exc:
             outcome.invalid[task_id] = f"invalid input: {json.dumps(exc.detail)}"[:1000]
     if not batch:
@@ -197,32 +187,11 @@ def commit(job_id: str, chunk: int, outcome: Outcome, attempts: dict[int, int]) 
         # only the one that completes the job may finalize it.
         job = Job.objects.select_for_update().get(pk=job_id)
         open_rows = Task.objects.filter(status__in=OPEN_TASK)
-        written = 0
-        if outcome.ok:
-            written += open_rows.filter(id__in=list(outcome.ok)).update(
-                status=TaskStatus.SUCCEEDED,
-                result=Case(
-                    *[
-                        When(id=tid, then=Value(res, output_field=models.JSONField()))
-                        for tid, res in outcome.ok.items()
-                    ],
-                    output_field=models.JSONField(),
-                ),
-                result_ref="",
-                last_error="",
-                finished_at=now,
-            )
-        if outcome.refs:
-            written += open_rows.filter(id__in=list(outcome.refs)).update(
-                status=TaskStatus.SUCCEEDED,
-                result=None,
-                result_ref=Case(
-                    *[When(id=tid, then=Value(ref)) for tid, ref in outcome.refs.items()],
-                    output_field=models.CharField(),
-                ),
-                last_error="",
-                finished_at=now,
-            )
+        written = bulk.write_results(
+            [(tid, raw, "") for tid, raw in outcome.ok.items()]
+            + [(tid, "null", ref) for tid, ref in outcome.refs.items()],
+            now,
+        )
         dead = 0
         retry_delays: list[float] = []
         failures = {**outcome.failed, **outcome.invalid}

@@ -19,7 +19,7 @@ from inference import selectors as inference_selectors
 from inference.models import Model, ModelVersion
 from inference.router import NoRoute, route
 from inference.serving import ModelUnavailable
-from jobs import events, runner
+from jobs import bulk, events, runner
 from jobs.inputs import Inputs
 from jobs.models import ACTIVE_JOB, IdempotencyKey, Job, JobStatus, Task, TaskStatus
 from tenants.models import Tenant
@@ -105,10 +105,7 @@ def job_create(*, tenant: Tenant, request: JobRequest) -> Job:
             max_attempts=request.max_attempts,
             options=request.options,
         )
-        Task.objects.bulk_create(
-            (Task(job=job, index=i, chunk=i // size, input=item) for i, item in enumerate(items)),
-            batch_size=settings.JOBS_INSERT_BATCH,
-        )
+        bulk.insert_tasks(job, items, batch=settings.JOBS_INSERT_BATCH)
         chunks = runner.open_window(job)
         job.save(update_fields=["next_chunk"])
         transaction.on_commit(lambda: events.stream_open(job))
