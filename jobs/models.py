@@ -52,7 +52,10 @@ class Job(models.Model):
     status = models.CharField(
         max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True
     )
-    priority = models.SmallIntegerField(default=0, help_text="Higher runs first (0-9).")
+    priority = models.SmallIntegerField(
+        default=0,
+        help_text="0-9: this many more of its chunks are queued at once (a bigger share).",
+    )
     source = models.CharField(max_length=300, blank=True, help_text="Where the inputs came from.")
     total = models.PositiveIntegerField(default=0)
     succeeded = models.PositiveIntegerField(default=0)

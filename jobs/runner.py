@@ -75,11 +75,17 @@ def send_on_commit(job_id: str, chunks: list[int], *, countdown: float | None = 
         transaction.on_commit(lambda: _send(job_id, chunks, countdown=countdown))
 
 
+def window(job: Job) -> int:
+    """Chunks of this job on the broker at once: its share of the workers. A job's priority
+    (0-9) widens it by that many chunks."""
+    return settings.JOBS_WINDOW + max(0, job.priority)
+
+
 def open_window(job: Job) -> list[int]:
     """Advance ``next_chunk`` to fill the job's window; the caller holds the job's lock and
     sends the returned chunks when its transaction commits."""
     start = job.next_chunk
-    job.next_chunk = min(job.chunks, max(job.next_chunk, 0) + settings.JOBS_WINDOW)
+    job.next_chunk = min(job.chunks, job.next_chunk + window(job))
     return list(range(start, job.next_chunk))
 
 

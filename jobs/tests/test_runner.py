@@ -217,3 +217,13 @@ def test_digits_jobs_run_through_the_onnx_runtime(
     predicted = [r["label"] for r in job.tasks.order_by("index").values_list("result", flat=True)]
     accuracy = sum(int(p == t) for p, t in zip(predicted, labels, strict=True)) / 200
     assert accuracy > 0.9
+
+
+def test_priority_widens_the_dispatch_window(tenant: Tenant, doubler: Any, settings: Any) -> None:
+    settings.JOBS_WINDOW = 2
+    plain = _create(tenant, doubler, 30, chunk_size=1)
+    request = _request(doubler, [{"x": i} for i in range(30)], chunk_size=1)
+    urgent = services.job_create(
+        tenant=tenant, request=services.JobRequest(**{**request.__dict__, "priority": 5})
+    )
+    assert (plain.next_chunk, urgent.next_chunk) == (2, 7)
