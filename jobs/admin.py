@@ -174,7 +174,14 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ("index", "job", "status", "attempts", "last_error", "finished_at")
+    list_display: tuple[str, ...] = (
+        "index",
+        "job",
+        "status",
+        "attempts",
+        "last_error",
+        "finished_at",
+    )
     list_filter = ("status",)
     list_select_related = ("job",)
     search_fields = ("job__id",)
