@@ -39,7 +39,6 @@ from rest_framework import exceptions
 
 from inference import selectors as inference_selectors
 from inference import serving
-from inference.runtimes import RuntimeUnavailable
 from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.validation import validator_for
@@ -129,10 +128,12 @@ def _store_large(job: Job, task_id: int, index: int, result: Any) -> tuple[str, 
 
 def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
     outcome = Outcome()
+    if not claimed:
+        return outcome
     try:
         spec = inference_selectors.version_spec(job.version_id)
         runtime = serving.model_cache().get(spec).runtime
-    except (RuntimeUnavailable, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a load failure is every task's (retried) failure
         for task_id, *_ in claimed:
             outcome.failed[task_id] = f"model unavailable: {exc}"[:1000]
         return outcome
@@ -180,8 +181,16 @@ def run_chunk(job_id: str, chunk: int) -> int:
     claimed = _claim(job_id, chunk, now)
     if not claimed:
         return 0
-    outcome = _predict(job, claimed)
     attempts = {task_id: attempt for task_id, _i, _r, attempt in claimed}
+    # A task claimed more often than it may be tried: its earlier runs never finished (the
+    # worker was killed or crashed on it). It is not run again: a poison input must not take
+    # down worker after worker forever.
+    lost = {t[0] for t in claimed if t[3] > job.max_attempts}
+    outcome = _predict(job, [t for t in claimed if t[0] not in lost])
+    for task_id in lost:
+        outcome.invalid[task_id] = (
+            f"gave up: {job.max_attempts} attempts did not finish (worker lost or crashed)"
+        )
     return commit(job_id, chunk, outcome, attempts)
 
 

@@ -227,3 +227,30 @@ def test_priority_widens_the_dispatch_window(tenant: Tenant, doubler: Any, setti
         tenant=tenant, request=services.JobRequest(**{**request.__dict__, "priority": 5})
     )
     assert (plain.next_chunk, urgent.next_chunk) == (2, 7)
+
+
+def test_a_task_whose_runs_never_finish_is_dead_after_max_attempts(
+    tenant: Tenant, doubler: Any
+) -> None:
+    """A worker killed on an input every time: the claim counts, and past max_attempts the
+    task is dead instead of being handed to yet another worker."""
+    job = _create(tenant, doubler, 1, max_attempts=2)
+    for hours in (2, 1):  # claimed, then the worker "died"; twice
+        assert runner._claim(str(job.pk), 0, timezone.now() - timedelta(hours=hours))
+    assert runner.run_chunk(str(job.pk), 0) == 0
+    task = job.tasks.get()
+    assert (task.status, task.attempts) == (TaskStatus.DEAD, 3)
+    assert task.last_error.startswith("gave up: 2 attempts did not finish")
+    job.refresh_from_db()
+    assert (job.status, job.failed) == ("failed", 1)
+
+
+def test_a_model_that_cannot_load_is_retried_then_dead(tenant: Tenant, run_jobs: Any) -> None:
+    from inference.tests.conftest import make_version
+
+    missing = make_version("ghost", options={"handler": "inference.tests.fakes.Nope"})
+    job = run_jobs(lambda: _create(tenant, missing, 2, max_attempts=2))
+    job.refresh_from_db()
+    assert (job.status, job.failed) == ("failed", 2)
+    assert set(job.tasks.values_list("attempts", flat=True)) == {2}
+    assert "model unavailable" in job.tasks.first().last_error
