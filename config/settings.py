@@ -249,6 +249,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "streaming.schema.add_sse_paths",
+        "jobs.schema.add_sse_paths",
     ],
 }
 
