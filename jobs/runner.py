@@ -246,7 +246,8 @@ def commit(job_id: str, chunk: int, outcome: Outcome, attempts: dict[int, int]) 
         if retry_delays:
             send_on_commit(str(job.pk), [chunk], countdown=min(retry_delays))
         snapshot = Job(**{f.attname: getattr(job, f.attname) for f in Job._meta.concrete_fields})
-        transaction.on_commit(lambda: events.publish_progress(snapshot))
+        if snapshot.is_active or finished:  # a cancelled job's stream has had its end
+            transaction.on_commit(lambda: events.publish_progress(snapshot))
         if finished:
             transaction.on_commit(lambda: _finalized(snapshot))
     return written
