@@ -12,7 +12,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/11
 # tests then skip). CI's extra Python 3.13 pass does that: torch's CPU wheel here is for 3.11.
 MODEL_EXTRAS ?= requirements-models-extra.txt
 
-.PHONY: run test test-embedded test-services lint fmt web asgi worker beat check-deploy bench clean
+.PHONY: run test test-embedded test-services lint fmt web asgi worker beat check-deploy bench clean worker-jobs
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -72,6 +72,11 @@ asgi: $(VENV)/.installed-run
 
 worker: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config worker --loglevel INFO --queues $${CELERY_QUEUES:-celery,cpu,jobs} --pool threads --concurrency $${CELERY_CONCURRENCY:-4}
+
+# Batch job chunks: prefork (CPU-bound batches; a threads-pool worker on Redis stalls when its
+# prefetch window is full, see docs/jobs.md).
+worker-jobs: $(VENV)/.installed-run
+	$(VENV)/bin/celery -A config worker --loglevel INFO --queues jobs --pool prefork --concurrency $${CELERY_CONCURRENCY:-2}
 
 beat: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config beat --loglevel INFO

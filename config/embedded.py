@@ -25,7 +25,7 @@ def start_worker(*, queues: list[str] | None = None, concurrency: int = 4) -> An
     """
     # celery-types declares WorkController without its signature.
     if queues is None:
-        queues = list(dict.fromkeys(["celery", *settings.INFERENCE_QUEUES]))
+        queues = list(dict.fromkeys(["celery", *settings.INFERENCE_QUEUES, settings.JOBS_QUEUE]))
     controller: Any = app.WorkController
     worker = controller(
         pool_cls="threads",
@@ -37,4 +37,15 @@ def start_worker(*, queues: list[str] | None = None, concurrency: int = 4) -> An
     )
     threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
     log.info("in-process Celery worker started (%s)", app.conf.broker_url.split("@")[-1])
+    start_beat()
     return worker
+
+
+def start_beat() -> Any:
+    """CELERY_BEAT_SCHEDULE (the jobs reconciler) on a thread of this process, with the
+    in-memory scheduler: the embedded server needs no separate ``celery beat``."""
+    from celery.beat import EmbeddedService  # type: ignore[attr-defined]
+
+    service: Any = EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
+    service.start()
+    return service

@@ -259,6 +259,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "streaming.schema.add_sse_paths",
+        "jobs.schema.add_sse_paths",
     ],
 }
 
@@ -335,3 +336,46 @@ LOGGING: dict[str, Any] = {
         "django.request": {"level": "ERROR"},
     },
 }
+
+# --- Batch jobs -------------------------------------------------------------------------------
+JOBS_QUEUE = env.str("JOBS_QUEUE", default="jobs")  # the Celery queue job chunks run on
+JOBS_CHUNK_SIZE = env.int("JOBS_CHUNK_SIZE", default=500)  # inputs per message (one batch)
+JOBS_WINDOW = env.int("JOBS_WINDOW", default=4)  # chunks of one job on the broker at a time
+JOBS_MAX_ATTEMPTS = env.int("JOBS_MAX_ATTEMPTS", default=3)
+JOBS_RETRY_BACKOFF_SECONDS = env.float("JOBS_RETRY_BACKOFF_SECONDS", default=2.0)
+JOBS_RETRY_BACKOFF_MAX_SECONDS = env.float("JOBS_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
+# A claimed task not finished within this is run again; a job without progress this long
+# has its outstanding chunks resent by the reconciler.
+JOBS_LEASE_SECONDS = env.int("JOBS_LEASE_SECONDS", default=120)
+JOBS_RECONCILE_SECONDS = env.float("JOBS_RECONCILE_SECONDS", default=30.0)
+JOBS_RESULT_INLINE_MAX_BYTES = env.int("JOBS_RESULT_INLINE_MAX_BYTES", default=16384)
+JOBS_MAX_INPUTS = env.int("JOBS_MAX_INPUTS", default=1_000_000)
+JOBS_INSERT_BATCH = env.int("JOBS_INSERT_BATCH", default=5000)
+JOBS_IDEMPOTENCY_TTL_HOURS = env.int("JOBS_IDEMPOTENCY_TTL_HOURS", default=24)
+JOBS_INPUT_PREFIX = env.str("JOBS_INPUT_PREFIX", default="inputs")
+CELERY_TASK_ROUTES = {"jobs_*": {"queue": JOBS_QUEUE}}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Expires: a backlog of reconciler runs (workers were down) collapses into the next one.
+    "jobs-reconcile": {
+        "task": "jobs_reconcile",
+        "schedule": JOBS_RECONCILE_SECONDS,
+        "options": {"expires": JOBS_RECONCILE_SECONDS},
+    },
+}
+# Object storage for artifacts, job inputs and large results: "filesystem" (MEDIA_ROOT) or
+# "s3" (django-storages; any S3-compatible endpoint).
+STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="filesystem")
+if STORAGE_BACKEND == "s3":
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {  # type: ignore[dict-item]
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+            "file_overwrite": True,
+        },
+    }
+elif STORAGE_BACKEND != "filesystem":
+    raise ImproperlyConfigured(f"STORAGE_BACKEND must be filesystem or s3, not {STORAGE_BACKEND!r}")

@@ -235,6 +235,7 @@ def sse_response(
     request: HttpRequest,
     stream_id: str,
     *,
+    after: str | None = None,
     render: Render = sse_frame,
     last: str | None = None,
     on_close: Callable[[bool], None] | None = None,
@@ -242,7 +243,8 @@ def sse_response(
 ) -> StreamingHttpResponse:
     """A stream as ``text/event-stream`` for an endpoint that has just started the stream.
 
-    ``render`` turns an event into SSE text (None: nothing sent); ``last`` is sent after the
+    ``after`` resumes after that event id (a reconnect's ``Last-Event-ID``); ``render`` turns
+    an event into SSE text (None: nothing sent); ``last`` is sent after the
     ``end`` event (OpenAI's ``data: [DONE]``); ``on_close(abandoned)`` runs once when the
     response is over, with ``abandoned`` true when the client went away before the end (the
     producer should stop: nobody is reading). Served by daphne the reader is async (a
@@ -256,7 +258,7 @@ def sse_response(
         finished = False
         try:
             yield ": connected\n\n"
-            async for event in stream_events_async(stream_log, stream_id):
+            async for event in stream_events_async(stream_log, stream_id, after):
                 text = ": heartbeat\n\n" if event is None else render(event)
                 if text:
                     yield text
@@ -273,7 +275,7 @@ def sse_response(
         finished = False
         try:
             yield ": connected\n\n"
-            for event in stream_events_sync(stream_log, stream_id):
+            for event in stream_events_sync(stream_log, stream_id, after):
                 text = ": heartbeat\n\n" if event is None else render(event)
                 if text:
                     yield text

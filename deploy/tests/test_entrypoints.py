@@ -29,7 +29,7 @@ MAKE_TARGETS = {
     "web": "web",
     "asgi": "asgi",
     "worker-cpu": "worker",
-    "worker-jobs": "worker",
+    "worker-jobs": "worker-jobs",
     "beat": "beat",
 }
 

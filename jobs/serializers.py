@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from jobs.models import Job, Task
+
+
+class JobOptionsSerializer(serializers.Serializer):
+    chunk_size = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    max_attempts = serializers.IntegerField(min_value=1, max_value=100, required=False)
+
+
+class JobCreateSerializer(serializers.Serializer):
+    """``inputs`` (a JSON list of objects), ``file`` (JSONL or CSV upload) or ``input_uri``
+    (``storage://…`` / ``s3://…``): exactly one."""
+
+    model = serializers.SlugField(max_length=64)
+    version = serializers.CharField(max_length=32, required=False)
+    inputs = serializers.JSONField(required=False)
+    file = serializers.FileField(required=False)
+    input_uri = serializers.CharField(max_length=1000, required=False)
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
+    options = JobOptionsSerializer(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        given = [k for k in ("inputs", "file", "input_uri") if attrs.get(k) is not None]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                "Give exactly one of inputs, file or input_uri.", code="required"
+            )
+        options = dict(attrs.get("options") or {})
+        attrs["chunk_size"] = options.get("chunk_size", settings.JOBS_CHUNK_SIZE)
+        attrs["max_attempts"] = options.get("max_attempts", settings.JOBS_MAX_ATTEMPTS)
+        return attrs
+
+
+class JobSerializer(serializers.ModelSerializer):
+    object = serializers.SerializerMethodField()
+    model = serializers.CharField(source="model.name")
+    version = serializers.CharField(source="version.version")
+    done = serializers.IntegerField()
+    progress = serializers.FloatField()
+    urls = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = (
+            "id",
+            "object",
+            "model",
+            "version",
+            "status",
+            "priority",
+            "source",
+            "total",
+            "done",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "progress",
+            "chunk_size",
+            "max_attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "urls",
+        )
+
+    def get_object(self, obj: Job) -> str:
+        return "job"
+
+    def get_urls(self, obj: Job) -> dict[str, str]:
+        base = f"/v1/jobs/{obj.pk}"
+        return {
+            "self": base,
+            "results": f"{base}/results",
+            "events": f"{base}/events",
+            "cancel": f"{base}/cancel",
+        }
+
+
+class TaskResultSerializer(serializers.ModelSerializer):
+    task = serializers.IntegerField(source="id")
+    result = serializers.SerializerMethodField()
+    error = serializers.CharField(source="last_error")
+
+    class Meta:
+        model = Task
+        fields = ("task", "index", "status", "attempts", "result", "error", "finished_at")
+
+    def get_result(self, obj: Task) -> Any:
+        from jobs.selectors import task_result
+
+        return task_result(obj.result, obj.result_ref)
+
+
+class DeadTaskSerializer(serializers.ModelSerializer):
+    task = serializers.IntegerField(source="id")
+    job = serializers.UUIDField(source="job_id")
+    error = serializers.CharField(source="last_error")
+
+    class Meta:
+        model = Task
+        fields = ("task", "job", "index", "attempts", "error", "input", "finished_at")
+
+
+class ReplaySerializer(serializers.Serializer):
+    job = serializers.UUIDField()
+    tasks = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+    )

@@ -1,0 +1,306 @@
+"""``/v1/jobs`` and ``/v1/dead-tasks``: thin views over :mod:`jobs.services` and
+:mod:`jobs.selectors`. Every queryset passes through the tenant scoping."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import exceptions, generics, serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.problems import problem_response
+from inference import selectors as inference_selectors
+from jobs import inputs, selectors, services
+from jobs.models import IdempotencyKey, Job, JobStatus, Task
+from jobs.serializers import (
+    DeadTaskSerializer,
+    JobCreateSerializer,
+    JobSerializer,
+    ReplaySerializer,
+    TaskResultSerializer,
+)
+from streaming.log import END, Event, get_log, valid_id
+from streaming.views import sse_frame, sse_response
+from tenants.authentication import authenticate_credential, presented_credential
+from tenants.limits import enforce_plan
+from tenants.models import Tenant
+from tenants.scoping import TenantScopedMixin, for_request
+from tenants.selectors import KeyContext
+
+NDJSON = "application/x-ndjson"
+
+
+def _tenant(request: Request) -> Tenant:
+    if not isinstance(request.auth, KeyContext):
+        raise exceptions.PermissionDenied("Submitting a job needs a tenant's API key.")
+    return request.auth.tenant
+
+
+def _job(request: Request, job_id: Any) -> Job:
+    job = for_request(selectors.jobs_all(), request).filter(pk=job_id).first()
+    if job is None:
+        raise exceptions.NotFound()
+    return job
+
+
+def _idempotency_key(request: Request) -> str | None:
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    # A structured-field string ("…") per the draft; a bare token is accepted too.
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > 255 or not key.isprintable():
+        raise exceptions.ValidationError(
+            {"Idempotency-Key": ["Expected 1-255 printable characters."]}
+        )
+    return key
+
+
+def _submission(request: Request, tenant: Tenant) -> services.JobRequest:
+    data: Any = request.data
+    if hasattr(data, "getlist"):  # a multipart form: options arrive as a JSON string
+        data = {k: data[k] for k in data}
+        if isinstance(data.get("options"), str):
+            try:
+                data["options"] = json.loads(data["options"])
+            except ValueError:
+                raise exceptions.ValidationError({"options": ["Not a JSON object."]}) from None
+    body = JobCreateSerializer(data=data)
+    body.is_valid(raise_exception=True)
+    v = body.validated_data
+    model = inference_selectors.model_for_tenant(v["model"], tenant)
+    version = services.job_version(model, v.get("version"))
+    if v.get("file") is not None:
+        source = inputs.from_upload(v["file"])
+    elif v.get("input_uri"):
+        source = inputs.from_uri(v["input_uri"], tenant_slug=tenant.slug)
+    else:
+        source = inputs.from_list(v["inputs"])
+    return services.JobRequest(
+        model=model,
+        version=version,
+        inputs=source,
+        priority=v["priority"],
+        chunk_size=v["chunk_size"],
+        max_attempts=v["max_attempts"],
+        options=dict(v.get("options") or {}),
+    )
+
+
+class JobListView(TenantScopedMixin, generics.ListAPIView):
+    """``GET``: the tenant's jobs, newest first (``?status=``). ``POST``: submit a job; with an
+    ``Idempotency-Key`` a retry gets the first answer again instead of a second job."""
+
+    required_scope = "jobs"
+    serializer_class = JobSerializer
+    parser_classes = (JSONParser, MultiPartParser, FormParser)
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        status = self.request.query_params.get("status")
+        return queryset.filter(status=status) if status else queryset
+
+    queryset = selectors.jobs_all()
+
+    @extend_schema(
+        request=JobCreateSerializer,
+        responses={201: JobSerializer},
+        parameters=[
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        tenant = _tenant(request)
+        key = _idempotency_key(request)
+        submission = _submission(request, tenant)
+        claim: IdempotencyKey | None = None
+        if key is not None:
+            begun = services.idempotency_begin(
+                tenant=tenant, key=key, fingerprint=submission.fingerprint()
+            )
+            if isinstance(begun, services.Replay):
+                replayed = Response(begun.body, status=begun.status)
+                replayed["Idempotent-Replayed"] = "true"
+                replayed["Location"] = begun.body.get("urls", {}).get("self", "")
+                return replayed
+            claim = begun
+        try:
+            job = services.job_create(tenant=tenant, request=submission)
+            job = selectors.jobs_all().get(pk=job.pk)
+            body = JobSerializer(job).data
+            if claim is not None:
+                services.idempotency_complete(claim, job=job, status=201, body=body)
+        except BaseException:
+            if claim is not None:
+                services.idempotency_abandon(claim)
+            raise
+        response = Response(body, status=201)
+        response["Location"] = body["urls"]["self"]
+        return response
+
+
+class JobDetailView(APIView):
+    required_scope = "jobs"
+
+    @extend_schema(responses=JobSerializer)
+    def get(self, request: Request, job_id: str) -> Response:
+        return Response(JobSerializer(_job(request, job_id)).data)
+
+
+class JobCancelView(APIView):
+    """Queued tasks never run; the job is cancelled at once (409 if it already finished)."""
+
+    required_scope = "jobs"
+
+    @extend_schema(request=None, responses=JobSerializer)
+    def post(self, request: Request, job_id: str) -> Response:
+        job = services.job_cancel(job=_job(request, job_id))
+        return Response(JobSerializer(selectors.jobs_all().get(pk=job.pk)).data)
+
+
+class ResultsPagination(CursorPagination):
+    ordering = "index"
+    page_size = 100
+    page_size_query_param = "limit"
+    max_page_size = 1000
+
+
+class JobResultsView(APIView):
+    """Results in index order: paginated JSON, or every one as NDJSON (``Accept:
+    application/x-ndjson`` or ``?format=ndjson``) streamed from a server-side cursor."""
+
+    required_scope = "jobs"
+
+    @extend_schema(
+        responses=TaskResultSerializer(many=True),
+        parameters=[
+            OpenApiParameter("status", str, required=False),
+            OpenApiParameter("format", str, required=False, enum=["json", "ndjson"]),
+        ],
+    )
+    def get(self, request: Request, job_id: str) -> HttpResponseBase:
+        job = _job(request, job_id)
+        status = request.query_params.get("status") or None
+        wants = request.query_params.get("format") or ""
+        if wants == "ndjson" or (not wants and NDJSON in request.headers.get("Accept", "")):
+            response = StreamingHttpResponse(
+                selectors.results_ndjson(job, status=status), content_type=NDJSON
+            )
+            response["Content-Disposition"] = f'inline; filename="job-{job.pk}.ndjson"'
+            return response
+        rows = Task.objects.filter(job=job)
+        if status:
+            rows = rows.filter(status=status)
+        paginator = ResultsPagination()
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(TaskResultSerializer(page, many=True).data)
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # ?format=ndjson is ours, not a renderer name.
+        return super().perform_content_negotiation(request, force=True)
+
+
+class DeadTaskListView(TenantScopedMixin, generics.ListAPIView):
+    """The dead-letter queue: tasks that exhausted their attempts (``?job=``)."""
+
+    required_scope = "jobs"
+    serializer_class = DeadTaskSerializer
+    queryset = selectors.dead_tasks()
+    tenant_field = "job__tenant"
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        job = self.request.query_params.get("job")
+        return queryset.filter(job_id=job) if job else queryset
+
+
+class DeadTaskReplayView(APIView):
+    """Replay a job's dead tasks: all of them, or those listed in ``tasks``."""
+
+    required_scope = "jobs"
+
+    @extend_schema(
+        request=ReplaySerializer,
+        responses=inline_serializer("Replayed", {"replayed": serializers.IntegerField()}),
+    )
+    def post(self, request: Request) -> Response:
+        body = ReplaySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        job = _job(request, body.validated_data["job"])
+        replayed = services.dead_replay(job=job, task_ids=body.validated_data.get("tasks"))
+        return Response({"replayed": replayed, "job": str(job.pk)})
+
+
+# --- Server-Sent Events (an async view: daphne serves it) --------------------------------------
+
+
+def _authenticate(request: HttpRequest) -> KeyContext:
+    raw = presented_credential(request)
+    if raw is None:
+        raise exceptions.NotAuthenticated()
+    ctx = authenticate_credential(raw)
+    if not ctx.has_scope("jobs"):
+        raise exceptions.PermissionDenied("This API key lacks the 'jobs' scope.")
+    enforce_plan(request, ctx)
+    return ctx
+
+
+def _owned_job(ctx: KeyContext, job_id: str) -> Job | None:
+    try:
+        return Job.objects.filter(pk=job_id, tenant=ctx.tenant).first()
+    except DjangoValidationError:  # not a UUID
+        return None
+
+
+async def _final_frames(job: Job) -> Any:
+    """The job ended long ago and its stream expired: its summary from the database."""
+    data = {"job": str(job.pk), **job.counts()}
+    yield sse_frame(Event(id="0-0", event="progress", data=data))
+    yield sse_frame(Event(id="0-1", event=END, data=data))
+
+
+async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
+    """``GET /v1/jobs/{id}/events``: the job's progress stream as Server-Sent Events."""
+    try:
+        ctx = await sync_to_async(_authenticate)(request)
+    except exceptions.APIException as exc:
+        status = exc.status_code
+        headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
+        return problem_response(
+            status, detail=str(exc.detail), instance=request.path, headers=headers
+        )
+    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or None
+    if after is not None and not valid_id(after):
+        return problem_response(
+            422,
+            slug="validation-error",
+            detail="Last-Event-ID is not a stream id.",
+            errors=[
+                {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
+            ],
+        )
+    job = await sync_to_async(_owned_job)(ctx, job_id)
+    if job is None:
+        return problem_response(404, slug="not-found", instance=request.path)
+    meta = await sync_to_async(get_log().meta)(job.stream_id)
+    if meta is None and job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        response = StreamingHttpResponse(_final_frames(job), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        return response
+    if meta is None:
+        from jobs.events import stream_open
+
+        await sync_to_async(stream_open)(job)
+    return sse_response(request, job.stream_id, after=after)
