@@ -297,7 +297,7 @@ def in_process_onnx(env: dict[str, str], model: str) -> dict[str, float]:
     code = (
         "import json, time, django, numpy as np, onnxruntime as ort\n"
         "django.setup()\n"
-        "from inference.builtin import digits_build, mlp_build\n"
+        f"from inference.builtin import {build.split('(')[0]}\n"
         "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
         f"s = ort.InferenceSession({build}, o, providers=['CPUExecutionProvider'])\n"
         f"row = np.asarray({INPUTS[model]!r}.popitem()[1], np.float32)\n"
