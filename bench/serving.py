@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.auth_overhead import machine  # noqa: E402
-from testing.processes import free_port, gunicorn  # noqa: E402
+from testing.processes import gunicorn  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
@@ -78,7 +79,15 @@ def manage(env: dict[str, str], *args: str) -> str:
     ).stdout.strip()
 
 
-def wait_http(url: str, timeout: float = 90) -> None:
+def two_free_ports() -> tuple[int, int]:
+    """Two distinct free ports (both held while asking, so they cannot be the same)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return int(a.getsockname()[1]), int(b.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 180) -> None:
     import httpx
 
     end = time.monotonic() + timeout
@@ -193,7 +202,7 @@ def bench_config(
     concurrency: list[int],
 ) -> dict[str, object]:
     name = f"{model}-batching-{batching}-{server}"
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = two_free_ports()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     # Fresh Redis keys per configuration: no breaker state or queue slot carries over.
     env = {
@@ -204,26 +213,27 @@ def bench_config(
     worker = [str(BIN / "celery"), "-A", "config", "worker", "-Q", "cpu", "-P", "threads"]
     worker += ["-c", str(opts.worker_threads), "--without-heartbeat", "--without-mingle"]
     worker += ["--without-gossip", "-l", "WARNING"]
+    logs = {label: tempfile.TemporaryFile() for label in ("web", "worker")}  # noqa: SIM115
+    commands = {
+        "web": ["taskset", "-c", "0", *server_command(server, port, max(concurrency) + 8)],
+        "worker": ["taskset", "-c", "0", *worker],
+    }
     procs = {
-        "web": subprocess.Popen(
-            ["taskset", "-c", "0", *server_command(server, port, max(concurrency) + 8)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-        "worker": subprocess.Popen(
-            ["taskset", "-c", "0", *worker],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
+        label: subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=logs[label], stderr=subprocess.STDOUT
+        )
+        for label, cmd in commands.items()
     }
     pids = {label: proc.pid for label, proc in procs.items()}
     url = f"http://127.0.0.1:{port}/v1/models/{model}/infer"
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+        except TimeoutError:
+            logs["web"].seek(0)
+            raise RuntimeError(
+                f"{name}: the web process did not start:\n" + logs["web"].read().decode()[-3000:]
+            ) from None
         import httpx
 
         probe = httpx.post(
@@ -270,6 +280,8 @@ def bench_config(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log in logs.values():
+            log.close()
 
 
 def profile(
