@@ -87,6 +87,7 @@ check-deploy: $(VENV)/.installed-run
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/auth_overhead.py
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 from prometheus_client import start_http_server
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -30,3 +30,12 @@ def _serve_worker_metrics(**kwargs: Any) -> None:
         start_http_server(port)
     except OSError:
         logging.getLogger(__name__).exception("worker metrics: port %s unavailable", port)
+
+
+@worker_ready.connect
+def _freeze_startup_objects(**kwargs: Any) -> None:
+    """A worker's start-up objects stay out of the garbage collector's scans (see
+    config.startup)."""
+    from config.startup import freeze_startup_objects
+
+    freeze_startup_objects()

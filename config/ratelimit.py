@@ -1,19 +1,36 @@
-"""Rate limiting on django-ratelimit's counters, with RateLimit-* headers and a Redis-down policy.
+"""Rate limiting: fixed-window counters with RateLimit-* headers and a Redis-down policy.
 
-django-ratelimit keeps fixed-window counters in the ``default`` cache (Redis in production, so
-every web process shares them). This module adds what it lacks for an API: the numbers for the
-``RateLimit-*`` headers, a 429 instead of its 403, and one decision for a dead counter store
-(``RATELIMIT_FAIL_OPEN``: let requests through and log, or refuse with 503).
+The counters are django-ratelimit's (same keys, same staggered windows, in the ``default``
+cache, so every web process shares them); this module adds what it lacks for an API: the
+numbers for the ``RateLimit-*`` headers, a 429 instead of its 403, one decision for a dead
+counter store (``RATELIMIT_FAIL_OPEN``: let requests through and log, or refuse with 503), and
+speed: on Redis, all the counters of one step (:func:`hit_many`: tenant, key and monthly quota,
+or the per-IP counter) are counted in ONE pipelined round trip (``INCR`` + ``EXPIRE … NX``
+each) instead of django-ratelimit's two or three round trips per counter. Other caches (the
+embedded default's local memory) go through django-ratelimit itself.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest
-from django_ratelimit.core import get_usage
+from django_ratelimit.core import (
+    ALL,
+    EXPIRATION_FUDGE,
+    _get_window,
+    _make_cache_key,
+    _split_rate,
+    get_usage,
+)
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -31,32 +48,168 @@ class Usage:
     limited: bool
 
 
+@dataclass(frozen=True)
+class Check:
+    """One limit to count a request against: ``rate`` (e.g. "100/m") per ``group``/``value``."""
+
+    group: str
+    value: str
+    rate: str
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A plain counter bumped with the checks (a monthly quota): cache key and time to live."""
+
+    key: str
+    timeout: int
+
+
 def hit(request: HttpRequest, *, group: str, value: str, rate: str) -> Usage | None:
     """Count one request against ``group``/``value`` at ``rate`` (e.g. "100/m").
 
     Returns None when limiting is off, or the store failed and we fail open. The tightest
     result is remembered on the request for the response headers.
     """
-    if not settings.RATELIMIT_ENABLE or not rate:
-        return None
-    try:
-        usage = get_usage(request, group=group, key=lambda _g, _r: value, rate=rate, increment=True)
-        failed = usage is None or usage["time_left"] == -1
-    except (RedisError, OSError):
-        log.exception("rate-limit store unreachable", extra={"group": group})
-        failed = True
-        usage = None
-    if failed or usage is None:
-        if settings.RATELIMIT_FAIL_OPEN:
-            log.error("rate-limit store failed; failing open", extra={"group": group})
-            return None
-        raise LimiterUnavailable(group)
-    result = Usage(
-        limit=usage["limit"],
-        remaining=max(0, usage["limit"] - usage["count"]),
-        reset=max(1, usage["time_left"]),
-        limited=usage["should_limit"],
+    return hit_many(request, [Check(group, value, rate)])[0][0]
+
+
+def hit_many(
+    request: HttpRequest, checks: Sequence[Check], *, counters: Sequence[Counter] = ()
+) -> tuple[list[Usage | None], list[int | None]]:
+    """Count one request against every check and bump every counter, in one round trip on
+    Redis. Per check its usage (None: limiting off, no rate, or the store failed and we fail
+    open; raises LimiterUnavailable when failing closed); per counter its new value (None:
+    the store failed — counters always fail open)."""
+    active = [c for c in checks if c.rate] if settings.RATELIMIT_ENABLE else []
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    if isinstance(cache, RedisCache):
+        counts, values = _count_on_redis(cache, active, counters)
+    else:
+        counts, values = _count_in_cache(request, active, counters)
+    if active and counts is None:
+        if not settings.RATELIMIT_FAIL_OPEN:
+            raise LimiterUnavailable(active[0].group)
+        log.error("rate-limit store failed; failing open", extra={"group": active[0].group})
+    found: dict[int, Usage | None] = {}
+    for n, check in enumerate(active):
+        usage = None if counts is None else counts[n]
+        if usage is not None:
+            _remember(request, usage)
+        found[id(check)] = usage
+    return [found.get(id(c)) for c in checks], values
+
+
+def _usage(check: Check, count: int, window: int) -> Usage:
+    limit, _ = _split_rate(check.rate)
+    return Usage(
+        limit=limit,
+        remaining=max(0, limit - count),
+        reset=max(1, window - int(time.time())),
+        limited=count > limit,
     )
+
+
+def _count_on_redis(
+    cache: RedisCache, checks: Sequence[Check], counters: Sequence[Counter]
+) -> tuple[list[Usage | None] | None, list[int | None]]:
+    windows = []
+    pipe = _client(cache).pipeline(transaction=False)
+    for check in checks:
+        _, period = _split_rate(check.rate)
+        window = _get_window(check.value, period)
+        windows.append(window)
+        name = cache.make_key(_make_cache_key(check.group, window, check.rate, check.value, ALL))
+        pipe.incr(name)
+        pipe.expire(name, period + EXPIRATION_FUDGE, nx=True)
+    for counter in counters:
+        name = cache.make_key(counter.key)
+        pipe.incr(name)
+        pipe.expire(name, counter.timeout, nx=True)
+    try:
+        results = pipe.execute()
+    except (RedisError, OSError):
+        log.exception("rate-limit store unreachable", extra={"group": "pipeline"})
+        return None, [None] * len(counters)
+    usages: list[Usage | None] = [
+        _usage(check, int(results[2 * n]), windows[n]) for n, check in enumerate(checks)
+    ]
+    offset = 2 * len(checks)
+    return usages, [int(results[offset + 2 * n]) for n in range(len(counters))]
+
+
+# Django's cache builds a new redis.Redis (with its ~170 response callbacks) for every operation;
+# on the hot path one per cache backend object (Django keeps one per thread) is enough.
+_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _client(cache: RedisCache) -> Any:
+    """Django's own client for this cache (its pool, its timeouts), so CACHES stays the one
+    switch (tests point it at a dead server)."""
+    backend = cache._cache  # type: ignore[attr-defined]
+    client = _clients.get(backend)
+    if client is None:
+        client = _clients[backend] = backend.get_client(write=True)
+    return client
+
+
+def _count_in_cache(
+    request: HttpRequest, checks: Sequence[Check], counters: Sequence[Counter]
+) -> tuple[list[Usage | None] | None, list[int | None]]:
+    usages: list[Usage | None] = []
+    failed = False
+    for check in checks:
+        try:
+            usage = get_usage(
+                request,
+                group=check.group,
+                key=lambda _g, _r, value=check.value: value,
+                rate=check.rate,
+                increment=True,
+            )
+        except (RedisError, OSError):
+            log.exception("rate-limit store unreachable", extra={"group": check.group})
+            usage = None
+        if usage is None or usage["time_left"] == -1:
+            failed = True
+            break
+        usages.append(
+            Usage(
+                limit=usage["limit"],
+                remaining=max(0, usage["limit"] - usage["count"]),
+                reset=max(1, usage["time_left"]),
+                limited=usage["should_limit"],
+            )
+        )
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    values: list[int | None] = []
+    for counter in counters:
+        try:
+            try:
+                values.append(int(cache.incr(counter.key)))
+            except ValueError:  # no counter yet in this period
+                if cache.add(counter.key, 1, timeout=counter.timeout):
+                    values.append(1)
+                else:
+                    values.append(int(cache.incr(counter.key)))  # another thread added it
+        except (RedisError, OSError, ValueError):
+            log.exception("counter unavailable", extra={"counter": counter.key})
+            values.append(None)
+    return (None if failed else usages), values
+
+
+def uncount(counters: Sequence[Counter]) -> None:
+    """Take back one count of each counter (a request refused after it was counted)."""
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    for counter in counters:
+        try:
+            cache.decr(counter.key)
+        except (RedisError, OSError, ValueError):
+            log.exception("taking back a count failed", extra={"counter": counter.key})
+
+
+def _remember(request: HttpRequest, result: Usage) -> None:
+    """Keep the tightest limit seen for the response's RateLimit-* headers."""
     tightest: Usage | None = getattr(request, "_sluice_ratelimit", None)
     if (
         tightest is None
@@ -64,7 +217,6 @@ def hit(request: HttpRequest, *, group: str, value: str, rate: str) -> Usage | N
         or (not tightest.limited and result.remaining < tightest.remaining)
     ):
         request._sluice_ratelimit = result  # type: ignore[attr-defined]
-    return result
 
 
 def headers_for(usage: Usage) -> dict[str, str]:

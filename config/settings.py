@@ -185,6 +185,10 @@ INFERENCE_UPSTREAM_KEYS: dict[str, str] = {
     )
 }
 
+# How long a web process trusts its copy of a model's routing table and circuit states (a change
+# made in another process is seen within this; the process that made it sees it at once).
+INFERENCE_ROUTING_CACHE_SECONDS = env.float("INFERENCE_ROUTING_CACHE_SECONDS", default=1.0)
+
 # --- Streams ----------------------------------------------------------------------------------
 STREAM_MAXLEN = env.int("STREAM_MAXLEN", default=10_000)  # events kept per stream
 STREAM_TTL_SECONDS = env.int("STREAM_TTL_SECONDS", default=3600)  # idle streams expire

@@ -15,8 +15,17 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from celery.signals import worker_ready
+        from django.db.models.signals import post_delete, post_save
+
+        from inference import selectors
+        from inference.models import Model, ModelEvent, ModelVersion
 
         worker_ready.connect(_preload_on_worker_ready, weak=False)
+        # Every registry change writes a row of one of these (routing changes that use
+        # update() record a ModelEvent), so a change made here is routed at once.
+        for sender in (Model, ModelVersion, ModelEvent):
+            post_save.connect(selectors.forget_routes, sender=sender, weak=False)
+            post_delete.connect(selectors.forget_routes, sender=sender, weak=False)
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

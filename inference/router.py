@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,12 @@ class CircuitBreaker:
 
     State per version in the cache: ``cb:<id>:fails`` (consecutive failures), ``cb:<id>:opened``
     (when it opened; absent = closed) and ``cb:<id>:probe`` (a half-open probe is in flight).
+
+    Every request reads the state and records its outcome, so each process keeps what it last
+    read or wrote for ``INFERENCE_ROUTING_CACHE_SECONDS`` (:data:`_seen`): a healthy version
+    costs no cache round trip at all, and a circuit opened by another process is seen here
+    within that time. Writes (a failure, the first success after failures) always go to the
+    shared cache; the half-open probe is still claimed with an atomic ``cache.add``.
     """
 
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -125,11 +132,37 @@ class CircuitBreaker:
     def _key(version_id: int, part: str) -> str:
         return f"inference:cb:{version_id}:{part}"
 
+    def _read(self, version_id: int) -> tuple[float | None, int]:
+        """(opened at, consecutive failures), from this process's copy while it is fresh."""
+        now = time.monotonic()
+        ttl = settings.INFERENCE_ROUTING_CACHE_SECONDS
+        seen = _seen.get(version_id)  # no lock on the hot path: a dict read is atomic
+        if seen is not None and now - seen[0] < ttl:
+            return seen[1], seen[2]
+        with _seen_lock:
+            seen = _seen.get(version_id)
+            if seen is not None:
+                if now - seen[0] < ttl:
+                    return seen[1], seen[2]
+                # Stale: this thread re-reads; the others keep the old view meanwhile, so a
+                # busy process asks once per period, not once per waiting thread.
+                _seen[version_id] = (now, seen[1], seen[2])
+        got = cache.get_many([self._key(version_id, p) for p in ("opened", "fails")])
+        opened = got.get(self._key(version_id, "opened"))
+        fails = int(got.get(self._key(version_id, "fails")) or 0)
+        self._remember(version_id, None if opened is None else float(opened), fails)
+        return (None if opened is None else float(opened)), fails
+
+    @staticmethod
+    def _remember(version_id: int, opened: float | None, fails: int) -> None:
+        with _seen_lock:
+            _seen[version_id] = (time.monotonic(), opened, fails)
+
     def state(self, version_id: int) -> str:
-        opened = cache.get(self._key(version_id, "opened"))
+        opened = self._read(version_id)[0]
         if opened is None:
             return self.CLOSED
-        return self.OPEN if self.clock() - float(opened) < self.cooldown else self.HALF_OPEN
+        return self.OPEN if self.clock() - opened < self.cooldown else self.HALF_OPEN
 
     def allow(self, version_id: int) -> bool:
         state = self.state(version_id)
@@ -143,7 +176,10 @@ class CircuitBreaker:
     def record(self, version_id: int, *, ok: bool) -> str:
         """Count an outcome; the state after it."""
         if ok:
-            cache.delete_many([self._key(version_id, p) for p in ("fails", "opened", "probe")])
+            opened, fails = self._read(version_id)
+            if opened is not None or fails:
+                cache.delete_many([self._key(version_id, p) for p in ("fails", "opened", "probe")])
+                self._remember(version_id, None, 0)
             return self.CLOSED
         if self.state(version_id) != self.CLOSED:
             # A failed probe (or a straggler while open): open for another cooldown.
@@ -159,8 +195,22 @@ class CircuitBreaker:
         if fails >= self.failures:
             self._open(version_id)
             return self.OPEN
+        self._remember(version_id, None, fails)
         return self.CLOSED
 
     def _open(self, version_id: int) -> None:
-        cache.set(self._key(version_id, "opened"), self.clock(), timeout=None)
+        opened = self.clock()
+        cache.set(self._key(version_id, "opened"), opened, timeout=None)
         cache.delete_many([self._key(version_id, p) for p in ("fails", "probe")])
+        self._remember(version_id, opened, 0)
+
+
+# version id -> (read at, monotonic; opened at; consecutive failures): this process's view.
+_seen: dict[int, tuple[float, float | None, int]] = {}
+_seen_lock = threading.Lock()
+
+
+def forget_breakers() -> None:
+    """Drop this process's view of every circuit (tests; the next read asks the cache)."""
+    with _seen_lock:
+        _seen.clear()

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
+from rest_framework import serializers
 
 from inference.models import Model, ModelEvent, ModelVersion
 from inference.router import Candidate
 from inference.runtimes import VersionSpec
 from inference.runtimes import unavailable_reason as _runtime_reason
+from inference.schema import SchemaError, fast_validator, serializer_for
 from tenants.models import Tenant
 
 
@@ -91,3 +101,118 @@ def active_version_ids(queues: set[str]) -> list[int]:
 
 def model_events(model: Model, *, limit: int = 50) -> list[ModelEvent]:
     return list(model.events.select_related("version")[:limit])
+
+
+# --- the routing table of the unary hot path ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionRoute:
+    """What the web tier needs of a version to validate and queue a request (no ORM)."""
+
+    id: int
+    version: str
+    queue: str
+    input_schema: dict[str, Any]
+    # None when the schema is empty or malformed (validate_input then answers as before).
+    validator: type[serializers.Serializer] | None
+    # Accepts well-formed input without DRF's per-field machinery; None: ask the validator.
+    fast_validator: Callable[[dict[str, Any]], dict[str, Any] | None] | None
+    max_batch_size: int
+    max_delay_ms: int
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """A model as the unary path sees it: the router's candidates and each active version.
+    Duck-types as a :class:`Model` for ``serving.infer`` (``name``, ``sticky_routing``)."""
+
+    name: str
+    sticky_routing: bool
+    candidates: tuple[Candidate, ...]
+    versions: dict[int, VersionRoute]
+
+
+_routes: dict[str, tuple[float, RoutingTable | None]] = {}
+_routes_lock = threading.Lock()
+
+
+def _validator(schema: dict[str, Any]) -> type[serializers.Serializer] | None:
+    if not schema:
+        return None
+    try:
+        return serializer_for(schema)
+    except SchemaError:
+        return None
+
+
+def routing_table_build(model: Model) -> RoutingTable:
+    """The table of a model whose versions are prefetched (``_with_versions``)."""
+    return RoutingTable(
+        name=model.name,
+        sticky_routing=model.sticky_routing,
+        candidates=tuple(candidates(model)),
+        versions={
+            v.pk: VersionRoute(
+                id=v.pk,
+                version=v.version,
+                queue=v.queue,
+                input_schema=v.input_schema,
+                validator=_validator(v.input_schema),
+                fast_validator=fast_validator(v.input_schema)
+                if _validator(v.input_schema)
+                else None,
+                max_batch_size=v.max_batch_size,
+                max_delay_ms=v.max_delay_ms,
+            )
+            for v in model.versions.all()
+            if v.state == ModelVersion.State.ACTIVE
+        },
+    )
+
+
+def routing_table(name: str) -> RoutingTable | None:
+    """The model's routing table from this process's copy (at most
+    ``INFERENCE_ROUTING_CACHE_SECONDS`` old; changes made in this process drop it at once,
+    see :func:`forget_routes`), else from the database (two queries). None: no such model."""
+    now = time.monotonic()
+    ttl = settings.INFERENCE_ROUTING_CACHE_SECONDS
+    hit = _routes.get(name)  # no lock on the hot path: a dict read is atomic
+    if hit is not None and now - hit[0] < ttl:
+        return hit[1]
+    with _routes_lock:
+        hit = _routes.get(name)
+        if hit is not None:
+            if now - hit[0] < ttl:
+                return hit[1]
+            # Stale: this thread reloads it; the others route on the old table meanwhile.
+            _routes[name] = (now, hit[1])
+    model = _with_versions(Model.objects.filter(name=name)).first()
+    table = None if model is None else routing_table_build(model)
+    with _routes_lock:
+        _routes[name] = (now, table)
+    return table
+
+
+def routing_table_for_tenant(name: str, tenant: Tenant | None) -> RoutingTable:
+    """Like :func:`model_for_tenant` (404 for an unknown or disallowed model), from the
+    routing table: no query while the table is fresh."""
+    if tenant is not None and not tenant.allows_model(name):
+        raise Http404(name)
+    table = routing_table(name)
+    if table is None:
+        raise Http404(name)
+    return table
+
+
+def forget_routes(**kwargs: Any) -> None:
+    """Drop every cached routing table (a registry row changed in this process; a signal
+    receiver, so it takes the signal's arguments). Again after the commit: a request that
+    read the old rows between the write and the commit must not keep them."""
+    _forget_all()
+    transaction.on_commit(_forget_all)
+
+
+def _forget_all() -> None:
+    with _routes_lock:
+        _routes.clear()

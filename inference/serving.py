@@ -1,11 +1,14 @@
 """The unary inference flow (design 3.1), both halves.
 
-Web: route → validate the input against the chosen version's schema → take a slot on the
-version's queue (or 503) → queue ``inference_predict`` with a request id and a deadline → wait
-for the reply → record the outcome on the version's circuit breaker. Shadow versions get a copy
-whose answer nobody waits for.
+Web: route (the process's routing table) → validate the input against the chosen version's
+schema → join the version's next batch (:mod:`inference.dispatch`: one queue-slot round trip and
+one ``inference_predict_batch`` message per batch; 503 when the queue is full) → wait for the
+reply → record the outcome on the version's circuit breaker. Shadow versions get a copy whose
+answer nobody waits for.
 
-Worker: drop expired work → the process's model cache → the version's batcher → publish.
+Worker: drop expired work → the process's model cache → the version's batcher → one answer
+message per batch (:func:`predict_batch`). :func:`predict` is the same for one request with a
+reply list of its own (``inference_predict`` messages).
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
-from inference import backpressure, selectors
+from inference import backpressure, dispatch, selectors
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
-from inference.replies import reply_publish, reply_wait
+from inference.replies import batch_reply_publish, reply_publish
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import UpstreamError
-from inference.schema import validate_input
+from inference.schema import validate_input, validate_with
+from inference.selectors import RoutingTable
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -91,49 +95,44 @@ def enqueue(
 
 def infer(
     *,
-    model: Model,
+    model: Model | RoutingTable,
     tenant: Tenant | None,
     data: dict[str, Any],
     version: str | None = None,
     timeout_ms: int | None = None,
 ) -> Answer:
+    """Answer one request (web side). ``model`` is a Model row or its routing table; either
+    way routing reads this process's routing table (``INFERENCE_ROUTING_CACHE_SECONDS``)."""
     started = time.perf_counter()
     # Always our own id: the reply channel must not be addressable by a client-chosen id.
     request_id = uuid.uuid4().hex
+    table = model if isinstance(model, RoutingTable) else selectors.routing_table(model.name)
+    if table is None:
+        raise ModelUnavailable(f"{model.name} has no version taking traffic")
     breaker = CircuitBreaker()
-    sticky_key = str(tenant.pk) if (tenant is not None and model.sticky_routing) else None
+    sticky_key = str(tenant.pk) if (tenant is not None and table.sticky_routing) else None
     try:
         plan = route(
-            model.name,
-            selectors.candidates(model),
+            table.name,
+            table.candidates,
             version=version,
             sticky_key=sticky_key,
             breaker=breaker,
         )
     except NoRoute as exc:
         raise ModelUnavailable(str(exc)) from exc
-    chosen = selectors.version_of(model, plan.primary.id)
+    chosen = table.versions[plan.primary.id]
     try:
-        payload = validate_input(chosen.input_schema, data)
+        if chosen.validator is not None and isinstance(data, dict):
+            payload = validate_with(chosen.validator, data, chosen.fast_validator)
+        else:
+            payload = validate_input(chosen.input_schema, data)
     except exceptions.ValidationError as exc:
         raise exceptions.ValidationError({"input": exc.detail}) from exc
     deadline = _deadline(timeout_ms)
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
     try:
-        backpressure.admit(chosen.queue, request_id, deadline)
-        try:
-            enqueue(
-                version_id=chosen.pk,
-                queue=chosen.queue,
-                payload=payload,
-                request_id=request_id,
-                deadline=deadline,
-            )
-            for shadow in plan.shadows:
-                _shadow_copy(model, shadow.id, payload, deadline)
-            reply = reply_wait(request_id, deadline - time.time())
-        finally:
-            backpressure.release(chosen.queue, request_id)
+        waiter, _ = dispatch.call(chosen, payload, request_id=request_id, deadline=deadline)
     except backpressure.QueueFull as exc:
         full = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
         full.wait = retry_after  # type: ignore[attr-defined]
@@ -143,13 +142,18 @@ def infer(
         down = ServiceUnavailable("The inference queue is unreachable; retry later.")
         down.wait = retry_after  # type: ignore[attr-defined]
         raise down from exc
+    for shadow in plan.shadows:
+        dispatch.shadow_copy(table.versions[shadow.id], payload, deadline)
+    reply = waiter.wait(deadline - time.time())
+    if reply is None:
+        dispatch.gave_up(chosen, request_id)
     if reply is None or time.time() > deadline:
-        breaker.record(chosen.pk, ok=False)
-        raise GatewayTimeout(f"No answer from {model.name}:{chosen.version} before the deadline.")
+        breaker.record(chosen.id, ok=False)
+        raise GatewayTimeout(f"No answer from {table.name}:{chosen.version} before the deadline.")
     if not reply.get("ok"):
         status = int(reply.get("status", 502))
         if status != 504:  # the deadline is the client's choice, not the version's fault
-            breaker.record(chosen.pk, ok=False)
+            breaker.record(chosen.id, ok=False)
         error = str(reply.get("error", "inference failed"))
         if status == 503:
             unavailable = ModelUnavailable(error)
@@ -159,42 +163,16 @@ def infer(
         if status == 504:
             raise GatewayTimeout(error)
         raise InferenceFailed(error)
-    breaker.record(chosen.pk, ok=True)
+    breaker.record(chosen.id, ok=True)
     return Answer(
         request_id=request_id,
-        model=model.name,
+        model=table.name,
         version=chosen.version,
         output=reply["output"],
         batch_size=int(reply.get("batch_size", 1)),
         latency_ms=round((time.perf_counter() - started) * 1000, 2),
         failed_over=plan.failed_over_from is not None,
     )
-
-
-def _shadow_copy(model: Model, version_id: int, payload: dict[str, Any], deadline: float) -> None:
-    """Best effort: a full queue or a broker error skips the copy, never the real request."""
-    shadow = selectors.version_of(model, version_id)
-    rid = f"shadow-{uuid.uuid4().hex}"
-    try:
-        backpressure.admit(shadow.queue, rid, deadline)
-    except backpressure.QueueFull:
-        log.info("shadow copy to %s skipped: queue full", shadow)
-        return
-    except (RedisError, OSError):
-        log.exception("shadow copy to %s skipped: admission store unreachable", shadow)
-        return
-    # The worker frees the shadow's slot when it is done (or the deadline sweep does).
-    try:
-        from inference.tasks import inference_predict
-
-        inference_predict.apply_async(
-            args=(shadow.pk, payload, rid, deadline),
-            kwargs={"shadow": True},
-            queue=shadow.queue,
-            expires=max(1.0, deadline - time.time()),
-        )
-    except Exception:
-        log.exception("shadow copy to %s failed", shadow)
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -306,3 +284,65 @@ def shadow_stats(version_id: int) -> dict[str, int]:
     prefix = f"inference:shadow:{version_id}"
     got = cache.get_many([f"{prefix}:{n}" for n in ("count", "errors", "ms_total")])
     return {n: int(got.get(f"{prefix}:{n}", 0)) for n in ("count", "errors", "ms_total")}
+
+
+def predict_batch(
+    *,
+    version_id: int,
+    queue: str,
+    items: list[tuple[str, dict[str, Any], float]],
+    reply_to: str,
+    batch_id: str,
+    shadow: bool = False,
+) -> None:
+    """Run a web process's batch (``(request_id, payload, deadline)`` each) through the
+    version's batcher and answer all of it in one message (worker side). Expired items are
+    dropped, not run; every item's queue slot is freed in the same round trip."""
+    started = time.perf_counter()
+    now = time.time()
+    live = [item for item in items if item[2] > now]
+    if len(live) < len(items):
+        log.info("dropped %d expired request(s) for version %s", len(items) - len(live), version_id)
+    replies: dict[str, dict[str, Any]] = {}
+    if live:
+        try:
+            loaded = _models.get(_spec(version_id))
+            results = loaded.batcher.submit_many(
+                [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
+            )
+        except RuntimeUnavailable as exc:
+            failed = {"ok": False, "status": 503, "error": str(exc)}
+            replies = {rid: failed for rid, _, _ in live}
+        except Exception as exc:
+            log.exception("inference failed for version %s", version_id)
+            failed = {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            replies = {rid: failed for rid, _, _ in live}
+        else:
+            for (rid, _, _), (output, error, size) in zip(live, results, strict=True):
+                if error is None:
+                    replies[rid] = {"ok": True, "output": output, "batch_size": size}
+                elif isinstance(error, DeadlineExceeded):
+                    continue  # the view has answered 504 already
+                elif isinstance(error, RuntimeUnavailable):
+                    replies[rid] = {"ok": False, "status": 503, "error": str(error)}
+                else:
+                    log.error("inference failed for version %s: %r", version_id, error)
+                    replies[rid] = {
+                        "ok": False,
+                        "status": 502,
+                        "error": f"{type(error).__name__}: {error}"[:500],
+                    }
+    ms = round((time.perf_counter() - started) * 1000, 2)
+    for reply in replies.values():
+        reply["ms"] = ms
+    if shadow:
+        for reply in replies.values():
+            _shadow_measure(version_id, reply)
+    # Answered even when every item was dropped: the web process counts the batch as done.
+    batch_reply_publish(
+        "" if shadow else reply_to,
+        batch_id,
+        replies,
+        queue=queue,
+        release=[rid for rid, _, _ in items],
+    )

@@ -37,6 +37,34 @@ def inference_predict(
 
 
 @shared_task(
+    name="inference_predict_batch",
+    ignore_result=True,
+    # As above: a redelivered batch past its deadlines is dropped, item by item.
+    max_retries=0,
+    time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 30,
+    soft_time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 20,
+)
+def inference_predict_batch(
+    version_id: int,
+    queue: str,
+    items: list[list[Any]],
+    reply_to: str,
+    batch_id: str,
+    shadow: bool = False,
+) -> None:
+    """Many requests (``[request_id, payload, deadline]`` each) collected by a web process;
+    one answer message for all of them on ``reply_to``."""
+    serving.predict_batch(
+        version_id=version_id,
+        queue=queue,
+        items=[(str(rid), payload, float(deadline)) for rid, payload, deadline in items],
+        reply_to=reply_to,
+        batch_id=batch_id,
+        shadow=shadow,
+    )
+
+
+@shared_task(
     name="inference_stream",
     ignore_result=True,
     # No retries: a client is reading the stream now; a redelivery would repeat events.

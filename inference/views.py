@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 
 from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
@@ -122,21 +121,34 @@ class InferView(APIView):
         ],
     )
     def post(self, request: Request, name: str) -> HttpResponseBase:
-        model = selectors.model_for_tenant(name, _tenant(request))
         if wants_stream(request):
-            return self._stream(request, model)
-        body = InferRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+            return self._stream(request, selectors.model_for_tenant(name, _tenant(request)))
+        # The routing table, not the model row: no query while this process's copy is fresh.
+        model = selectors.routing_table_for_tenant(name, _tenant(request))
+        valid = InferRequestSerializer.fast(request.data)
+        if valid is None:
+            body = InferRequestSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            valid = body.validated_data
         answer = serving.infer(
             model=model,
             tenant=_tenant(request),
-            data=body.validated_data["input"],
-            version=body.validated_data.get("version"),
-            timeout_ms=body.validated_data.get("timeout_ms"),
+            data=valid["input"],
+            version=valid.get("version"),
+            timeout_ms=valid.get("timeout_ms"),
         )
-        data = {"id": answer.request_id, "object": "inference", **asdict(answer)}
-        data.pop("request_id")
-        response = Response(data)
+        response = Response(
+            {
+                "id": answer.request_id,
+                "object": "inference",
+                "model": answer.model,
+                "version": answer.version,
+                "output": answer.output,
+                "batch_size": answer.batch_size,
+                "latency_ms": answer.latency_ms,
+                "failed_over": answer.failed_over,
+            }
+        )
         response["X-Sluice-Version"] = answer.version
         return response
 

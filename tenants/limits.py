@@ -6,10 +6,8 @@ import calendar
 import logging
 from typing import Any
 
-from django.core.cache import cache
 from django.http import HttpRequest
 from django.utils import timezone
-from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
@@ -33,41 +31,38 @@ def _seconds_to_month_end() -> int:
     return max(1, int((end - now).total_seconds()) + 1)
 
 
-def quota_use(tenant_id: int, limit: int) -> int | None:
-    """Count one request against the tenant's calendar-month quota; the count, or None if the
-    counter store is down (requests then pass: the quota is a billing bound, not a safety one)."""
-    if not limit:
-        return None
-    key = f"quota:{tenant_id}:{timezone.now():%Y%m}"
-    try:
-        try:
-            return int(cache.incr(key))  # one round trip on every request but the month's first
-        except ValueError:  # no counter yet this month
-            if cache.add(key, 1, timeout=_seconds_to_month_end() + 86400):
-                return 1
-            return int(cache.incr(key))  # another process created it first
-    except (RedisError, OSError, ValueError):
-        log.exception("quota counter unavailable", extra={"tenant_id": tenant_id})
-        return None
+def quota_counter(tenant_id: int) -> ratelimit.Counter:
+    """The tenant's counter for this calendar month."""
+    return ratelimit.Counter(
+        key=f"quota:{tenant_id}:{timezone.now():%Y%m}", timeout=_seconds_to_month_end() + 86400
+    )
 
 
 def enforce_plan(request: HttpRequest, ctx: KeyContext) -> None:
-    """Raise Throttled (429) if this request breaks the key's or tenant's limit or quota."""
+    """Raise Throttled (429) if this request breaks the key's or tenant's limit or quota.
+
+    The tenant limit, the key's own limit and the monthly quota are counted together (one
+    Redis round trip); a request refused by a limit is taken back from the quota, so only
+    requests that pass are billed. The quota fails open even when the limits fail closed.
+    """
     tenant = ctx.tenant
+    checks = [ratelimit.Check("tenant", str(tenant.pk), f"{tenant.requests_per_minute}/m")]
+    if ctx.requests_per_minute:
+        checks.append(ratelimit.Check("key", ctx.prefix, f"{ctx.requests_per_minute}/m"))
+    quota = [quota_counter(tenant.pk)] if tenant.monthly_request_quota else []
     try:
-        checks = [("tenant", str(tenant.pk), tenant.requests_per_minute)]
-        if ctx.requests_per_minute:
-            checks.append(("key", ctx.prefix, ctx.requests_per_minute))
-        for group, value, per_minute in checks:
-            usage = ratelimit.hit(request, group=group, value=value, rate=f"{per_minute}/m")
-            if usage is not None and usage.limited:
-                raise exceptions.Throttled(
-                    wait=usage.reset, detail=f"{group.capitalize()} limit of {per_minute}/min."
-                )
+        usages, used = ratelimit.hit_many(request, checks, counters=quota)
     except ratelimit.LimiterUnavailable as exc:
         raise ServiceUnavailable("Rate limiting is unavailable; retry later.") from exc
-    used = quota_use(tenant.pk, tenant.monthly_request_quota)
-    if used is not None and used > tenant.monthly_request_quota:
+    for check, usage in zip(checks, usages, strict=True):
+        if usage is not None and usage.limited:
+            if quota and used[0] is not None:
+                ratelimit.uncount(quota)
+            per_minute = check.rate.split("/")[0]
+            raise exceptions.Throttled(
+                wait=usage.reset, detail=f"{check.group.capitalize()} limit of {per_minute}/min."
+            )
+    if quota and used[0] is not None and used[0] > tenant.monthly_request_quota:
         raise QuotaExceeded(wait=_seconds_to_month_end())
 
 

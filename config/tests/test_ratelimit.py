@@ -108,3 +108,71 @@ def test_it_fails_closed_when_configured_and_redis_is_down(api, settings):
     assert response.status_code == 503
     assert response["Content-Type"] == "application/problem+json"
     assert response["Retry-After"] == "5"
+
+
+def test_it_does_not_bill_the_quota_for_a_refused_request(api, tenant):
+    from django.core.cache import cache
+
+    from tenants.limits import quota_counter
+
+    tenant.requests_per_minute = 1
+    tenant.monthly_request_quota = 100
+    tenant.save()
+    assert api.get("/v1/tenant").status_code == 200
+    response = api.get("/v1/tenant")
+    assert response.status_code == 429
+    assert response.json()["detail"].startswith("Tenant limit of 1/min.")
+    assert cache.get(quota_counter(tenant.pk).key) == 1
+
+
+def test_it_counts_all_limits_of_a_request_in_two_redis_round_trips(tenant, client_for, settings):
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    if not isinstance(caches["default"], RedisCache):
+        pytest.skip("counts Redis round trips (PostgreSQL + Redis pass)")
+    import redis
+
+    tenant.requests_per_minute = 50
+    tenant.monthly_request_quota = 1000
+    tenant.save()
+    client = client_for(make_key(tenant, requests_per_minute=40)[1])
+    assert client.get("/v1/tenant").status_code == 200  # the key is cached from now on
+    calls: list[str] = []
+    real_execute = redis.client.Pipeline.execute
+    real_command = redis.Redis.execute_command
+
+    def execute(self, *args, **kwargs):
+        calls.append(f"pipeline of {len(self.command_stack)}")
+        return real_execute(self, *args, **kwargs)
+
+    def command(self, *args, **kwargs):
+        calls.append(str(args[0]))
+        return real_command(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(redis.client.Pipeline, "execute", execute)
+        mp.setattr(redis.Redis, "execute_command", command)
+        response = client.get("/v1/tenant")
+    assert response.status_code == 200
+    # The per-IP counter, then tenant + key + quota: INCR and EXPIRE NX each, no other command.
+    assert calls == ["pipeline of 2", "pipeline of 6"]
+    assert response["RateLimit-Limit"] == "40"
+    assert response["RateLimit-Remaining"] == "38"
+
+
+def test_it_fails_open_on_the_quota_when_redis_is_down_even_if_limits_fail_closed(
+    api, tenant, settings
+):
+    from django.test import RequestFactory
+
+    from config import ratelimit
+    from tenants.limits import quota_counter
+
+    settings.CACHES = DEAD_REDIS
+    settings.RATELIMIT_FAIL_OPEN = False
+    request = RequestFactory().get("/v1/tenant")
+    usages, counts = ratelimit.hit_many(request, [], counters=[quota_counter(tenant.pk)])
+    assert usages == [] and counts == [None]
+    with pytest.raises(ratelimit.LimiterUnavailable):
+        ratelimit.hit_many(request, [ratelimit.Check("tenant", "1", "5/m")])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from inference import backpressure, replies, serving, streams
+from inference import backpressure, dispatch, replies, router, selectors, serving, streams
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.models import Model, ModelVersion
 from inference.services import version_register
@@ -22,11 +22,16 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     streams._specs.clear()
     backpressure._local.clear()
     replies._local._box.clear()
+    selectors._forget_all()
+    router.forget_breakers()
+    dispatch._collectors.clear()
     Doubler.reset()
     yield
     serving.model_cache().clear()
     serving._specs.clear()
     streams._specs.clear()
+    selectors._forget_all()
+    router.forget_breakers()
 
 
 @pytest.fixture

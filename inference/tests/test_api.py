@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from inference import backpressure, serving
+from inference import backpressure, dispatch, serving
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
@@ -110,7 +110,7 @@ def test_it_frees_a_slot_held_past_its_deadline() -> None:
 
 
 def test_it_answers_504_when_no_answer_comes_before_the_deadline(api, doubler, monkeypatch):
-    monkeypatch.setattr(serving, "enqueue", lambda **kw: None)  # a worker that never answers
+    monkeypatch.setattr(dispatch, "enqueue_batch", lambda **kw: None)  # a worker that never answers
     started = time.monotonic()
     response = api.post(
         "/v1/models/doubler/infer", {"input": {"x": 2}, "timeout_ms": 150}, format="json"
@@ -244,7 +244,7 @@ def test_it_answers_503_when_the_broker_is_unreachable(api, doubler, monkeypatch
     def down(**kwargs):
         raise OperationalError("Connection refused")
 
-    monkeypatch.setattr(serving, "enqueue", down)
+    monkeypatch.setattr(dispatch, "enqueue_batch", down)
     response = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json")
     body = _problem(response, 503)
     assert "unreachable" in body["detail"] and response["Retry-After"] == "1"

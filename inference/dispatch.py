@@ -1,0 +1,256 @@
+"""Batching before the queue: the web process sends one Celery message per batch, not per
+request.
+
+Request threads asking for the same version meet in that version's :class:`Collector`. The
+first becomes the *leader*: it holds the batch open while it fills, then takes the batch's
+queue slots in one round trip, sends one ``inference_predict_batch`` message carrying every
+request (each with its own id and deadline) and hands leadership to the next waiting thread.
+The other threads only append and wait for their own answer, which the worker sends back for
+the whole batch at once (:class:`inference.replies.Inbox`).
+
+How long a batch stays open adapts to load: not at all while no batch of this version from
+this process is being computed (a lone request goes at once, so batching costs nothing at low
+load), otherwise until ``max_batch_size`` requests are waiting, the oldest has waited
+``max_delay_ms``, or the version's worker answers the previous batch — whichever comes first.
+The worker's own batcher still merges the batches of several web processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from inference import backpressure
+from inference.replies import Waiter, inbox
+from inference.selectors import VersionRoute
+
+log = logging.getLogger(__name__)
+
+
+class Pending:
+    """One request on its way into a batch."""
+
+    __slots__ = ("arrived", "deadline", "error", "payload", "request_id", "sent", "wake")
+
+    def __init__(self, request_id: str, payload: dict[str, Any], deadline: float) -> None:
+        self.request_id = request_id
+        self.payload = payload
+        self.deadline = deadline
+        self.arrived = time.monotonic()
+        self.sent = False  # its batch has gone (or it was refused: then ``error`` is set)
+        self.error: BaseException | None = None
+        self.wake = threading.Event()  # set when sent, or when it is this thread's turn to lead
+
+
+class Collector:
+    """The open batch of one version in this process."""
+
+    def __init__(self, *, version_id: int, queue: str, max_batch_size: int, max_delay_ms: int):
+        self.version_id = version_id
+        self.queue = queue
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_delay = max(0, max_delay_ms) / 1000
+        self._lock = threading.Lock()
+        self._fill = threading.Condition(self._lock)  # only the leader waits on it
+        self._open: list[Pending] = []
+        self._leading = False
+        self._in_flight = 0  # batches sent and not answered yet
+        self.batches_sent = 0
+        self.requests_sent = 0
+
+    def submit(self, pending: Pending) -> None:
+        """Return once ``pending`` has been sent, or refused (``pending.error``)."""
+        with self._lock:
+            self._open.append(pending)
+            if self._leading:
+                lead = False
+                if len(self._open) >= self.max_batch_size:
+                    self._fill.notify()
+            else:
+                self._leading = lead = True
+        if not lead:
+            pending.wake.wait()
+            if pending.sent:
+                return
+        # This thread leads: its request is the oldest open one, so it goes in this batch.
+        self._lead()
+
+    def _lead(self) -> None:
+        with self._lock:
+            close_at = self._open[0].arrived + self.max_delay
+            while len(self._open) < self.max_batch_size and self._in_flight > 0:
+                left = close_at - time.monotonic()
+                if left <= 0:
+                    break
+                self._fill.wait(left)
+            batch = self._open[: self.max_batch_size]
+            del self._open[: self.max_batch_size]
+            # Counted from now, so the next leader already holds its batch open for more.
+            self._in_flight += 1
+            successor = self._open[0] if self._open else None
+            if successor is None:
+                self._leading = False
+        if successor is not None:
+            successor.wake.set()  # not sent: it leads the next batch
+        sent = False
+        try:
+            sent = self._send(batch)
+        finally:
+            if not sent:
+                self._answered()
+            for pending in batch:
+                pending.sent = True
+                pending.wake.set()
+
+    def _send(self, batch: list[Pending]) -> bool:
+        """Whether a message went (then the inbox calls :meth:`_answered` for it)."""
+        now = time.time()
+        # A request whose deadline passed while it waited is not sent; its thread answers 504.
+        live = [p for p in batch if p.deadline > now]
+        if not live:
+            return False
+        try:
+            refused = set(
+                backpressure.admit_many(self.queue, {p.request_id: p.deadline for p in live})
+            )
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (503)
+            for p in live:
+                p.error = exc
+            return False
+        if refused:
+            full = backpressure.QueueFull(self.queue, backpressure.queue_bound(self.queue))
+            for p in live:
+                if p.request_id in refused:
+                    p.error = full
+            live = [p for p in live if p.request_id not in refused]
+            if not live:
+                return False
+        batch_id = uuid.uuid4().hex
+        inbox.expect_batch(batch_id, self._answered, max(p.deadline for p in live))
+        try:
+            enqueue_batch(
+                version_id=self.version_id,
+                queue=self.queue,
+                items=[(p.request_id, p.payload, p.deadline) for p in live],
+                reply_to=inbox.address(),
+                batch_id=batch_id,
+            )
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (503)
+            inbox.forget_batch(batch_id)  # calls _answered
+            for p in live:
+                p.error = exc
+            try:
+                backpressure.release_many(self.queue, [p.request_id for p in live])
+            except Exception:
+                log.exception("freeing the slots of an unsent batch failed")
+            return True
+        self.batches_sent += 1
+        self.requests_sent += len(live)
+        return True
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._in_flight = 0
+                self._fill.notify()  # the worker is free: send what is open now
+
+
+def enqueue_batch(
+    *,
+    version_id: int,
+    queue: str,
+    items: list[tuple[str, dict[str, Any], float]],
+    reply_to: str,
+    batch_id: str,
+    shadow: bool = False,
+) -> None:
+    """One message for many requests on the version's queue; Celery discards it once the
+    last deadline has passed, so a backlog never spends worker time on answers nobody waits
+    for."""
+    from inference.tasks import inference_predict_batch
+
+    inference_predict_batch.apply_async(
+        args=(version_id, queue, [list(item) for item in items], reply_to, batch_id),
+        kwargs={"shadow": shadow} if shadow else {},
+        queue=queue,
+        expires=max(1.0, max(item[2] for item in items) - time.time()),
+    )
+
+
+_collectors: dict[tuple[int, str, int, int], Collector] = {}
+_collectors_lock = threading.Lock()
+
+
+def collector(route: VersionRoute) -> Collector:
+    """The collector of a version; a version whose queue or batching settings changed gets
+    a new one."""
+    name = (route.id, route.queue, route.max_batch_size, route.max_delay_ms)
+    found = _collectors.get(name)
+    if found is None:
+        with _collectors_lock:
+            found = _collectors.get(name)
+            if found is None:
+                found = _collectors[name] = Collector(
+                    version_id=route.id,
+                    queue=route.queue,
+                    max_batch_size=route.max_batch_size,
+                    max_delay_ms=route.max_delay_ms,
+                )
+    return found
+
+
+def call(
+    route: VersionRoute, payload: dict[str, Any], *, request_id: str, deadline: float
+) -> tuple[Waiter, Pending]:
+    """Put one request into its version's next batch. Raises what refused it (QueueFull,
+    a broker or Redis error); otherwise wait on the returned waiter for the answer."""
+    waiter = inbox.expect(request_id)
+    pending = Pending(request_id, payload, deadline)
+    try:
+        collector(route).submit(pending)
+    except BaseException:
+        inbox.forget(request_id)
+        raise
+    if pending.error is not None:
+        inbox.forget(request_id)
+        raise pending.error
+    return waiter, pending
+
+
+def gave_up(route: VersionRoute, request_id: str) -> None:
+    """The request stopped waiting (deadline): forget it and free its slot now, not when its
+    late answer (if any) comes."""
+    inbox.forget(request_id)
+    try:
+        backpressure.release(route.queue, request_id)
+    except Exception:
+        log.exception("freeing the slot of a timed-out request failed")
+
+
+def shadow_copy(route: VersionRoute, payload: dict[str, Any], deadline: float) -> None:
+    """Best effort: a full queue or a broker error skips the copy, never the real request.
+    Nobody waits for the answer; the worker measures it and frees the slot."""
+    rid = f"shadow-{uuid.uuid4().hex}"
+    try:
+        if backpressure.admit_many(route.queue, {rid: deadline}):
+            log.info("shadow copy to version %s skipped: queue full", route.id)
+            return
+    except Exception:
+        log.exception("shadow copy to version %s skipped: admission store unreachable", route.id)
+        return
+    try:
+        enqueue_batch(
+            version_id=route.id,
+            queue=route.queue,
+            items=[(rid, payload, deadline)],
+            reply_to="",
+            batch_id=rid,
+            shadow=True,
+        )
+    except Exception:
+        log.exception("shadow copy to version %s failed", route.id)
+        backpressure.release_many(route.queue, [rid])

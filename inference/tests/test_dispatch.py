@@ -1,0 +1,220 @@
+"""Batching before the queue (web side) and one answer message per batch (worker side)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from inference import backpressure, dispatch
+from inference.replies import batch_reply_publish, inbox
+from inference.selectors import VersionRoute
+from inference.tasks import inference_predict_batch
+from inference.tests.conftest import make_version
+from inference.tests.fakes import Doubler
+
+
+def _route(*, max_batch_size: int = 8, max_delay_ms: int = 200, queue: str = "") -> VersionRoute:
+    return VersionRoute(
+        id=int(time.time_ns() % 10**9),
+        version="1",
+        # A queue of this test only (the Redis pass shares the server).
+        queue=queue or f"q{uuid.uuid4().hex[:10]}",
+        input_schema={},
+        validator=None,
+        fast_validator=None,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+    )
+
+
+class FakeWorker:
+    """Stands in for ``enqueue_batch``: records each message and answers it (``x`` doubled)
+    after ``delay`` seconds, through the real reply channel, unless told to stay silent."""
+
+    def __init__(self, delay: float = 0.05, silent: bool = False) -> None:
+        self.delay = delay
+        self.silent = silent
+        self.messages: list[list[tuple[str, dict[str, Any], float]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, *, queue: str, items: list[Any], reply_to: str, batch_id: str, **kw):
+        with self.lock:
+            self.messages.append(list(items))
+        if self.silent:
+            return
+
+        def answer() -> None:
+            replies = {
+                rid: {"ok": True, "output": {"y": p["x"] * 2}, "batch_size": len(items)}
+                for rid, p, _ in items
+            }
+            batch_reply_publish(
+                reply_to, batch_id, replies, queue=queue, release=[rid for rid, _, _ in items]
+            )
+
+        threading.Timer(self.delay, answer).start()
+
+
+def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
+    rid = uuid.uuid4().hex
+    waiter, _ = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
+    reply = waiter.wait(timeout)
+    if reply is None:
+        dispatch.gave_up(route, rid)
+    return reply
+
+
+def test_it_sends_concurrent_requests_for_one_version_as_few_messages(monkeypatch) -> None:
+    worker = FakeWorker()
+    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    route = _route(max_batch_size=8)
+    barrier = threading.Barrier(24)
+
+    def one(x: int) -> dict[str, Any] | None:
+        barrier.wait()
+        return _ask(route, x)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        replies = list(pool.map(one, range(24)))
+    assert [r["output"]["y"] for r in replies] == [2 * x for x in range(24)]  # each its own
+    sent = [rid for message in worker.messages for rid, _, _ in message]
+    assert len(sent) == len(set(sent)) == 24  # every request went exactly once
+    assert all(len(m) <= 8 for m in worker.messages)
+    assert len(worker.messages) < 24 / 2  # merged: far fewer messages than requests
+    assert backpressure.in_flight(route.queue) == 0  # the worker's answer freed the slots
+
+
+def test_it_sends_a_lone_request_at_once(monkeypatch) -> None:
+    monkeypatch.setattr(dispatch, "enqueue_batch", FakeWorker(delay=0))
+    route = _route(max_batch_size=32, max_delay_ms=2000)
+    started = time.monotonic()
+    assert _ask(route, 3) == {"ok": True, "output": {"y": 6}, "batch_size": 1}
+    assert time.monotonic() - started < 1  # no batch window while nothing else is in flight
+
+
+def test_it_sends_one_message_per_request_when_batching_is_off(monkeypatch) -> None:
+    worker = FakeWorker(delay=0.02)
+    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    route = _route(max_batch_size=1)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda x: _ask(route, x), range(8)))
+    assert [len(m) for m in worker.messages] == [1] * 8
+
+
+def test_it_honours_each_requests_own_deadline_in_a_batch(monkeypatch) -> None:
+    worker = FakeWorker(delay=0.6)  # answers after the short deadline only
+    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    route = _route(max_batch_size=2, max_delay_ms=500)
+    # Keep a batch in flight, so the next two wait for each other and travel together.
+    first = threading.Thread(target=_ask, args=(route, 0))
+    first.start()
+    time.sleep(0.05)
+    results: dict[str, Any] = {}
+
+    def short() -> None:
+        started = time.monotonic()
+        results["short"] = _ask(route, 1, timeout=0.3)
+        results["short_took"] = time.monotonic() - started
+
+    def long() -> None:
+        results["long"] = _ask(route, 2, timeout=5)
+
+    threads = [threading.Thread(target=short), threading.Thread(target=long)]
+    for t in threads:
+        t.start()
+    for t in [first, *threads]:
+        t.join(10)
+    assert results["short"] is None and results["short_took"] < 0.6  # 504 at its own deadline
+    assert results["long"]["output"] == {"y": 4}
+    assert [len(m) for m in worker.messages] == [1, 2]
+    deadlines = sorted(d for _, _, d in worker.messages[1])
+    assert deadlines[1] - deadlines[0] > 4  # each item carries its own deadline
+    time.sleep(0.7)
+    assert backpressure.in_flight(route.queue) == 0
+
+
+def test_it_does_not_send_a_request_whose_deadline_passed_while_it_waited(monkeypatch) -> None:
+    worker = FakeWorker(silent=True)
+    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    collector = dispatch.collector(_route())
+    late = dispatch.Pending("late", {"x": 1}, time.time() - 0.01)
+    collector.submit(late)
+    assert late.sent and late.error is None and worker.messages == []
+
+
+def test_it_refuses_past_the_queue_bound_at_once(monkeypatch, settings) -> None:
+    worker = FakeWorker(silent=True)
+    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    settings.INFERENCE_QUEUE_BOUND = 2
+    route = _route(max_batch_size=5, max_delay_ms=300)
+    collector = dispatch.collector(route)
+    # One batch in flight holds the collector open, so five requests meet in the next one.
+    collector._in_flight = 1
+    pendings = [
+        dispatch.Pending(f"r{n}-{uuid.uuid4().hex}", {"x": n}, time.time() + 5) for n in range(5)
+    ]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        list(pool.map(collector.submit, pendings))
+    refused = [p for p in pendings if p.error is not None]
+    assert len(refused) == 3
+    assert all(isinstance(p.error, backpressure.QueueFull) for p in refused)
+    assert [len(m) for m in worker.messages] == [2]
+    assert backpressure.in_flight(route.queue) == 2
+    backpressure.release_many(route.queue, [rid for rid, _, _ in worker.messages[0]])
+
+
+def test_it_answers_every_refused_request_when_the_broker_is_down(monkeypatch) -> None:
+    from kombu.exceptions import OperationalError
+
+    def down(**kwargs: Any) -> None:
+        raise OperationalError("Connection refused")
+
+    monkeypatch.setattr(dispatch, "enqueue_batch", down)
+    route = _route()
+    with pytest.raises(OperationalError):
+        _ask(route, 1)
+    assert backpressure.in_flight(route.queue) == 0
+    assert dispatch.collector(route)._in_flight == 0
+
+
+@pytest.mark.django_db
+def test_the_worker_answers_a_batch_with_one_message_and_frees_its_slots() -> None:
+    version = make_version(max_batch_size=8, max_delay_ms=1000)
+    queue = f"q{uuid.uuid4().hex[:10]}"
+    deadline = time.time() + 10
+    items = [[uuid.uuid4().hex, {"x": n}, deadline] for n in range(5)]
+    items.append([uuid.uuid4().hex, {"x": 99}, time.time() - 1])  # expired: dropped, not run
+    backpressure.admit_many(queue, {rid: d for rid, _, d in items})
+    waiters = {rid: inbox.expect(rid) for rid, _, _ in items}
+    answered = threading.Event()
+    batch_id = uuid.uuid4().hex
+    inbox.expect_batch(batch_id, answered.set, deadline)
+    started = time.monotonic()
+    inference_predict_batch(version.pk, queue, items, inbox.address(), batch_id)
+    assert answered.wait(5)
+    assert time.monotonic() - started < 0.9  # a collected batch runs at once, no batch window
+    assert Doubler.batches == [[0, 1, 2, 3, 4]]  # one run of the model
+    for rid, payload, _ in items[:5]:
+        reply = waiters[rid].wait(2)
+        assert reply is not None and reply["output"] == {"y": payload["x"] * 2}
+        assert reply["batch_size"] == 5
+    assert waiters[items[5][0]].wait(0.05) is None
+    assert backpressure.in_flight(queue) == 0
+
+
+@pytest.mark.django_db
+def test_the_worker_answers_every_item_when_the_engine_is_missing() -> None:
+    version = make_version(options={"handler": "sluice_missing_pkg.Handler"})
+    rid, batch_id = uuid.uuid4().hex, uuid.uuid4().hex
+    waiter = inbox.expect(rid)
+    inference_predict_batch(
+        version.pk, "cpu", [[rid, {"x": 1}, time.time() + 10]], inbox.address(), batch_id
+    )
+    reply = waiter.wait(5)
+    assert reply is not None and reply["status"] == 503
+    assert "sluice_missing_pkg is not installed" in reply["error"]
