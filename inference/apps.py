@@ -17,6 +17,8 @@ class InferenceConfig(AppConfig):
         from celery.signals import worker_ready
 
         worker_ready.connect(_preload_on_worker_ready, weak=False)
+        # Celery's autodiscovery finds ``inference.tasks`` only; the media producer lives apart.
+        from inference.media import tasks as _media_tasks  # noqa: F401
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

@@ -12,7 +12,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
-from inference.builtin import digits_install, embeddings_install, sentiment_install
+from inference.builtin import (
+    MEDIA_INSTALLS,
+    digits_install,
+    embeddings_install,
+    sentiment_install,
+)
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
 
@@ -56,7 +61,7 @@ class Command(BaseCommand):
                 self.stderr.write(f"built-in model {version} registered")
         # Handler models register without their engine: a worker without it shows them
         # "unavailable" with the install hint instead of failing.
-        for install in (sentiment_install, embeddings_install):
+        for install in (sentiment_install, embeddings_install, *MEDIA_INSTALLS):
             version, created = install(actor="demo")
             if created:
                 self.stderr.write(f"built-in model {version} registered")
