@@ -3,14 +3,15 @@ as ``apertium-eng-spa``), driven as a subprocess.
 
 Each stream starts the pair's pipeline once, in null-flush mode: a sentence is written followed
 by a NUL byte, and the pipeline answers that sentence followed by a NUL, so sentences stream out
-one by one without paying the pipeline's start-up (about a second here) for each. Unknown words
-are passed through unmarked.
+one by one without paying the pipeline's start-up (about a second here) for each; a worker keeps
+a started pipeline or two idle for the next stream. Unknown words are passed through unmarked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import select
 import shutil
@@ -25,6 +26,7 @@ from inference.engines.text import sentences
 from inference.runtimes.base import RuntimeUnavailable
 
 INSTALL = "apt-get install apertium apertium-eng-spa"
+MAX_IDLE_PIPELINES = 2
 # Characters with a meaning in Apertium's stream format; plain text escapes them.
 _SPECIAL = re.compile(r"([\\\[\]^$@/<>{}*#|])")
 _ESCAPED = re.compile(r"\\(.)")
@@ -71,6 +73,7 @@ class ApertiumTranslator:
         ).stdout.strip()
         self.sentence_timeout = float(options.get("sentence_timeout", 30))
         self.max_chars = int(options.get("max_chars", 10_000))
+        self._idle: queue.LifoQueue[subprocess.Popen[bytes]] = queue.LifoQueue()
 
     def _start(self) -> subprocess.Popen[bytes]:
         # $1: the generator's option (-n: unknown words unmarked), $2: the tagger's (none).
@@ -85,7 +88,7 @@ class ApertiumTranslator:
     def _translate(self, proc: subprocess.Popen[bytes], sentence: str) -> str:
         assert proc.stdin is not None and proc.stdout is not None
         # The trailing newline makes the analyser flush the sentence's last token.
-        proc.stdin.write(_SPECIAL.sub(r"\\\1", sentence).encode() + b"\n\0")
+        proc.stdin.write(_SPECIAL.sub(r"\\\1", sentence.replace("\0", " ")).encode() + b"\n\0")
         proc.stdin.flush()
         out = b""
         give_up = time.monotonic() + self.sentence_timeout
@@ -110,18 +113,49 @@ class ApertiumTranslator:
             )
         return sentences(text)
 
+    def _take(self) -> subprocess.Popen[bytes]:
+        while True:
+            try:
+                proc = self._idle.get_nowait()
+            except queue.Empty:
+                return self._start()
+            if proc.poll() is None:
+                return proc
+            _stop(proc)
+
+    def _give_back(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None and self._idle.qsize() < MAX_IDLE_PIPELINES:
+            self._idle.put(proc)
+        else:
+            _stop(proc)
+
+    def warmup(self) -> None:
+        proc = self._start()
+        self._translate(proc, "Hello.")
+        self._give_back(proc)
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            _stop(self._idle.get_nowait())
+
     def stream(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         parts = self._check(item)
-        proc = self._start()
+        proc = self._take()
+        clean = True  # between sentences: the pipeline can serve the next stream
         try:
             done = []
             for index, sentence in enumerate(parts):
+                clean = False
                 text = self._translate(proc, sentence)
+                clean = True
                 done.append(text)
                 yield {"index": index, "source": sentence, "text": text}
             yield {"event": "result", "text": " ".join(done), "sentences": len(parts)}
         finally:
-            _stop(proc)
+            if clean:
+                self._give_back(proc)
+            else:
+                _stop(proc)
 
     def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
