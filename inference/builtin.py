@@ -236,6 +236,7 @@ FACES_OPTIONS: dict[str, Any] = {
     "install_hint": MEDIA_EXTRA,
     "media": "video",
     "cascade": "haarcascade_frontalface_default.xml",
+    "max_width": 320,
     "outputs": ["faces", "width", "height"],
 }
 IMAGE_SCHEMA: dict[str, Any] = {
