@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from config.exceptions import ServiceUnavailable
+from config.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
 from inference import backpressure, selectors
 from inference.engines import MediaInputError
 from inference.router import CircuitBreaker, NoRoute, route
@@ -199,6 +200,8 @@ def media_produce(
     spec = None
     stored = item.pop("input", None)
     try:
+        if stream_log.is_cancelled(stream_id):
+            raise _Cancelled  # the client left while the task waited in the queue
         spec = selectors.version_spec(version_id)
         connection.close()  # a long stream must not hold a database connection
         loaded = model_cache().get(spec)
@@ -224,6 +227,7 @@ def media_produce(
                 stream_log.append(stream_id, event, data)
                 if first_ms is None:
                     first_ms = round((time.perf_counter() - started) * 1000, 2)
+                    MEDIA_FIRST_EVENT.labels(spec.model).observe(first_ms / 1000)
     except _Cancelled:
         summary["cancelled"] = True
     except MediaInputError as exc:
@@ -251,6 +255,8 @@ def media_produce(
     if duration:
         end["duration"] = duration
         end["rtf"] = round(elapsed / duration, 4)
+        if spec is not None and not summary.get("cancelled"):
+            MEDIA_REALTIME_FACTOR.labels(spec.model).observe(elapsed / duration)
     try:
         stream_log.close(stream_id, end)
     except StreamNotFound:

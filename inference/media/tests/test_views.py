@@ -94,7 +94,14 @@ def translator(db: None) -> ModelVersion:
     return translate_install()[0]
 
 
+def _observed(metric: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(f"{metric}_count", {"model": "translate-en-es"}) or 0.0
+
+
 def test_it_streams_a_translation_as_sse(translator: ModelVersion, key: tuple) -> None:
+    before = _observed("sluice_media_first_event_seconds")
     response, body = _json_post("/v1/media/translations", key[1], {"text": "Thank you."})
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
@@ -103,6 +110,7 @@ def test_it_streams_a_translation_as_sse(translator: ModelVersion, key: tuple) -
     assert [e for e, _ in events][-2:] == ["result", "end"]
     meta = get_log().meta(response["X-Stream-Id"])
     assert meta is not None and meta.kind == "translation" and meta.closed
+    assert _observed("sluice_media_first_event_seconds") == before + 1
 
 
 def test_respond_async_names_the_stream(translator: ModelVersion, key: tuple, api: Any) -> None:
