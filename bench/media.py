@@ -198,6 +198,7 @@ async def ws_session(s: dict[str, Any], pcm: bytes, *, paced: bool) -> dict[str,
         first: float | None = None
         last_final: float | None = None
         finals: list[str] = []
+        end: dict[str, Any] = {}
         done = asyncio.Event()
 
         async def read() -> None:
@@ -212,6 +213,7 @@ async def ws_session(s: dict[str, Any], pcm: bytes, *, paced: bool) -> dict[str,
                     last_final = time.perf_counter()
                     finals.append(event["data"]["text"])
                 if event["event"] == "end":
+                    end.update(event["data"])
                     done.set()
 
         reader = asyncio.create_task(read())
@@ -230,6 +232,7 @@ async def ws_session(s: dict[str, Any], pcm: bytes, *, paced: bool) -> dict[str,
         "total": ended - started,
         "final_after_audio": (last_final or ended) - audio_sent,
         "text": " ".join(finals),
+        "end": end,
     }
 
 
@@ -277,6 +280,7 @@ def platform(s: dict[str, Any], repeats: int) -> dict[str, Any]:
         "transcript": fast[-1]["text"],
         "ttfe_s": summary([r["ttfe"] for r in fast]),
         "rtf": summary([r["total"] / audio_seconds for r in fast]),
+        "rtf_worker": summary([r["end"]["rtf"] for r in fast]),
         "paced_ttfe_s": summary([r["ttfe"] for r in paced]),
         "paced_final_after_audio_end_s": summary([r["final_after_audio"] for r in paced]),
     }
@@ -419,6 +423,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "media.json"))
     args = parser.parse_args()
     started = time.time()
+    load_before = os.getloadavg()
     with stack(args.mode, args.admin_database_url, args.redis_url) as s:
         through = platform(s, args.repeats)
         alone = engines(args.repeats, s["tmp"])
@@ -437,6 +442,8 @@ def main() -> None:
             "2 CPU cores shared with other work, so the figures are noisy"
         ),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        # Other work on the machine: the 1/5/15-minute load averages around the run.
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "through_the_platform": through,
         "engine_alone": alone,
     }
