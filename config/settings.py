@@ -263,6 +263,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "streaming.schema.add_sse_paths",
+        "inference.media.schema.add_media_paths",
     ],
 }
 
