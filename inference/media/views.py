@@ -55,6 +55,7 @@ SLUGS = {
     "unsupported_video": "unsupported-media-type",
     "unsupported_image": "unsupported-media-type",
     "empty_audio": "invalid-media",
+    "empty_video": "invalid-media",
     "truncated_video": "invalid-media",
     "bad_audio_frame": "invalid-media",
     "audio_too_long": "payload-too-large",
@@ -65,12 +66,6 @@ SLUGS = {
     "model_unavailable": "model-unavailable",
     "engine_failed": "inference-failed",
 }
-
-
-class InvalidMedia(exceptions.APIException):
-    status_code = 422
-    default_detail = "The media could not be processed."
-    problem_slug = "invalid-media"
 
 
 def _problem(request: HttpRequest, exc: Exception) -> HttpResponseBase:
@@ -157,7 +152,7 @@ def _upload(
         raise PayloadTooLarge(f"The {what} is {len(body)} bytes; the limit is {limit}.")
     if not body:
         raise MediaInputError(
-            "empty_audio" if what == "audio" else "unsupported_video",
+            f"empty_{what}",
             f"The {what} is empty.",
             status=422,
         )
