@@ -42,6 +42,9 @@ pytestmark = [
 ]
 SPOKEN = "Please open the door. The weather is nice today."
 MAX_VIDEO_BYTES = 200_000
+INSTALL_MEDIA = (
+    "from inference.builtin import MEDIA_INSTALLS\nfor install in MEDIA_INSTALLS: install()"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             RATELIMIT_IP_RATE="",
         )
         manage(env, "migrate", "--no-input", "-v0")
-        key = manage(env, "demo", "--key-file", str(tmp / "demo-key")).splitlines()[-1]
+        # The media models only (``demo`` would also train the toy text model: minutes here).
+        manage(env, "shell", "-c", INSTALL_MEDIA)
+        manage(env, "createtenant", "Media")
+        key = manage(env, "createapikey", "--tenant", "media", "--scopes", "infer,streams")
         manage(env, "createtenant", "Other", "--models", "digits")
         other = manage(env, "createapikey", "--tenant", "other", "--scopes", "infer,streams")
         port = free_port()
@@ -235,7 +241,9 @@ def test_websocket_refusals_use_the_documented_close_codes(stack: dict[str, Any]
     assert code == 4401
     code, _ = asyncio.run(_refused(url))  # never authenticates
     assert code == 4408
-    code, got = asyncio.run(_refused(f"{url}?model=digits", headers={"X-API-Key": stack["key"]}))
+    code, got = asyncio.run(
+        _refused(f"{url}?model=translate-en-es", headers={"X-API-Key": stack["key"]})
+    )
     assert code == 4422 and got[-1]["code"] == "invalid"
     code, _ = asyncio.run(_refused(url, headers={"X-API-Key": stack["other"]}))
     assert code == 4404  # the other tenant's plan does not include transcription
