@@ -195,6 +195,7 @@ def media_produce(
     started = time.perf_counter()
     give_up = time.monotonic() + settings.MEDIA_MAX_PROCESSING_SECONDS
     summary: dict[str, Any] = {}
+    reason = "done"  # the end event's reason, as streaming inference writes it (docs/streams.md)
     duration: float | None = None
     first_ms: float | None = None
     spec = None
@@ -229,16 +230,19 @@ def media_produce(
                     first_ms = round((time.perf_counter() - started) * 1000, 2)
                     MEDIA_FIRST_EVENT.labels(spec.model).observe(first_ms / 1000)
     except _Cancelled:
-        summary["cancelled"] = True
+        reason = "cancelled"
     except MediaInputError as exc:
+        reason = "timeout" if exc.status == 504 else "error"
         _error(stream_id, exc.code, exc.message, exc.status)
     except RuntimeUnavailable as exc:
+        reason = "error"
         _error(stream_id, "model_unavailable", str(exc), 503)
     except StreamNotFound:
         log.info("media stream %s expired under its producer", stream_id)
         return
     except Exception as exc:
         log.exception("media stream %s failed (version %s)", stream_id, version_id)
+        reason = "error"
         _error(stream_id, "engine_failed", f"{type(exc).__name__}: {exc}"[:500], 502)
     finally:
         if stored:
@@ -249,13 +253,13 @@ def media_produce(
             _close_quietly(input_stream)
     elapsed = time.perf_counter() - started
     duration = duration if duration is not None else summary.get("duration")
-    end: dict[str, Any] = {**summary, "processing_ms": round(elapsed * 1000, 2)}
+    end: dict[str, Any] = {"reason": reason, **summary, "processing_ms": round(elapsed * 1000, 2)}
     if first_ms is not None:
         end["first_event_ms"] = first_ms
     if duration:
         end["duration"] = duration
         end["rtf"] = round(elapsed / duration, 4)
-        if spec is not None and not summary.get("cancelled"):
+        if spec is not None and reason == "done":
             MEDIA_REALTIME_FACTOR.labels(spec.model).observe(elapsed / duration)
     try:
         stream_log.close(stream_id, end)

@@ -233,5 +233,5 @@ def test_a_cancelled_stream_stops_between_chunks_and_frees_its_input(
     )
     events = stream_log.read("cancelled")
     assert [e.event for e in events] == ["end"]
-    assert events[0].data["cancelled"] is True
+    assert events[0].data["reason"] == "cancelled"
     assert not default_storage.exists(stored)
