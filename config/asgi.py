@@ -11,6 +11,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from inference.media.routing import websocket_urlpatterns as media_routes  # noqa: E402
 from inference.routing import websocket_urlpatterns as inference_ws  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import origin_validated  # noqa: E402
@@ -18,6 +19,8 @@ from streaming.security import origin_validated  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": origin_validated(URLRouter(websocket_urlpatterns + inference_ws)),
+        "websocket": origin_validated(
+            URLRouter(websocket_urlpatterns + inference_ws + media_routes)
+        ),
     }
 )

@@ -54,6 +54,18 @@ UPSTREAM_DURATION = Histogram(
     ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+MEDIA_FIRST_EVENT = Histogram(
+    "sluice_media_first_event_seconds",
+    "Worker time from taking a media stream to its first event.",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MEDIA_REALTIME_FACTOR = Histogram(
+    "sluice_media_realtime_factor",
+    "Processing time / media duration of a finished media stream.",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 4, 8),
+)
 
 
 def broker_queues() -> list[str]:

@@ -197,6 +197,20 @@ WS_AUTH_TIMEOUT_SECONDS = env.float("WS_AUTH_TIMEOUT_SECONDS", default=5.0)
 WS_REAUTH_SECONDS = env.float("WS_REAUTH_SECONDS", default=30.0)
 WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=64 * 1024)
 
+# --- Media streams (docs/media.md) -------------------------------------------------------------
+# Uploads over these get 413 (API_MAX_BODY_BYTES still applies first to every request body).
+MEDIA_MAX_AUDIO_BYTES = env.int("MEDIA_MAX_AUDIO_BYTES", default=10 * 1024 * 1024)
+MEDIA_MAX_VIDEO_BYTES = env.int("MEDIA_MAX_VIDEO_BYTES", default=10 * 1024 * 1024)
+MEDIA_MAX_TEXT_CHARS = env.int("MEDIA_MAX_TEXT_CHARS", default=10_000)
+# Longest audio a WebSocket transcription session may send.
+MEDIA_MAX_AUDIO_SECONDS = env.float("MEDIA_MAX_AUDIO_SECONDS", default=600.0)
+# A transcription session that receives no audio this long ends (nothing is left running).
+MEDIA_SESSION_IDLE_SECONDS = env.float("MEDIA_SESSION_IDLE_SECONDS", default=30.0)
+# The worker stops a media stream that runs longer than this (checked between chunks).
+MEDIA_MAX_PROCESSING_SECONDS = env.float("MEDIA_MAX_PROCESSING_SECONDS", default=600.0)
+# How long a POST waits for the first event (a bad input then still gets a problem+json answer).
+MEDIA_FIRST_EVENT_TIMEOUT_SECONDS = env.float("MEDIA_FIRST_EVENT_TIMEOUT_SECONDS", default=30.0)
+
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -264,6 +278,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "streaming.schema.add_sse_paths",
         "jobs.schema.add_sse_paths",
+        "inference.media.schema.add_media_paths",
     ],
 }
 

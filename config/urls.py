@@ -20,6 +20,7 @@ urlpatterns = [
     path("v1/", include("inference.urls")),
     path("v1/", include("streaming.urls")),
     path("v1/", include("jobs.urls")),
+    path("v1/", include("inference.media.urls")),
     path("v2", ServerMetadataView.as_view(), name="v2-server"),
     path("v2/", include("inference.protocols.urls_v2")),
     # Last: anything else under an API prefix is a problem+json 404.

@@ -26,6 +26,8 @@ class InferenceConfig(AppConfig):
         for sender in (Model, ModelVersion, ModelEvent):
             post_save.connect(selectors.forget_routes, sender=sender, weak=False)
             post_delete.connect(selectors.forget_routes, sender=sender, weak=False)
+        # Celery's autodiscovery finds ``inference.tasks`` only; the media producer lives apart.
+        from inference.media import tasks as _media_tasks  # noqa: F401
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

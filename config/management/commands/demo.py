@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
 from inference.builtin import (
+    MEDIA_INSTALLS,
     digits_install,
     embeddings_install,
     sentiment_install,
@@ -68,7 +69,7 @@ class Command(BaseCommand):
             self.stderr.write(f"built-in model {version} registered ({version.runtime})")
         # Handler models register without their engine: a worker without it shows them
         # "unavailable" with the install hint instead of failing.
-        for install in (sentiment_install, embeddings_install):
+        for install in (sentiment_install, embeddings_install, *MEDIA_INSTALLS):
             version, created = install(actor="demo")
             if created:
                 self.stderr.write(f"built-in model {version} registered")
