@@ -182,6 +182,8 @@ SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
 WS_AUTH_TIMEOUT_SECONDS = env.float("WS_AUTH_TIMEOUT_SECONDS", default=5.0)
 WS_REAUTH_SECONDS = env.float("WS_REAUTH_SECONDS", default=30.0)
 WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=64 * 1024)
+# A stream slot is a lease its process renews every third of this; a dead process's slots lapse.
+STREAM_SLOT_LEASE_SECONDS = env.float("STREAM_SLOT_LEASE_SECONDS", default=90.0)
 
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -24,8 +24,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
-from streaming import services
-from streaming.log import END, GAP, StreamNotFound, get_log, valid_id
+from streaming import fanout, flow, services
+from streaming.log import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 
@@ -47,11 +47,13 @@ MAX_BAD_FRAMES = 3
 
 
 class StreamConsumer(AsyncWebsocketConsumer):
+    # Events come from the stream log, never the channel layer: no channel per socket.
+    channel_layer_alias = "__none__"
     ctx: KeyContext | None = None
     raw: str | None = None
     forwarder: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
-    holds_slot = False
+    lease: services.Lease | None = None
     bad_frames = 0
 
     async def connect(self) -> None:
@@ -82,10 +84,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if meta is None or meta.tenant_id != ctx.tenant.pk:
             await self.close(code=CLOSE_NOT_FOUND)  # another tenant's stream does not exist
             return
-        if not await database_sync_to_async(services.stream_slot_take)(ctx.tenant):
+        self.lease = await database_sync_to_async(services.stream_slot_take)(ctx.tenant)
+        if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
-        self.holds_slot = True
         self.ctx, self.raw = ctx, raw
         if self.watchdog is not None:
             self.watchdog.cancel()
@@ -153,23 +155,21 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "cancelling"})
 
     async def _forward(self, after: str | None) -> None:
-        stream_log = get_log()
-        while True:
-            try:
-                events = await asyncio.to_thread(
-                    stream_log.read, self.stream_id, after, block_ms=1000, count=500
-                )
-            except StreamNotFound:
-                await self.send_json({"type": "error", "code": "stream_expired"})
-                await self.close(code=CLOSE_NOT_FOUND)
-                return
-            for event in events:
-                await self.send_json({"type": "event", **event.envelope()})
-                if event.event != GAP:
-                    after = event.id
-                if event.event == END:
-                    await self.close(code=CLOSE_NORMAL)
-                    return
+        # One reader per stream per process (fanout); before each frame, wait while the
+        # socket's write buffer is over the high-water mark (flow), so a slow client costs a
+        # position in the log, not a growing buffer.
+        try:
+            async for batch in fanout.hub().follow(self.stream_id, after):
+                for item in batch:
+                    await flow.drain(self.scope)
+                    await self.send(text_data=item.frame)
+                    if item.event.event == END:
+                        break
+        except StreamNotFound:
+            await self.send_json({"type": "error", "code": "stream_expired"})
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.close(code=CLOSE_NORMAL)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))
@@ -178,9 +178,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
         for task in (self.forwarder, self.watchdog):
             if task is not None:
                 task.cancel()
-        if self.holds_slot and self.ctx is not None:
-            self.holds_slot = False
-            await database_sync_to_async(services.stream_slot_release)(self.ctx.tenant)
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            await database_sync_to_async(services.stream_slot_release)(lease)
 
 
 def _bearer(value: str) -> str | None:

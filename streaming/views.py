@@ -8,9 +8,9 @@ and stops after the ``end`` event or when the client goes away.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -23,13 +23,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.problems import problem_response
-from streaming.log import END, GAP, Event, StreamLog, StreamMeta, StreamNotFound, get_log, valid_id
+from streaming import fanout, flow, services
+from streaming.log import GAP, Event, StreamMeta, StreamNotFound, get_log, valid_id
+from streaming.services import Lease
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan
 from tenants.selectors import KeyContext
-
-# How long one blocking read waits before the loop looks at the heartbeat and the client.
-READ_BLOCK_MS = 1000
 
 
 def sse_frame(event: Event) -> str:
@@ -45,29 +44,25 @@ def owned_stream(ctx: KeyContext, stream_id: str) -> StreamMeta | None:
     return meta if meta is not None and meta.tenant_id == ctx.tenant.pk else None
 
 
-async def _frames(log: StreamLog, stream_id: str, after: str | None) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    yield ": connected\n\n"  # proxies and clients see the stream open at once
-    while True:
-        try:
-            events = await asyncio.to_thread(
-                log.read, stream_id, after, block_ms=READ_BLOCK_MS, count=500
-            )
-        except StreamNotFound:
-            yield sse_frame(Event(id="", event="error", data={"code": "stream_expired"}))
-            return
-        for event in events:
-            yield sse_frame(event)
-            if event.event != GAP:
-                after = event.id
-            if event.event == END:
-                return
-        if events:
-            quiet_since = loop.time()
-        elif loop.time() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
-            quiet_since = loop.time()
-            yield ": heartbeat\n\n"
+async def _frames(
+    stream_id: str, after: str | None, scope: MutableMapping[str, Any], lease: Lease | None
+) -> AsyncIterator[str]:
+    try:
+        yield ": connected\n\n"  # proxies and clients see the stream open at once
+        async for batch in fanout.hub().follow(
+            stream_id, after, idle=settings.SSE_HEARTBEAT_SECONDS
+        ):
+            if not batch:
+                yield ": heartbeat\n\n"
+            for item in batch:
+                # Stop reading the log while the client's socket is backed up (streaming.flow).
+                await flow.drain(scope)
+                yield sse_frame(item.event)
+    except StreamNotFound:
+        yield sse_frame(Event(id="", event="error", data={"code": "stream_expired"}))
+    finally:
+        if lease is not None:
+            await sync_to_async(services.stream_slot_release)(lease)
 
 
 def _authenticate(request: HttpRequest) -> KeyContext:
@@ -106,8 +101,22 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
         )
     if await sync_to_async(owned_stream)(ctx, stream_id) is None:
         return problem_response(404, slug="not-found", instance=request.path)
+    lease = await sync_to_async(services.stream_slot_take)(ctx.tenant)
+    if lease is None:
+        return problem_response(
+            429,
+            slug="too-many-streams",
+            detail=f"All {ctx.tenant.concurrent_streams} concurrent streams are open.",
+            instance=request.path,
+            headers={"Retry-After": "1"},
+        )
+    scope = getattr(request, "scope", {})
     response = StreamingHttpResponse(
-        _frames(get_log(), stream_id, after), content_type="text/event-stream"
+        _frames(stream_id, after, scope, lease), content_type="text/event-stream"
+    )
+    # Also when the body is never iterated (the client left before the first byte).
+    response._resource_closers.append(  # type: ignore[attr-defined]
+        lambda: services.stream_slot_release(lease)
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
