@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.middleware.RequestLogMiddleware",
+    "streaming.middleware.RequestLogStreamMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -184,6 +185,8 @@ WS_REAUTH_SECONDS = env.float("WS_REAUTH_SECONDS", default=30.0)
 WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=64 * 1024)
 # A stream slot is a lease its process renews every third of this; a dead process's slots lapse.
 STREAM_SLOT_LEASE_SECONDS = env.float("STREAM_SLOT_LEASE_SECONDS", default=90.0)
+# A Celery worker publishes its log lines to the platform stream worker.<hostname> (staff).
+LOG_STREAM_WORKERS = env.bool("LOG_STREAM_WORKERS", default=True)
 
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -318,9 +321,11 @@ LOGGING: dict[str, Any] = {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
             "filters": ["request_id"],
-        }
+        },
+        # Lines of work that has a log stream (a request, a job, a worker) also go there.
+        "streams": {"class": "streaming.logs.StreamLogHandler", "filters": ["request_id"]},
     },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "root": {"handlers": ["console", "streams"], "level": LOG_LEVEL},
     "loggers": {
         # The request log below replaces Django's own per-request lines.
         "django.server": {"level": "WARNING"},

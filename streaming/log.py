@@ -89,6 +89,11 @@ class StreamLog(Protocol):
 
     def meta(self, stream: str) -> StreamMeta | None: ...
 
+    def adopt(self, stream: str, tenant_id: int) -> None:
+        """Give an existing stream to a tenant (a request's log stream, once it is known
+        whose request it is)."""
+        ...
+
     def append(self, stream: str, event: str, data: dict[str, Any]) -> str: ...
 
     def read(
@@ -174,6 +179,13 @@ class MemoryLog:
         with self._cond:
             found = self._live(stream)
             return found.meta if found else None
+
+    def adopt(self, stream: str, tenant_id: int) -> None:
+        with self._cond:
+            found = self._live(stream)
+            if found is None:
+                raise StreamNotFound(stream)
+            found.meta = StreamMeta(**{**found.meta.__dict__, "tenant_id": tenant_id})
 
     def append(self, stream: str, event: str, data: dict[str, Any]) -> str:
         with self._cond:
@@ -295,6 +307,13 @@ return id
 """
 
 
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'tenant_id', ARGV[1])
+return 1
+"""
+
+
 class RedisLog:
     """Redis Streams. Keys: ``<prefix>:stream:{<id>}`` (the stream), ``…:meta`` (a hash:
     tenant, kind, bounds, closed, last trimmed id), ``…:cancel`` (a flag); all three carry the
@@ -307,6 +326,7 @@ class RedisLog:
             url, decode_responses=True, socket_timeout=None, socket_connect_timeout=2
         )
         self._append = self._redis.register_script(_APPEND)
+        self._adopt = self._redis.register_script(_ADOPT)
         self._prefix = prefix
         self._url = url
         # redis.asyncio clients belong to one event loop each.
@@ -362,6 +382,11 @@ class RedisLog:
             ttl=int(raw["ttl"]),
             closed=raw.get("closed") == "1",
         )
+
+    def adopt(self, stream: str, tenant_id: int) -> None:
+        # Only if it still exists: a bare HSET would resurrect an expired stream's meta.
+        if not self._adopt(keys=[self._key(stream, "meta")], args=[tenant_id]):
+            raise StreamNotFound(stream)
 
     def append(self, stream: str, event: str, data: dict[str, Any]) -> str:
         import redis

@@ -76,10 +76,23 @@ def _authenticate(request: HttpRequest) -> KeyContext:
     return ctx
 
 
+async def is_staff(request: HttpRequest) -> bool:
+    """A logged-in operator (admin session): may follow any stream, platform streams
+    (metrics, worker logs) included, and holds no tenant slot."""
+    auser = getattr(request, "auser", None)
+    if auser is None:
+        return False
+    user = await auser()
+    return bool(user.is_active and user.is_staff)
+
+
 async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBase:
     """``GET /v1/streams/{stream_id}/events``: the stream as Server-Sent Events."""
+    ctx: KeyContext | None = None
+    staff = presented_credential(request) is None and await is_staff(request)
     try:
-        ctx = await sync_to_async(_authenticate)(request)
+        if not staff:
+            ctx = await sync_to_async(_authenticate)(request)
     except exceptions.APIException as exc:
         status = exc.status_code
         headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
@@ -99,10 +112,15 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
                 {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
             ],
         )
-    if await sync_to_async(owned_stream)(ctx, stream_id) is None:
+    if ctx is None:  # staff
+        if await sync_to_async(get_log().meta)(stream_id) is None:
+            return problem_response(404, slug="not-found", instance=request.path)
+        lease = None
+    elif await sync_to_async(owned_stream)(ctx, stream_id) is None:
         return problem_response(404, slug="not-found", instance=request.path)
-    lease = await sync_to_async(services.stream_slot_take)(ctx.tenant)
-    if lease is None:
+    else:
+        lease = await sync_to_async(services.stream_slot_take)(ctx.tenant)
+    if ctx is not None and lease is None:
         return problem_response(
             429,
             slug="too-many-streams",
@@ -115,9 +133,11 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
         _frames(stream_id, after, scope, lease), content_type="text/event-stream"
     )
     # Also when the body is never iterated (the client left before the first byte).
-    response._resource_closers.append(  # type: ignore[attr-defined]
-        lambda: services.stream_slot_release(lease)
-    )
+    if lease is not None:
+        held = lease
+        response._resource_closers.append(  # type: ignore[attr-defined]
+            lambda: services.stream_slot_release(held)
+        )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -143,7 +163,10 @@ class StreamView(APIView):
     )
     def get(self, request: Request, stream_id: str) -> Response:
         ctx = request.auth
-        meta = owned_stream(ctx, stream_id) if isinstance(ctx, KeyContext) else None
+        if isinstance(ctx, KeyContext):
+            meta = owned_stream(ctx, stream_id)
+        else:  # a staff session (IsTenant lets no one else in)
+            meta = get_log().meta(stream_id) if request.user.is_staff else None
         if meta is None:
             raise exceptions.NotFound()
         return Response(
