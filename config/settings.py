@@ -187,6 +187,8 @@ WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=64 * 1024)
 STREAM_SLOT_LEASE_SECONDS = env.float("STREAM_SLOT_LEASE_SECONDS", default=90.0)
 # A Celery worker publishes its log lines to the platform stream worker.<hostname> (staff).
 LOG_STREAM_WORKERS = env.bool("LOG_STREAM_WORKERS", default=True)
+# Each process records its figures and `manage.py serve` samples them to platform.metrics.
+METRICS_STREAM_ENABLE = env.bool("METRICS_STREAM_ENABLE", default=True)
 
 # --- Auth, API keys, JWT ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

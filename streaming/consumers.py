@@ -55,6 +55,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
     watchdog: asyncio.Task[None] | None = None
     lease: services.Lease | None = None
     bad_frames = 0
+    operator = False
 
     async def connect(self) -> None:
         self.stream_id = str(self.scope["url_route"]["kwargs"]["stream_id"])
@@ -63,12 +64,30 @@ class StreamConsumer(AsyncWebsocketConsumer):
         raw = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
         if raw:
             await self.authenticate(raw)
+        elif await self._staff():
+            await self.send_json({"type": "ready", "stream": self.stream_id})
         else:
             self.watchdog = asyncio.create_task(self._auth_deadline())
 
+    async def _staff(self) -> bool:
+        """An admin session (browser, same origin): an operator follows any stream, platform
+        streams included, and holds no tenant slot."""
+        user = self.scope.get("user")
+        if user is None or not (user.is_active and user.is_staff):
+            return False
+        if await database_sync_to_async(get_log().meta)(self.stream_id) is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return True
+        self.operator = True
+        return True
+
+    @property
+    def authenticated(self) -> bool:
+        return self.ctx is not None or self.operator
+
     async def _auth_deadline(self) -> None:
         await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
-        if self.ctx is None:
+        if not self.authenticated:
             await self.close(code=CLOSE_AUTH_TIMEOUT)
 
     async def authenticate(self, raw: str) -> None:
@@ -129,7 +148,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def on_auth(self, message: dict[str, Any]) -> None:
         token = message.get("token")
-        if self.ctx is not None:
+        if self.authenticated:
             await self.refuse("already_authenticated", "This socket is authenticated.")
         elif not isinstance(token, str) or not token:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -138,7 +157,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:
         after = message.get("after")
-        if self.ctx is None:
+        if not self.authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
         elif after is not None and (not isinstance(after, str) or not valid_id(after)):
             await self.refuse("bad_resume_id", "'after' must be a stream id or null.")
@@ -148,7 +167,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.forwarder = asyncio.create_task(self._forward(after))
 
     async def on_cancel(self, message: dict[str, Any]) -> None:
-        if self.ctx is None:
+        if not self.authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         await database_sync_to_async(get_log().request_cancel)(self.stream_id)

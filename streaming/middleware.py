@@ -1,9 +1,11 @@
-"""Request log streams: ``X-Log-Stream: true`` on an API request gives it a ``logs`` stream."""
+"""Request log streams (``X-Log-Stream: true`` on an API request gives it a ``logs`` stream);
+starts the process's metrics recorder."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
@@ -12,6 +14,7 @@ from config.log import log_stream_var
 from config.problems import is_api_path
 from streaming.log import StreamNotFound, get_log
 from streaming.logs import PLATFORM_TENANT, open_log_stream
+from streaming.metrics import start_recorder
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,11 @@ class RequestLogStreamMiddleware(MiddlewareMixin):
     could name another tenant's stream), named in the answer's ``X-Log-Stream`` header. The
     stream is the platform's until the request authenticates, then its tenant's (an
     unauthenticated request's stream is left to expire, readable by staff only)."""
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        # Every serving process records its figures for the metrics stream (streaming.metrics).
+        start_recorder()
 
     def process_request(self, request: HttpRequest) -> None:
         # Always set: a WSGI thread serves one request after another in the same context.

@@ -38,11 +38,14 @@ class Lease:
 
 # Sweep lapsed leases, refuse when full, else add: one step, so two takers cannot both see one
 # free slot (the race a read-then-write would have).
+# KEYS[2] holds every tenant's leases, for the platform's count of active streams.
 _TAKE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 
@@ -77,6 +80,9 @@ class SlotStore:
     def _key(self, tenant_id: int) -> str:
         return f"{self._prefix}:streams:slots:{tenant_id}"
 
+    def _all_key(self) -> str:
+        return f"{self._prefix}:streams:slots:all"
+
     def take(self, tenant_id: int, limit: int) -> Lease | None:
         slot, now = uuid.uuid4().hex, self._clock()
         until = now + self.lease_seconds
@@ -90,7 +96,8 @@ class SlotStore:
                 held[slot] = until
             return Lease(tenant_id, slot)
         ttl = int(self.lease_seconds) + 60
-        taken = self._take(keys=[self._key(tenant_id)], args=[now, until, limit, slot, ttl])
+        keys = [self._key(tenant_id), self._all_key()]
+        taken = self._take(keys=keys, args=[now, until, limit, slot, ttl])
         return Lease(tenant_id, slot) if taken else None
 
     def renew(self, leases: list[Lease]) -> None:
@@ -109,6 +116,8 @@ class SlotStore:
         for lease in tracked:
             pipe.zadd(self._key(lease.tenant_id), {lease.slot: until})
             pipe.expire(self._key(lease.tenant_id), ttl)
+            pipe.zadd(self._all_key(), {lease.slot: until})
+        pipe.expire(self._all_key(), ttl)
         pipe.execute()
 
     def release(self, lease: Lease) -> None:
@@ -118,7 +127,10 @@ class SlotStore:
             with self._lock:
                 self._local.get(lease.tenant_id, {}).pop(lease.slot, None)
             return
-        self._redis.zrem(self._key(lease.tenant_id), lease.slot)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(self._key(lease.tenant_id), lease.slot)
+        pipe.zrem(self._all_key(), lease.slot)
+        pipe.execute()
 
     def held(self, tenant_id: int) -> int:
         """Live leases of the tenant (all processes)."""
@@ -127,6 +139,15 @@ class SlotStore:
             with self._lock:
                 return sum(1 for t in self._local.get(tenant_id, {}).values() if t > now)
         return int(self._redis.zcount(self._key(tenant_id), f"({now}", "+inf"))
+
+    def total(self) -> int:
+        """Live leases of every tenant: the platform's active streams."""
+        now = self._clock()
+        if self._redis is None:
+            with self._lock:
+                return sum(1 for held in self._local.values() for t in held.values() if t > now)
+        self._redis.zremrangebyscore(self._all_key(), "-inf", now)
+        return int(self._redis.zcard(self._all_key()))
 
 
 class LeaseKeeper:
@@ -213,3 +234,7 @@ def stream_slot_release(lease: Lease) -> None:
 
 def stream_slots_held(tenant_id: int) -> int:
     return lease_keeper().store.held(tenant_id)
+
+
+def stream_slots_total() -> int:
+    return lease_keeper().store.total()

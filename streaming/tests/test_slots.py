@@ -41,7 +41,9 @@ def test_a_crashed_holders_slots_lapse(clock_and_store):
     assert store.take(7, 3) is None  # not yet
     now[0] += 2
     assert store.held(7) == 0
+    assert store.total() == 0
     assert store.take(7, 3) is not None
+    assert store.total() == 1
 
 
 def test_renewed_leases_outlive_the_lease_time(clock_and_store):

@@ -66,6 +66,9 @@ class Command(BaseCommand):
             ready_callable=lambda: closing_handshake(server),
         )
         worker = None if opts["no_worker"] else start_worker()
+        from streaming.metrics import start_sampler
+
+        start_sampler()  # one leader among the ASGI processes samples the platform each second
         mode = "embedded (SQLite, in-memory)" if settings.EMBEDDED else "PostgreSQL + Redis"
         self.stdout.write(f"Sluice serving on http://{opts['host']}:{opts['port']}/ [{mode}]")
         try:
