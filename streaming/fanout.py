@@ -14,12 +14,13 @@ catches up — so resume semantics, ``gap`` events included, are exactly the log
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import json
 import logging
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
@@ -27,14 +28,26 @@ from streaming.log import END, GAP, Event, StreamLog, StreamNotFound, get_log, i
 
 log = logging.getLogger(__name__)
 
-WINDOW = 256  # latest events a tail keeps for the subscribers that keep up
+WINDOW = 1024  # latest events a tail keeps for the subscribers that keep up (> one BATCH)
 BATCH = 500  # events per log read
 TAIL_BLOCK_MS = 5000  # one blocking read of the tail; it is cancelled when nobody listens
 
 
-class Item(NamedTuple):
-    event: Event
-    frame: str  # the WebSocket text frame of the event
+class Item:
+    """An event and, encoded on first use and then shared by every WebSocket subscriber of
+    the process, its WebSocket text frame."""
+
+    __slots__ = ("_frame", "event")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self._frame: str | None = None
+
+    @property
+    def frame(self) -> str:
+        if self._frame is None:
+            self._frame = ws_frame(self.event)
+        return self._frame
 
 
 def ws_frame(event: Event) -> str:
@@ -42,7 +55,7 @@ def ws_frame(event: Event) -> str:
 
 
 def _items(events: list[Event]) -> list[Item]:
-    return [Item(e, ws_frame(e)) for e in events]
+    return [Item(e) for e in events]
 
 
 class Tail:
@@ -73,7 +86,8 @@ class Tail:
             return None
         if self.base is None and mark < id_key(self.window[0].event.id):
             return None
-        return [item for item in self.window if id_key(item.event.id) > mark]
+        start = bisect.bisect_right(self.window, mark, key=lambda item: id_key(item.event.id))
+        return list(itertools.islice(self.window, start, None))
 
     async def wait(self, timeout: float | None) -> bool:
         """Until the tail has news; False on timeout."""

@@ -8,6 +8,7 @@ and stops after the ``end`` event or when the client goes away.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
@@ -45,19 +46,38 @@ def owned_stream(ctx: KeyContext, stream_id: str) -> StreamMeta | None:
 
 
 async def _frames(
-    stream_id: str, after: str | None, scope: MutableMapping[str, Any], lease: Lease | None
+    stream_id: str,
+    after: str | None,
+    scope: MutableMapping[str, Any],
+    lease: Lease | None,
+    credential: str | None = None,
 ) -> AsyncIterator[str]:
+    """The response body. The credential is checked again every ``WS_REAUTH_SECONDS``: a
+    revoked key's stream ends with an ``error`` event (``unauthenticated``)."""
+    loop = asyncio.get_running_loop()
+    quiet_since = checked = loop.time()
+    tick = min(settings.SSE_HEARTBEAT_SECONDS, settings.WS_REAUTH_SECONDS)
     try:
         yield ": connected\n\n"  # proxies and clients see the stream open at once
-        async for batch in fanout.hub().follow(
-            stream_id, after, idle=settings.SSE_HEARTBEAT_SECONDS
-        ):
-            if not batch:
+        async for batch in fanout.hub().follow(stream_id, after, idle=tick):
+            now = loop.time()
+            if credential is not None and now - checked >= settings.WS_REAUTH_SECONDS:
+                checked = now
+                try:
+                    await sync_to_async(authenticate_credential)(credential)
+                except exceptions.AuthenticationFailed:
+                    yield sse_frame(Event(id="", event="error", data={"code": "unauthenticated"}))
+                    return
+            if batch:
+                quiet_since = now
+            elif now - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
+                quiet_since = now
                 yield ": heartbeat\n\n"
-            for item in batch:
-                # Stop reading the log while the client's socket is backed up (streaming.flow).
+            if batch:
+                # Stop reading the log while the client's socket is backed up (streaming.flow);
+                # one write per batch (at most fanout.BATCH events).
                 await flow.drain(scope)
-                yield sse_frame(item.event)
+                yield "".join(sse_frame(item.event) for item in batch)
     except StreamNotFound:
         yield sse_frame(Event(id="", event="error", data={"code": "stream_expired"}))
     finally:
@@ -130,7 +150,8 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
         )
     scope = getattr(request, "scope", {})
     response = StreamingHttpResponse(
-        _frames(stream_id, after, scope, lease), content_type="text/event-stream"
+        _frames(stream_id, after, scope, lease, presented_credential(request)),
+        content_type="text/event-stream",
     )
     # Also when the body is never iterated (the client left before the first byte).
     if lease is not None:
