@@ -9,17 +9,16 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from streaming.routing import websocket_urlpatterns  # noqa: E402
-from streaming.security import origin_validated  # noqa: E402
+from streaming.security import StaffSessionMiddleware, origin_validated  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # The session lets staff (the admin's dashboard) follow platform streams; API clients
         # authenticate with a key or token as before. The Origin check guards the cookie.
-        "websocket": origin_validated(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": origin_validated(StaffSessionMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

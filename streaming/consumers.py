@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -30,6 +33,7 @@ from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Close codes (one table in docs/streams.md).
 CLOSE_NORMAL = 1000
@@ -75,7 +79,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not (user.is_active and user.is_staff):
             return False
-        if await database_sync_to_async(get_log().meta)(self.stream_id) is None:
+        if await _redis_call(get_log().meta, self.stream_id) is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return True
         self.operator = True
@@ -99,28 +103,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if not ctx.has_scope("streams"):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        meta = await database_sync_to_async(get_log().meta)(self.stream_id)
+        meta = await _redis_call(get_log().meta, self.stream_id)
         if meta is None or meta.tenant_id != ctx.tenant.pk:
             await self.close(code=CLOSE_NOT_FOUND)  # another tenant's stream does not exist
             return
-        self.lease = await database_sync_to_async(services.stream_slot_take)(ctx.tenant)
+        self.lease = await _redis_call(services.stream_slot_take, ctx.tenant)
         if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
         self.ctx, self.raw = ctx, raw
         if self.watchdog is not None:
             self.watchdog.cancel()
-        self.watchdog = asyncio.create_task(self._recheck_key())
+            self.watchdog = None
+        key_watch().add(raw, self)
         await self.send_json({"type": "ready", "stream": self.stream_id})
-
-    async def _recheck_key(self) -> None:
-        while True:
-            await asyncio.sleep(settings.WS_REAUTH_SECONDS)
-            try:
-                await database_sync_to_async(authenticate_credential)(self.raw or "")
-            except exceptions.AuthenticationFailed:
-                await self.close(code=CLOSE_UNAUTHENTICATED)
-                return
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
@@ -170,7 +166,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if not self.authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        await database_sync_to_async(get_log().request_cancel)(self.stream_id)
+        await _redis_call(get_log().request_cancel, self.stream_id)
         await self.send_json({"type": "cancelling"})
 
     async def _forward(self, after: str | None) -> None:
@@ -199,7 +195,62 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 task.cancel()
         if self.lease is not None:
             lease, self.lease = self.lease, None
-            await database_sync_to_async(services.stream_slot_release)(lease)
+            await _redis_call(services.stream_slot_release, lease)
+        if self.raw is not None:
+            key_watch().remove(self.raw, self)
+
+
+async def _redis_call(fn: Callable[..., T], *args: Any) -> T:
+    """A blocking Redis (or in-memory) call off the event loop, in parallel with others: not
+    on the one thread Django's database calls share."""
+    return await sync_to_async(fn, thread_sensitive=False)(*args)
+
+
+class KeyWatch:
+    """Re-checks each credential held by this process's open sockets every
+    ``WS_REAUTH_SECONDS`` — once per credential, not once per socket (10,000 sockets on one
+    key cost one check) — and closes the sockets of a revoked or expired one with 4401."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, set[StreamConsumer]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, raw: str, consumer: StreamConsumer) -> None:
+        self.sockets.setdefault(raw, set()).add(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="ws-key-watch")
+
+    def remove(self, raw: str, consumer: StreamConsumer) -> None:
+        held = self.sockets.get(raw)
+        if held is not None:
+            held.discard(consumer)
+            if not held:
+                del self.sockets[raw]
+
+    async def _run(self) -> None:
+        while self.sockets:
+            await asyncio.sleep(settings.WS_REAUTH_SECONDS)
+            for raw in list(self.sockets):
+                try:
+                    await database_sync_to_async(authenticate_credential)(raw)
+                except exceptions.AuthenticationFailed:
+                    for consumer in list(self.sockets.pop(raw, ())):
+                        await consumer.close(code=CLOSE_UNAUTHENTICATED)
+                except Exception:  # noqa: BLE001 - a database hiccup: check again next round
+                    log.warning("re-checking a stream credential failed", exc_info=True)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def key_watch() -> KeyWatch:
+    loop = asyncio.get_running_loop()
+    found = _watches.get(loop)
+    if found is None:
+        found = _watches[loop] = KeyWatch()
+    return found
 
 
 def _bearer(value: str) -> str | None:

@@ -107,3 +107,39 @@ def test_the_dashboard_is_staff_only_and_linked_from_the_admin(staff_client, key
     anonymous = Client().get("/admin/metrics/")
     assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
     assert Client().get("/admin/metrics/", HTTP_X_API_KEY=key[1]).status_code == 302
+
+
+def test_staff_follow_the_metrics_stream_over_websocket_with_their_session(
+    staff_client, key, store
+):
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+
+    event_id = metrics.Sampler(store, leader_key=f"x{uuid.uuid4().hex}").tick(4000)
+    session = staff_client.cookies[settings.SESSION_COOKIE_NAME].value
+    path = f"/ws/v1/streams/{metrics.STREAM}"
+
+    async def run():
+        ws = WebsocketCommunicator(
+            application,
+            path,
+            headers=[
+                (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()),
+                (b"origin", b"http://localhost"),
+            ],
+        )
+        assert (await ws.connect())[0]
+        assert await ws.receive_json_from(timeout=5) == {"type": "ready", "stream": metrics.STREAM}
+        await ws.send_json_to({"type": "subscribe", "after": None})
+        while True:
+            message = await ws.receive_json_from(timeout=5)
+            if message.get("id") == event_id:
+                break
+        await ws.disconnect()
+        tenant = WebsocketCommunicator(application, path, headers=[(b"x-api-key", key[1].encode())])
+        await tenant.connect()
+        out = await tenant.receive_output(timeout=5)
+        assert out == {"type": "websocket.close", "code": 4404}
+
+    async_to_sync(run)()
