@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--ramp", type=int, default=100, help="handshakes in flight per client")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--database", default="postgres://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     args = parser.parse_args()
@@ -369,8 +370,8 @@ def main() -> None:
         if not args.skip_throughput:
             result["one_client"] = throughput(server, log, key, tenant, args)
         result["subscribers"] = subscribers(server, log, key, tenant, args)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
     finally:
         if server is not None:
