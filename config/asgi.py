@@ -11,6 +11,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from inference.routing import websocket_urlpatterns as inference_ws  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import StaffSessionMiddleware, origin_validated  # noqa: E402
 
@@ -19,6 +20,8 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # The session lets staff (the admin's dashboard) follow platform streams; API clients
         # authenticate with a key or token as before. The Origin check guards the cookie.
-        "websocket": origin_validated(StaffSessionMiddleware(URLRouter(websocket_urlpatterns))),
+        "websocket": origin_validated(
+            StaffSessionMiddleware(URLRouter(websocket_urlpatterns + inference_ws))
+        ),
     }
 )

@@ -43,6 +43,17 @@ BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+UPSTREAM_CALLS = Counter(
+    "sluice_upstream_calls_total",
+    "Calls (each attempt, retries included) from remote runtimes to their upstreams.",
+    ["model", "outcome"],
+)
+UPSTREAM_DURATION = Histogram(
+    "sluice_upstream_call_duration_seconds",
+    "Time of one call to a remote runtime's upstream (until its answer's headers).",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 
 def broker_queues() -> list[str]:

@@ -9,6 +9,7 @@ Secrets may be given as ``NAME_FILE`` (a path whose content is the value).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,15 @@ INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
 INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
 INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
+# API keys of remote upstreams (kserve / openai runtimes): every UPSTREAM_KEY_<NAME> (or
+# UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
+# stored in the registry or shown in the admin, and no other variable (SECRET_KEY…) can be named.
+INFERENCE_UPSTREAM_KEYS: dict[str, str] = {
+    name: env.str(name).strip()  # a secret file's trailing newline is not part of the key
+    for name in sorted(
+        {n.removesuffix("_FILE") for n in os.environ if n.startswith("UPSTREAM_KEY_")}
+    )
+}
 
 # --- Streams ----------------------------------------------------------------------------------
 STREAM_MAXLEN = env.int("STREAM_MAXLEN", default=10_000)  # events kept per stream

@@ -191,3 +191,101 @@ def embeddings_install(
         actor=actor,
         activate=activate,
     )
+
+
+TEXTGEN = "textgen"
+TEXTGEN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string", "minLength": 0, "maxLength": 20000},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 512},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+        "messages": {"type": "array", "items": {"type": "object"}, "maxItems": 256},
+    },
+    "required": ["prompt"],
+}
+TEXTGEN_OPTIONS: dict[str, Any] = {
+    "max_new_tokens": 64,
+    "max_tokens_limit": 512,
+    "temperature": 0.8,
+    "top_k": 40,
+    "outputs": ["text"],
+    "output_datatypes": {"text": "BYTES"},
+}
+
+
+def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
+    """Train (or take from the build cache) the tiny GPT-2 of :mod:`inference.textgen` and
+    register it as ``textgen`` (a ``text`` model on the ``transformers`` runtime).
+
+    Without torch/transformers nothing can be trained: a version without an artifact is
+    registered instead, which shows as unavailable with the install hint; the first run with
+    the engine installed replaces it (promoted, the placeholder retired). A build with the same
+    checksum as a registered version is reused."""
+    from inference.runtimes import unavailable_reason
+
+    description = (
+        "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis (King "
+        "James Version, public domain) that ships in the repository: King James-sounding text "
+        "with no sense, for trying token streaming. Real LLMs plug in as a local model "
+        "directory on the transformers runtime or through an OpenAI-compatible upstream."
+    )
+    versions = list(ModelVersion.objects.filter(model__name=TEXTGEN))
+    if unavailable_reason(ModelVersion.Runtime.TRANSFORMERS, TEXTGEN_OPTIONS):
+        for existing in versions:
+            if existing.state != ModelVersion.State.RETIRED:
+                return existing, False
+        placeholder = version_register(
+            model_name=TEXTGEN,
+            version=_next_label(versions),
+            runtime=ModelVersion.Runtime.TRANSFORMERS,
+            runtime_options=TEXTGEN_OPTIONS,
+            input_schema=TEXTGEN_SCHEMA,
+            max_batch_size=8,
+            max_delay_ms=5,
+            task=Model.Task.TEXT,
+            description=description,
+            actor=actor,
+        )
+        if activate:
+            placeholder.activate(actor=actor)
+        return placeholder, True
+    from inference.textgen import textgen_build
+
+    built = textgen_build()
+    checksum = hashlib.sha256(built.archive).hexdigest()
+    version = next((v for v in versions if v.checksum == checksum), None)
+    created = version is None
+    if version is None:
+        version = version_register(
+            model_name=TEXTGEN,
+            version=_next_label(versions),
+            runtime=ModelVersion.Runtime.TRANSFORMERS,
+            artifact=built.archive,
+            artifact_filename="textgen.zip",
+            runtime_options=TEXTGEN_OPTIONS,
+            input_schema=TEXTGEN_SCHEMA,
+            max_batch_size=8,
+            max_delay_ms=5,
+            task=Model.Task.TEXT,
+            description=f"{description} Training loss {built.loss:.2f}.",
+            actor=actor,
+        )
+    if activate:
+        version.activate(actor=actor)
+        model = version.model
+        model.refresh_from_db()
+        if model.stable_version_id != version.pk:
+            model.promote(version, actor=actor)
+        for old in versions:
+            if old.pk != version.pk and not old.checksum and old.state != "retired":
+                old.retire(actor=actor)  # the artifact-less placeholder
+        version.refresh_from_db()
+    return version, created
+
+
+def _next_label(versions: list[ModelVersion]) -> str:
+    taken = {v.version for v in versions}
+    return str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))

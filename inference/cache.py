@@ -1,8 +1,9 @@
 """Per-process model cache: each version is loaded (and warmed up) once per worker process.
 
 Least recently used versions are closed when more than ``max_models`` are loaded. A version is
-keyed by id, checksum and batching settings, so a changed version is a new entry. Threads asking for
-a version that is being loaded wait for that one load instead of starting their own.
+keyed by id, checksum, batching settings and runtime options, so a changed version is a new
+entry. Threads asking for a version that is being loaded wait for that one load instead of
+starting their own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from inference.runtimes.base import Item
 log = logging.getLogger(__name__)
 
 ArtifactReader = Callable[[VersionSpec], bytes | None]
-Key = tuple[int, str, int, int, str]
+Key = tuple[int, str, int, int, str, str]
 
 
 @dataclass
@@ -45,7 +46,14 @@ class ModelCache:
         self.loads = 0
 
     def get(self, spec: VersionSpec) -> Loaded:
-        key = (spec.id, spec.checksum, spec.max_batch_size, spec.max_delay_ms, spec.device)
+        key = (
+            spec.id,
+            spec.checksum,
+            spec.max_batch_size,
+            spec.max_delay_ms,
+            spec.device,
+            spec.options_digest,
+        )
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:

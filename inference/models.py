@@ -154,6 +154,9 @@ class ModelVersion(models.Model):
     class Runtime(models.TextChoices):
         ONNX = "onnx", "ONNX Runtime"
         PYTHON = "python", "Python handler"
+        KSERVE = "kserve", "Remote KServe v2 / Triton"
+        OPENAI = "openai", "Remote OpenAI-compatible"
+        TRANSFORMERS = "transformers", "Hugging Face transformers"
 
     class Device(models.TextChoices):
         CPU = "cpu"
@@ -217,6 +220,12 @@ class ModelVersion(models.Model):
             raise ValidationError({"artifact": "An ONNX version needs its .onnx artifact."})
         if self.runtime == self.Runtime.PYTHON and not (self.runtime_options or {}).get("handler"):
             raise ValidationError({"runtime_options": 'A Python version needs {"handler": ...}.'})
+        if self.runtime in (self.Runtime.KSERVE, self.Runtime.OPENAI):
+            from inference.runtimes.remote import refused_option
+
+            refused = refused_option(self.runtime_options or {})
+            if refused:  # a key stored here would be shown in the admin: never save it
+                raise ValidationError({"runtime_options": refused})
 
     # The state machine: every state change goes through activate() or retire().
     TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {

@@ -108,6 +108,28 @@ class InferRequestSerializer(serializers.Serializer):
         return value
 
 
+class StreamInferRequestSerializer(serializers.Serializer):
+    """``?stream=true``: one ``input`` (tokens of a text model, or one result), or ``inputs``
+    (an ``analysis`` stream: one result per item as soon as its batch is done)."""
+
+    input = serializers.DictField(required=False)
+    inputs = serializers.ListField(
+        child=serializers.DictField(), required=False, min_length=1, max_length=1024
+    )
+    version = serializers.CharField(required=False, max_length=32)
+    timeout_ms = serializers.IntegerField(required=False, min_value=1)
+
+    def validate_timeout_ms(self, value: int) -> int:
+        return InferRequestSerializer().validate_timeout_ms(value)
+
+    def validate(self, attrs: dict) -> dict:
+        if ("input" in attrs) == ("inputs" in attrs):
+            raise serializers.ValidationError(
+                {"input": ["Send either input (one item) or inputs (a list), not both."]}
+            )
+        return attrs
+
+
 class InferResponseSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField(default="inference")

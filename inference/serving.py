@@ -11,6 +11,7 @@ Worker: drop expired work → the process's model cache → the version's batche
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from inference.models import Model
 from inference.replies import reply_publish, reply_wait
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
+from inference.runtimes.base import UpstreamError
 from inference.schema import validate_input
 from tenants.models import Tenant
 
@@ -150,7 +152,10 @@ def infer(
             breaker.record(chosen.pk, ok=False)
         error = str(reply.get("error", "inference failed"))
         if status == 503:
-            raise ModelUnavailable(error)
+            unavailable = ModelUnavailable(error)
+            if reply.get("retry_after"):  # an upstream's Retry-After or its circuit's cooldown
+                unavailable.wait = math.ceil(float(reply["retry_after"]))  # type: ignore[attr-defined]
+            raise unavailable
         if status == 504:
             raise GatewayTimeout(error)
         raise InferenceFailed(error)
@@ -261,6 +266,11 @@ def predict(
         return
     except RuntimeUnavailable as exc:
         reply = {"ok": False, "status": 503, "error": str(exc)}
+        if getattr(exc, "retry_after", None):
+            reply["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
+    except UpstreamError as exc:  # a remote runtime's upstream: 502, or 504 on its timeout
+        log.warning("version %s: upstream failed: %s", version_id, exc)
+        reply = {"ok": False, "status": exc.status, "error": str(exc)}
     except Exception as exc:
         log.exception("inference failed for version %s", version_id)
         reply = {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}

@@ -34,3 +34,31 @@ def inference_predict(
         deadline=deadline,
         shadow=shadow,
     )
+
+
+@shared_task(
+    name="inference_stream",
+    ignore_result=True,
+    # No retries: a client is reading the stream now; a redelivery would repeat events.
+    max_retries=0,
+    time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 30,
+    soft_time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 20,
+)
+def inference_stream(
+    version_id: int,
+    kind: str,
+    items: list[dict[str, Any]],
+    stream_id: str,
+    deadline: float,
+    queue: str,
+) -> None:
+    from inference import streams
+
+    streams.stream_run(
+        version_id=version_id,
+        kind=kind,
+        items=items,
+        stream_id=stream_id,
+        deadline=deadline,
+        queue=queue,
+    )

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
-from drf_spectacular.utils import extend_schema
+from django.http import HttpResponseBase
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from inference import selectors, serving
+from inference import selectors, serving, streams
+from inference.models import Model
 from inference.serializers import (
     InferRequestSerializer,
     InferResponseSerializer,
     ModelInfoSerializer,
     ModelListSerializer,
+    StreamInferRequestSerializer,
 )
+from streaming import services as stream_slots
+from streaming.views import sse_response
 from tenants.models import Tenant
 from tenants.selectors import KeyContext
 
@@ -46,15 +53,79 @@ class ModelDetailView(APIView):
         )
 
 
+def wants_stream(request: Request) -> bool:
+    return str(request.query_params.get("stream", "")).lower() in ("true", "1", "yes")
+
+
+def start_streaming(
+    request: Request,
+    model: Model,
+    *,
+    kind: str,
+    items: list[dict],
+    version: str | None = None,
+    timeout_ms: int | None = None,
+) -> tuple[streams.Started, Callable[[bool], None]]:
+    """Take one of the tenant's stream slots (429 when all are in use), start the stream, and
+    return it with the ``on_close`` callback for :func:`sse_response`: it gives the slot back
+    and, when the client left before the end, cancels the producing work."""
+    tenant = _tenant(request)
+    lease = stream_slots.stream_slot_take(tenant) if tenant is not None else None
+    if tenant is not None and lease is None:
+        raise streams.TooManyStreams()
+    try:
+        started = streams.stream_start(
+            model=model,
+            tenant=tenant,
+            kind=kind,
+            items=items,
+            version=version,
+            timeout_ms=timeout_ms,
+        )
+    except BaseException:
+        if lease is not None:
+            stream_slots.stream_slot_release(lease)
+        raise
+
+    def on_close(abandoned: bool) -> None:
+        if abandoned:
+            streams.stream_cancel(started.stream_id)
+        if lease is not None:
+            stream_slots.stream_slot_release(lease)
+
+    return started, on_close
+
+
 class InferView(APIView):
     """Run one input through the model. 422 names the wrong field, 503 (with Retry-After)
-    when the queue is full or no version can serve, 504 when the deadline passes."""
+    when the queue is full or no version can serve, 504 when the deadline passes.
+
+    With ``?stream=true`` the answer is Server-Sent Events produced by the worker as it
+    computes: ``token`` events of a text model, ``result`` per item of ``inputs``, then
+    ``end`` (docs/streams.md). Closing the connection cancels the work."""
 
     required_scope = "infer"
 
-    @extend_schema(request=InferRequestSerializer, responses=InferResponseSerializer)
-    def post(self, request: Request, name: str) -> Response:
+    @extend_schema(
+        request=InferRequestSerializer,
+        responses={
+            200: OpenApiResponse(
+                InferResponseSerializer,
+                description="The answer; with ?stream=true a text/event-stream instead.",
+            )
+        },
+        parameters=[
+            OpenApiParameter(
+                "stream",
+                OpenApiTypes.BOOL,
+                description="Answer with Server-Sent Events (body: input, or inputs: [...]).",
+            )
+        ],
+    )
+    def post(self, request: Request, name: str) -> HttpResponseBase:
         model = selectors.model_for_tenant(name, _tenant(request))
+        if wants_stream(request):
+            return self._stream(request, model)
         body = InferRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         answer = serving.infer(
@@ -69,3 +140,31 @@ class InferView(APIView):
         response = Response(data)
         response["X-Sluice-Version"] = answer.version
         return response
+
+    def _stream(self, request: Request, model: Model) -> HttpResponseBase:
+        body = StreamInferRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if "inputs" in data:
+            kind, items = streams.ANALYSIS, list(data["inputs"])
+        else:
+            kind = streams.TEXT if model.task == Model.Task.TEXT else streams.ANALYSIS
+            items = [data["input"]]
+        started, on_close = start_streaming(
+            request,
+            model,
+            kind=kind,
+            items=items,
+            version=data.get("version"),
+            timeout_ms=data.get("timeout_ms"),
+        )
+        return sse_response(
+            request._request,
+            started.stream_id,
+            on_close=on_close,
+            headers={
+                "X-Sluice-Stream": started.stream_id,
+                "X-Sluice-Version": started.version,
+                "X-Sluice-Stream-Kind": started.kind,
+            },
+        )

@@ -189,22 +189,27 @@ class LeaseKeeper:
             self.renew_now()
 
 
-_keeper: LeaseKeeper | None = None
+_keepers: dict[str, LeaseKeeper] = {}
 _keeper_lock = threading.Lock()
 
 
 def lease_keeper() -> LeaseKeeper:
-    """The process's keeper over the configured store (Redis with REDIS_URL, else memory)."""
-    global _keeper
+    """The process's keeper over the configured store (Redis with REDIS_URL, else memory).
+    The store lives in the cache's namespace (its key prefix and location): one store in a
+    deployment, and one per test where the test suite isolates the cache per test."""
+    cache = settings.CACHES["default"]
+    prefix = str(cache.get("KEY_PREFIX") or settings.REDIS_KEY_PREFIX)
+    namespace = f"{prefix}|{cache.get('LOCATION', '')}"
     with _keeper_lock:
-        if _keeper is None:
+        keeper = _keepers.get(namespace)
+        if keeper is None:
             store = SlotStore(
                 settings.REDIS_URL or None,
-                settings.REDIS_KEY_PREFIX,
+                prefix,
                 lease_seconds=settings.STREAM_SLOT_LEASE_SECONDS,
             )
-            _keeper = LeaseKeeper(store)
-        return _keeper
+            keeper = _keepers[namespace] = LeaseKeeper(store)
+        return keeper
 
 
 def stream_slot_take(tenant: Tenant) -> Lease | None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, MutableMapping
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -25,11 +28,14 @@ from rest_framework.views import APIView
 
 from config.problems import problem_response
 from streaming import fanout, flow, services
-from streaming.log import GAP, Event, StreamMeta, StreamNotFound, get_log, valid_id
+from streaming.log import END, GAP, Event, StreamLog, StreamMeta, StreamNotFound, get_log, valid_id
 from streaming.services import Lease
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan
 from tenants.selectors import KeyContext
+
+# How long one blocking read of a WSGI-served stream waits before it looks at the heartbeat.
+READ_BLOCK_MS = 1000
 
 
 def sse_frame(event: Event) -> str:
@@ -200,3 +206,140 @@ class StreamView(APIView):
                 "events_url": f"/v1/streams/{stream_id}/events",
             }
         )
+
+
+# --- SSE for producers' endpoints (streaming inference) ---------------------------------------
+
+Render = Callable[[Event], str | None]
+
+
+async def stream_events_async(
+    stream_log: StreamLog,
+    stream_id: str,
+    after: str | None = None,
+    scope: MutableMapping[str, Any] | None = None,
+) -> AsyncIterator[Event | None]:
+    """A stream's events up to and including ``end``; ``None`` when a heartbeat is due; an
+    ``error`` event ``stream_expired`` if the stream disappears under the reader. Read through
+    the process's one reader of the stream (streaming.fanout); with the request's ``scope``,
+    the reading pauses while the client's socket is backed up (streaming.flow)."""
+    hub = fanout.hub() if stream_log is get_log() else fanout.Hub(stream_log)
+    try:
+        async for batch in hub.follow(stream_id, after, idle=settings.SSE_HEARTBEAT_SECONDS):
+            if not batch:
+                yield None
+            for item in batch:
+                if scope is not None:
+                    await flow.drain(scope)
+                yield item.event
+    except StreamNotFound:
+        yield Event(id="", event="error", data={"code": "stream_expired"})
+
+
+def stream_events_sync(
+    stream_log: StreamLog, stream_id: str, after: str | None = None
+) -> Iterator[Event | None]:
+    """:func:`stream_events_async` for a WSGI server (a blocking generator)."""
+    quiet_since = time.monotonic()
+    while True:
+        try:
+            events = stream_log.read(stream_id, after, block_ms=READ_BLOCK_MS, count=500)
+        except StreamNotFound:
+            yield Event(id="", event="error", data={"code": "stream_expired"})
+            return
+        for event in events:
+            yield event
+            if event.event != GAP:
+                after = event.id
+            if event.event == END:
+                return
+        if events:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
+            quiet_since = time.monotonic()
+            yield None
+
+
+class _SSEResponse(StreamingHttpResponse):
+    """Runs ``on_close`` exactly once: from the generator when it ends or is closed, or from
+    ``close()`` when the server drops a response whose generator never started."""
+
+    def __init__(self, content: Any, on_close: Callable[[bool], None] | None) -> None:
+        super().__init__(content, content_type="text/event-stream")
+        self._on_close = on_close
+        self._closed_lock = threading.Lock()
+
+    def claim(self) -> Callable[[bool], None] | None:
+        with self._closed_lock:
+            on_close, self._on_close = self._on_close, None
+        return on_close
+
+    def close(self) -> None:
+        super().close()
+        on_close = self.claim()
+        if on_close is not None:
+            on_close(True)
+
+
+def sse_response(
+    request: HttpRequest,
+    stream_id: str,
+    *,
+    render: Render = sse_frame,
+    last: str | None = None,
+    on_close: Callable[[bool], None] | None = None,
+    headers: dict[str, str] | None = None,
+) -> StreamingHttpResponse:
+    """A stream as ``text/event-stream`` for an endpoint that has just started the stream.
+
+    ``render`` turns an event into SSE text (None: nothing sent); ``last`` is sent after the
+    ``end`` event (OpenAI's ``data: [DONE]``); ``on_close(abandoned)`` runs once when the
+    response is over, with ``abandoned`` true when the client went away before the end (the
+    producer should stop: nobody is reading). Served by daphne the reader is async (a
+    disconnect cancels it at once, and ``on_close`` runs on a thread of its own, off the event
+    loop); under a WSGI server it is a blocking generator that notices the disconnect at its
+    next write.
+    """
+    stream_log = get_log()
+
+    async def frames_async() -> AsyncIterator[str]:
+        finished = False
+        try:
+            yield ": connected\n\n"
+            scope = getattr(request, "scope", None)
+            async for event in stream_events_async(stream_log, stream_id, scope=scope):
+                text = ": heartbeat\n\n" if event is None else render(event)
+                if text:
+                    yield text
+            if last:
+                yield last
+            finished = True
+        finally:
+            callback = response.claim()
+            if callback is not None:
+                # Not awaited (the request task may be being cancelled) and not on the loop.
+                threading.Thread(target=callback, args=(not finished,), daemon=True).start()
+
+    def frames_sync() -> Iterator[str]:
+        finished = False
+        try:
+            yield ": connected\n\n"
+            for event in stream_events_sync(stream_log, stream_id):
+                text = ": heartbeat\n\n" if event is None else render(event)
+                if text:
+                    yield text
+            if last:
+                yield last
+            finished = True
+        finally:
+            callback = response.claim()
+            if callback is not None:
+                callback(not finished)
+
+    content = frames_async() if isinstance(request, ASGIRequest) else frames_sync()
+    response = _SSEResponse(content, on_close)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response

@@ -8,13 +8,14 @@ RFC 9457 problems with the ``error: {message, type, code}`` member the OpenAI cl
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.db import connection
-from django.http import Http404
+from django.http import Http404, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers
@@ -22,9 +23,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from inference import selectors, serving
+from inference import selectors, serving, streams
 from inference.models import Model
-from inference.views import _tenant
+from inference.views import _tenant, start_streaming
+from streaming.log import Event
+from streaming.views import sse_response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
 _TYPES |= {404: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -34,16 +37,6 @@ class UnsupportedForModel(exceptions.APIException):
     status_code = 422
     default_code = "model_not_supported"
     problem_slug = "model-not-supported"
-
-
-class StreamingNotSupported(exceptions.APIException):
-    status_code = 422
-    default_code = "streaming_not_supported"
-    problem_slug = "streaming-not-supported"
-    default_detail = (
-        "stream=true is not supported yet: server-sent events arrive with the streaming work. "
-        "Send stream=false (the default)."
-    )
 
 
 class OpenAIView(APIView):
@@ -166,45 +159,208 @@ class CompletionsRequest(serializers.Serializer):
     prompt = serializers.JSONField(required=False)
     messages = serializers.ListField(child=serializers.DictField(), required=False)
     max_tokens = serializers.IntegerField(required=False, min_value=1, allow_null=True)
-    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
-    stream = serializers.BooleanField(default=False)
+    max_completion_tokens = serializers.IntegerField(required=False, min_value=1, allow_null=True)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2, allow_null=True)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1, allow_null=True)
+    stop = serializers.JSONField(required=False, allow_null=True)
+    n = serializers.IntegerField(required=False, min_value=1, max_value=1, allow_null=True)
+    stream = serializers.BooleanField(default=False, allow_null=True)
+    stream_options = serializers.DictField(required=False, allow_null=True)
+    user = serializers.CharField(required=False)
+
+    def validate_stop(self, value: Any) -> list[str] | None:
+        stops = [value] if isinstance(value, str) else value
+        if stops is None:
+            return None
+        if (
+            not isinstance(stops, list)
+            or len(stops) > 4
+            or not all(isinstance(s, str) for s in stops)
+        ):
+            raise serializers.ValidationError("stop must be a string or a list of up to 4 strings")
+        return [s for s in stops if s]
+
+
+def _content(message: dict[str, Any]) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
 
 
 class _TextView(OpenAIView):
-    """Completions need a registered ``text`` model whose handler maps ``{"prompt",
-    "max_tokens"}`` to ``{"text"}``; none is built in yet, so these answer 404 (no such model)
-    or 422 (a model that is not a text-generation model) until one is registered."""
+    """Completions on a registered ``text`` model (the built-in ``textgen``, or any model on
+    the ``transformers`` runtime): its input is ``{"prompt", "max_tokens"?, "temperature"?,
+    "top_p"?, "stop"?, "messages"?}`` and its output ``{"text", "finish_reason"?,
+    "prompt_tokens"?, "completion_tokens"?}``. ``stream: true`` answers Server-Sent Events in
+    OpenAI's chunk format, produced by the worker token by token, ending with ``[DONE]``."""
 
     chat = False
 
-    def _generate(self, request: Request) -> tuple[Model, serving.Answer, str, dict[str, Any]]:
+    def _request(self, request: Request) -> tuple[Model, dict[str, Any], dict[str, Any]]:
         body = CompletionsRequest(data=request.data)
         body.is_valid(raise_exception=True)
-        if body.validated_data["stream"]:
-            raise StreamingNotSupported()
-        name = body.validated_data["model"]
+        data = body.validated_data
+        name = data["model"]
         model = _model_for_task(request, name, Model.Task.TEXT, "a text-generation model")
+        row: dict[str, Any] = {}
         if self.chat:
-            messages = body.validated_data.get("messages") or []
+            messages = data.get("messages") or []
             if not messages:
                 raise exceptions.ValidationError({"messages": ["At least one message."]})
-            prompt = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
-            prompt += "\nassistant:"
+            plain = [{"role": str(m.get("role")), "content": _content(m)} for m in messages]
+            # The model's chat template is used when its tokenizer has one; else this prompt.
+            row["prompt"] = "".join(f"{m['role']}: {m['content']}\n" for m in plain)
+            row["prompt"] += "assistant:"
+            row["messages"] = plain
         else:
-            prompt = body.validated_data.get("prompt")
+            prompt = data.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
             if not isinstance(prompt, str):
                 raise exceptions.ValidationError({"prompt": ["A single string prompt."]})
-        row: dict[str, Any] = {"prompt": prompt}
-        if body.validated_data.get("max_tokens"):
-            row["max_tokens"] = body.validated_data["max_tokens"]
+            row["prompt"] = prompt
+        tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+        if tokens:
+            row["max_tokens"] = tokens
+        for field in ("temperature", "top_p"):
+            if data.get(field) is not None:
+                row[field] = data[field]
+        if data.get("stop"):
+            row["stop"] = data["stop"]
+        return model, row, data
+
+    def _usage(self, row: dict[str, Any], output: dict[str, Any]) -> dict[str, int]:
+        text = str(output.get("text", ""))
+        prompt_tokens = int(output.get("prompt_tokens") or _tokens(row["prompt"]))
+        completion_tokens = int(output.get("completion_tokens") or _tokens(text))
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def post(self, request: Request) -> HttpResponseBase:
+        model, row, data = self._request(request)
+        if data.get("stream"):
+            return self._stream(request, model, row, data)
         answer = _run(model, request, [row])[0]
         text = str(answer.output.get("text", ""))
-        usage = {
-            "prompt_tokens": _tokens(prompt),
-            "completion_tokens": _tokens(text),
-            "total_tokens": _tokens(prompt) + _tokens(text),
+        finish = str(answer.output.get("finish_reason") or "stop")
+        usage = self._usage(row, answer.output)
+        created = int(time.time())
+        if self.chat:
+            body: dict[str, Any] = {
+                "id": f"chatcmpl-{answer.request_id}",
+                "object": "chat.completion",
+                "created": created,
+                "model": model.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": usage,
+            }
+        else:
+            body = {
+                "id": f"cmpl-{answer.request_id}",
+                "object": "text_completion",
+                "created": created,
+                "model": model.name,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                "usage": usage,
+            }
+        response = Response(body)
+        response["X-Sluice-Version"] = answer.version
+        return response
+
+    def _stream(
+        self, request: Request, model: Model, row: dict[str, Any], data: dict[str, Any]
+    ) -> HttpResponseBase:
+        started, on_close = start_streaming(
+            request, model, kind=streams.CHAT if self.chat else streams.TEXT, items=[row]
+        )
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        render = _ChunkRenderer(
+            chat=self.chat,
+            id=("chatcmpl-" if self.chat else "cmpl-") + started.stream_id,
+            model=model.name,
+            row=row,
+            usage=self._usage if include_usage else None,
+        )
+        return sse_response(
+            request._request,
+            started.stream_id,
+            render=render,
+            last="data: [DONE]\n\n",
+            on_close=on_close,
+            headers={"X-Sluice-Stream": started.stream_id, "X-Sluice-Version": started.version},
+        )
+
+
+class _ChunkRenderer:
+    """Stream-log events as OpenAI stream chunks (``data: {...}`` lines, no ``event:``)."""
+
+    def __init__(
+        self,
+        *,
+        chat: bool,
+        id: str,
+        model: str,
+        row: dict[str, Any],
+        usage: Any,
+    ) -> None:
+        self.chat, self.id, self.model, self.row, self.usage = chat, id, model, row, usage
+        self.created = int(time.time())
+        self.started = False
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
         }
-        return model, answer, text, usage
+        return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if not self.started:
+                delta["role"] = "assistant"
+            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+    def __call__(self, event: Event) -> str | None:
+        if event.event == "token":
+            out = self._chunk([self._choice(str(event.data.get("text", "")), None)])
+            self.started = True
+            return out
+        if event.event == "result":
+            output = event.data.get("output") or {}
+            finish = str(output.get("finish_reason") or "stop")
+            out = self._chunk([self._choice(None, finish)])
+            self.started = True
+            if self.usage is not None:
+                out += self._chunk([], usage=self.usage(self.row, output))
+            return out
+        if event.event == "error":
+            code = str(event.data.get("code", "inference_failed"))
+            error = {
+                "message": str(event.data.get("message") or code),
+                "type": "server_error",
+                "code": code,
+                "param": None,
+            }
+            return f"data: {json.dumps({'error': error}, separators=(',', ':'))}\n\n"
+        return None
 
 
 class CompletionsView(_TextView):
@@ -213,18 +369,8 @@ class CompletionsView(_TextView):
         request=CompletionsRequest,
         responses={200: OpenApiTypes.OBJECT},
     )
-    def post(self, request: Request) -> Response:
-        model, answer, text, usage = self._generate(request)
-        return Response(
-            {
-                "id": f"cmpl-{answer.request_id}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": model.name,
-                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-                "usage": usage,
-            }
-        )
+    def post(self, request: Request) -> HttpResponseBase:
+        return super().post(request)
 
 
 class ChatCompletionsView(_TextView):
@@ -235,21 +381,5 @@ class ChatCompletionsView(_TextView):
         request=CompletionsRequest,
         responses={200: OpenApiTypes.OBJECT},
     )
-    def post(self, request: Request) -> Response:
-        model, answer, text, usage = self._generate(request)
-        return Response(
-            {
-                "id": f"chatcmpl-{answer.request_id}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model.name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage,
-            }
-        )
+    def post(self, request: Request) -> HttpResponseBase:
+        return super().post(request)

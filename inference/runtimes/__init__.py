@@ -11,6 +11,9 @@ from inference.runtimes.base import Runtime, RuntimeUnavailable, VersionSpec
 RUNTIMES: dict[str, str] = {
     "onnx": "inference.runtimes.onnx.OnnxRuntime",
     "python": "inference.runtimes.python.PythonRuntime",
+    "kserve": "inference.runtimes.kserve.KServeRuntime",
+    "openai": "inference.runtimes.openai_remote.OpenAIRemoteRuntime",
+    "transformers": "inference.runtimes.transformers.TransformersRuntime",
 }
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeUnavailable", "VersionSpec", "runtime_class"]

@@ -6,6 +6,9 @@ functions, so a missing engine makes a version "unavailable" instead of breaking
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +21,32 @@ Item = dict[str, Any]
 
 class RuntimeUnavailable(Exception):
     """The engine (or handler) a version needs cannot be used in this process."""
+
+
+class UpstreamError(Exception):
+    """A remote upstream (KServe v2, OpenAI-compatible) failed a call. ``status`` is what the
+    API answers: 502 by default (the upstream answered, but not with a usable answer)."""
+
+    status = 502
+    retryable = False  # whether sending the same call again may succeed
+    upstream_status: int | None = None  # the upstream's HTTP status, when it answered one
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the runtime's read timeout: the API answers 504."""
+
+    status = 504
+
+
+class UpstreamUnavailable(RuntimeUnavailable, UpstreamError):
+    """The upstream cannot take calls now (unreachable, overloaded, circuit open, model not
+    loaded there): 503 ``model-unavailable``, like a missing engine."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,13 @@ class VersionSpec:
     @property
     def label(self) -> str:
         return f"{self.model}:{self.version}"
+
+    @functools.cached_property
+    def options_digest(self) -> str:
+        """Changes when the runtime options do (a remote runtime's URL has no artifact
+        checksum to change), so the model cache loads the edited version afresh."""
+        text = json.dumps(self.options, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Runtime(ABC):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from inference import backpressure, replies, serving
+from inference import backpressure, replies, serving, streams
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.models import Model, ModelVersion
 from inference.services import version_register
@@ -19,12 +19,14 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     settings.MEDIA_ROOT = str(tmp_path / "media")
     serving.model_cache().clear()
     serving._specs.clear()
+    streams._specs.clear()
     backpressure._local.clear()
     replies._local._box.clear()
     Doubler.reset()
     yield
     serving.model_cache().clear()
     serving._specs.clear()
+    streams._specs.clear()
 
 
 @pytest.fixture

@@ -46,6 +46,21 @@ class Broken:
         raise RuntimeError("model exploded")
 
 
+class LetterEmbedder:
+    """``{"text"}`` → ``{"embedding": [letters, vowels, 1.0]}``: an embedding model that is
+    cheap and whose answers a test can compute, for serving through ``/v1/embeddings``."""
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        pass
+
+    @staticmethod
+    def embed(text: str) -> list[float]:
+        return [float(sum(c.isalpha() for c in text)), float(sum(c in "aeiou" for c in text)), 1.0]
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"embedding": self.embed(item["text"])} for item in batch]
+
+
 X_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 1000}},

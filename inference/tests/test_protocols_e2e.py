@@ -22,7 +22,14 @@ openai = pytest.importorskip("openai")
 def server(tmp_path, tmp_path_factory):
     """A migrated database of the test's own, the demo loaded, and ``serve`` running."""
     with own_database(tmp_path) as url:
-        env = server_env(url, RATELIMIT_IP_RATE="10000/h", MEDIA_ROOT=str(tmp_path / "media"))
+        env = server_env(
+            url,
+            RATELIMIT_IP_RATE="10000/h",
+            MEDIA_ROOT=str(tmp_path / "media"),
+            # The first embeddings call loads torch and MiniLM in the worker: on a busy 2-core
+            # CI machine that alone can pass the 10 s default deadline.
+            INFERENCE_DEFAULT_TIMEOUT_MS="60000",
+        )
         manage(env, "migrate", "--no-input", "-v0")
         key = manage(env, "demo", "--key-file", str(tmp_path / "key"))
         port = free_port()

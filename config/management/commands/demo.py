@@ -12,7 +12,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
-from inference.builtin import digits_install, embeddings_install, sentiment_install
+from inference.builtin import (
+    digits_install,
+    embeddings_install,
+    sentiment_install,
+    textgen_install,
+)
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
 
@@ -54,6 +59,13 @@ class Command(BaseCommand):
         else:
             if created:
                 self.stderr.write(f"built-in model {version} registered")
+        # Trains a tiny GPT-2 the first time (about a minute; cached in var/cache after that);
+        # without torch it registers the model as unavailable with the install hint. Registered
+        # before the handler models: a starting worker preloads the newest versions first, and
+        # embeddings (slow to load) must not wait behind the demo's toy text model.
+        version, created = textgen_install(actor="demo")
+        if created:
+            self.stderr.write(f"built-in model {version} registered ({version.runtime})")
         # Handler models register without their engine: a worker without it shows them
         # "unavailable" with the install hint instead of failing.
         for install in (sentiment_install, embeddings_install):
