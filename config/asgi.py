@@ -14,13 +14,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from inference.media.routing import websocket_urlpatterns as media_routes  # noqa: E402
 from inference.routing import websocket_urlpatterns as inference_ws  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
-from streaming.security import origin_validated  # noqa: E402
+from streaming.security import StaffSessionMiddleware, origin_validated  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
+        # The session lets staff (the admin's dashboard) follow platform streams; API clients
+        # authenticate with a key or token as before. The Origin check guards the cookie.
         "websocket": origin_validated(
-            URLRouter(websocket_urlpatterns + inference_ws + media_routes)
+            StaffSessionMiddleware(URLRouter(websocket_urlpatterns + inference_ws + media_routes))
         ),
     }
 )

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.middleware.RequestLogMiddleware",
+    "streaming.middleware.RequestLogStreamMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -196,6 +197,12 @@ SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
 WS_AUTH_TIMEOUT_SECONDS = env.float("WS_AUTH_TIMEOUT_SECONDS", default=5.0)
 WS_REAUTH_SECONDS = env.float("WS_REAUTH_SECONDS", default=30.0)
 WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=64 * 1024)
+# A stream slot is a lease its process renews every third of this; a dead process's slots lapse.
+STREAM_SLOT_LEASE_SECONDS = env.float("STREAM_SLOT_LEASE_SECONDS", default=90.0)
+# A Celery worker publishes its log lines to the platform stream worker.<hostname> (staff).
+LOG_STREAM_WORKERS = env.bool("LOG_STREAM_WORKERS", default=True)
+# Each process records its figures and `manage.py serve` samples them to platform.metrics.
+METRICS_STREAM_ENABLE = env.bool("METRICS_STREAM_ENABLE", default=True)
 
 # --- Media streams (docs/media.md) -------------------------------------------------------------
 # Uploads over these get 413 (API_MAX_BODY_BYTES still applies first to every request body).
@@ -346,9 +353,11 @@ LOGGING: dict[str, Any] = {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
             "filters": ["request_id"],
-        }
+        },
+        # Lines of work that has a log stream (a request, a job, a worker) also go there.
+        "streams": {"class": "streaming.logs.StreamLogHandler", "filters": ["request_id"]},
     },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "root": {"handlers": ["console", "streams"], "level": LOG_LEVEL},
     "loggers": {
         # The request log below replaces Django's own per-request lines.
         "django.server": {"level": "WARNING"},

@@ -29,7 +29,7 @@ from rest_framework import exceptions
 from inference import selectors, streams
 from inference.models import Model
 from inference.serializers import StreamInferRequestSerializer
-from streaming import services
+from streaming import fanout, flow, services
 from streaming.consumers import (
     CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
@@ -37,8 +37,10 @@ from streaming.consumers import (
     CLOSE_UNAUTHENTICATED,
     StreamConsumer,
     _bearer,
+    _redis_call,
+    key_watch,
 )
-from streaming.log import END, GAP, StreamNotFound, get_log
+from streaming.log import END, StreamNotFound
 from tenants.authentication import authenticate_credential
 
 
@@ -73,14 +75,15 @@ class InferConsumer(StreamConsumer):
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)  # no such model, or not in the plan
             return
-        if not await database_sync_to_async(services.stream_slot_take)(ctx.tenant):
+        self.lease = await _redis_call(services.stream_slot_take, ctx.tenant)
+        if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
-        self.holds_slot = True
         self.ctx, self.raw = ctx, raw
         if self.watchdog is not None:
             self.watchdog.cancel()
-        self.watchdog = asyncio.create_task(self._recheck_key())
+            self.watchdog = None
+        key_watch().add(raw, self)  # revoked: closed with 4401 like a stream socket
         await self.send_json({"type": "ready", "model": self.model_name})
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:
@@ -137,24 +140,18 @@ class InferConsumer(StreamConsumer):
         await self.send_json({"type": "error", "code": "invalid_input", "errors": detail})
 
     async def _forward_inference(self, stream_id: str) -> None:
-        stream_log = get_log()
-        after: str | None = None
-        while True:
-            try:
-                events = await asyncio.to_thread(
-                    stream_log.read, stream_id, after, block_ms=1000, count=500
-                )
-            except StreamNotFound:
-                await self.send_json({"type": "error", "code": "stream_expired"})
-                self.running = None
-                return
-            for event in events:
-                await self.send_json({"type": "event", **event.envelope()})
-                if event.event != GAP:
-                    after = event.id
-                if event.event == END:
-                    self.running = None
-                    return
+        # The process's one reader of the stream, pausing while the socket is backed up.
+        try:
+            async for batch in fanout.hub().follow(stream_id, None):
+                for item in batch:
+                    await flow.drain(self.scope)
+                    await self.send(text_data=item.frame)
+                    if item.event.event == END:
+                        self.running = None
+                        return
+        except StreamNotFound:
+            await self.send_json({"type": "error", "code": "stream_expired"})
+        self.running = None
 
     async def on_cancel(self, message: dict[str, Any]) -> None:
         if self.ctx is None:

@@ -69,7 +69,8 @@ def start_streaming(
     return it with the ``on_close`` callback for :func:`sse_response`: it gives the slot back
     and, when the client left before the end, cancels the producing work."""
     tenant = _tenant(request)
-    if tenant is not None and not stream_slots.stream_slot_take(tenant):
+    lease = stream_slots.stream_slot_take(tenant) if tenant is not None else None
+    if tenant is not None and lease is None:
         raise streams.TooManyStreams()
     try:
         started = streams.stream_start(
@@ -81,15 +82,15 @@ def start_streaming(
             timeout_ms=timeout_ms,
         )
     except BaseException:
-        if tenant is not None:
-            stream_slots.stream_slot_release(tenant)
+        if lease is not None:
+            stream_slots.stream_slot_release(lease)
         raise
 
     def on_close(abandoned: bool) -> None:
         if abandoned:
             streams.stream_cancel(started.stream_id)
-        if tenant is not None:
-            stream_slots.stream_slot_release(tenant)
+        if lease is not None:
+            stream_slots.stream_slot_release(lease)
 
     return started, on_close
 

@@ -17,19 +17,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
-from streaming import services
-from streaming.log import END, GAP, StreamNotFound, get_log, valid_id
+from streaming import fanout, flow, services
+from streaming.log import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Close codes (one table in docs/streams.md).
 CLOSE_NORMAL = 1000
@@ -47,12 +51,15 @@ MAX_BAD_FRAMES = 3
 
 
 class StreamConsumer(AsyncWebsocketConsumer):
+    # Events come from the stream log, never the channel layer: no channel per socket.
+    channel_layer_alias = "__none__"
     ctx: KeyContext | None = None
     raw: str | None = None
     forwarder: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
-    holds_slot = False
+    lease: services.Lease | None = None
     bad_frames = 0
+    operator = False
 
     async def connect(self) -> None:
         self.stream_id = str(self.scope["url_route"]["kwargs"]["stream_id"])
@@ -61,12 +68,30 @@ class StreamConsumer(AsyncWebsocketConsumer):
         raw = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
         if raw:
             await self.authenticate(raw)
+        elif await self._staff():
+            await self.send_json({"type": "ready", "stream": self.stream_id})
         else:
             self.watchdog = asyncio.create_task(self._auth_deadline())
 
+    async def _staff(self) -> bool:
+        """An admin session (browser, same origin): an operator follows any stream, platform
+        streams included, and holds no tenant slot."""
+        user = self.scope.get("user")
+        if user is None or not (user.is_active and user.is_staff):
+            return False
+        if await _redis_call(get_log().meta, self.stream_id) is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return True
+        self.operator = True
+        return True
+
+    @property
+    def authenticated(self) -> bool:
+        return self.ctx is not None or self.operator
+
     async def _auth_deadline(self) -> None:
         await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
-        if self.ctx is None:
+        if not self.authenticated:
             await self.close(code=CLOSE_AUTH_TIMEOUT)
 
     async def authenticate(self, raw: str) -> None:
@@ -78,28 +103,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if not ctx.has_scope("streams"):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        meta = await database_sync_to_async(get_log().meta)(self.stream_id)
+        meta = await _redis_call(get_log().meta, self.stream_id)
         if meta is None or meta.tenant_id != ctx.tenant.pk:
             await self.close(code=CLOSE_NOT_FOUND)  # another tenant's stream does not exist
             return
-        if not await database_sync_to_async(services.stream_slot_take)(ctx.tenant):
+        self.lease = await _redis_call(services.stream_slot_take, ctx.tenant)
+        if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
-        self.holds_slot = True
         self.ctx, self.raw = ctx, raw
         if self.watchdog is not None:
             self.watchdog.cancel()
-        self.watchdog = asyncio.create_task(self._recheck_key())
+            self.watchdog = None
+        key_watch().add(raw, self)
         await self.send_json({"type": "ready", "stream": self.stream_id})
-
-    async def _recheck_key(self) -> None:
-        while True:
-            await asyncio.sleep(settings.WS_REAUTH_SECONDS)
-            try:
-                await database_sync_to_async(authenticate_credential)(self.raw or "")
-            except exceptions.AuthenticationFailed:
-                await self.close(code=CLOSE_UNAUTHENTICATED)
-                return
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
@@ -127,7 +144,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def on_auth(self, message: dict[str, Any]) -> None:
         token = message.get("token")
-        if self.ctx is not None:
+        if self.authenticated:
             await self.refuse("already_authenticated", "This socket is authenticated.")
         elif not isinstance(token, str) or not token:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -136,7 +153,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:
         after = message.get("after")
-        if self.ctx is None:
+        if not self.authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
         elif after is not None and (not isinstance(after, str) or not valid_id(after)):
             await self.refuse("bad_resume_id", "'after' must be a stream id or null.")
@@ -146,30 +163,28 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.forwarder = asyncio.create_task(self._forward(after))
 
     async def on_cancel(self, message: dict[str, Any]) -> None:
-        if self.ctx is None:
+        if not self.authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        await database_sync_to_async(get_log().request_cancel)(self.stream_id)
+        await _redis_call(get_log().request_cancel, self.stream_id)
         await self.send_json({"type": "cancelling"})
 
     async def _forward(self, after: str | None) -> None:
-        stream_log = get_log()
-        while True:
-            try:
-                events = await asyncio.to_thread(
-                    stream_log.read, self.stream_id, after, block_ms=1000, count=500
-                )
-            except StreamNotFound:
-                await self.send_json({"type": "error", "code": "stream_expired"})
-                await self.close(code=CLOSE_NOT_FOUND)
-                return
-            for event in events:
-                await self.send_json({"type": "event", **event.envelope()})
-                if event.event != GAP:
-                    after = event.id
-                if event.event == END:
-                    await self.close(code=CLOSE_NORMAL)
-                    return
+        # One reader per stream per process (fanout); before each frame, wait while the
+        # socket's write buffer is over the high-water mark (flow), so a slow client costs a
+        # position in the log, not a growing buffer.
+        try:
+            async for batch in fanout.hub().follow(self.stream_id, after):
+                for item in batch:
+                    await flow.drain(self.scope)
+                    await self.send(text_data=item.frame)
+                    if item.event.event == END:
+                        break
+        except StreamNotFound:
+            await self.send_json({"type": "error", "code": "stream_expired"})
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.close(code=CLOSE_NORMAL)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))
@@ -178,9 +193,64 @@ class StreamConsumer(AsyncWebsocketConsumer):
         for task in (self.forwarder, self.watchdog):
             if task is not None:
                 task.cancel()
-        if self.holds_slot and self.ctx is not None:
-            self.holds_slot = False
-            await database_sync_to_async(services.stream_slot_release)(self.ctx.tenant)
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            await _redis_call(services.stream_slot_release, lease)
+        if self.raw is not None:
+            key_watch().remove(self.raw, self)
+
+
+async def _redis_call(fn: Callable[..., T], *args: Any) -> T:
+    """A blocking Redis (or in-memory) call off the event loop, in parallel with others: not
+    on the one thread Django's database calls share."""
+    return await sync_to_async(fn, thread_sensitive=False)(*args)
+
+
+class KeyWatch:
+    """Re-checks each credential held by this process's open sockets every
+    ``WS_REAUTH_SECONDS`` — once per credential, not once per socket (10,000 sockets on one
+    key cost one check) — and closes the sockets of a revoked or expired one with 4401."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, set[StreamConsumer]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, raw: str, consumer: StreamConsumer) -> None:
+        self.sockets.setdefault(raw, set()).add(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="ws-key-watch")
+
+    def remove(self, raw: str, consumer: StreamConsumer) -> None:
+        held = self.sockets.get(raw)
+        if held is not None:
+            held.discard(consumer)
+            if not held:
+                del self.sockets[raw]
+
+    async def _run(self) -> None:
+        while self.sockets:
+            await asyncio.sleep(settings.WS_REAUTH_SECONDS)
+            for raw in list(self.sockets):
+                try:
+                    await database_sync_to_async(authenticate_credential)(raw)
+                except exceptions.AuthenticationFailed:
+                    for consumer in list(self.sockets.pop(raw, ())):
+                        await consumer.close(code=CLOSE_UNAUTHENTICATED)
+                except Exception:  # noqa: BLE001 - a database hiccup: check again next round
+                    log.warning("re-checking a stream credential failed", exc_info=True)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def key_watch() -> KeyWatch:
+    loop = asyncio.get_running_loop()
+    found = _watches.get(loop)
+    if found is None:
+        found = _watches[loop] = KeyWatch()
+    return found
 
 
 def _bearer(value: str) -> str | None:

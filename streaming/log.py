@@ -13,9 +13,14 @@ a channel is full).
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
+import itertools
 import json
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,11 +89,22 @@ class StreamLog(Protocol):
 
     def meta(self, stream: str) -> StreamMeta | None: ...
 
+    def adopt(self, stream: str, tenant_id: int) -> None:
+        """Give an existing stream to a tenant (a request's log stream, once it is known
+        whose request it is)."""
+        ...
+
     def append(self, stream: str, event: str, data: dict[str, Any]) -> str: ...
 
     def read(
         self, stream: str, after: str | None = None, *, block_ms: int = 0, count: int = 100
     ) -> list[Event]: ...
+
+    async def aread(
+        self, stream: str, after: str | None = None, *, block_ms: int = 0, count: int = 100
+    ) -> list[Event]:
+        """``read`` for the event loop: waits without holding a thread."""
+        ...
 
     def close(self, stream: str, data: dict[str, Any] | None = None) -> str: ...
 
@@ -119,6 +135,8 @@ class MemoryLog:
         self._cond = threading.Condition()
         self._last_id = (0, 0)
         self._swept = 0.0
+        # Event-loop readers waiting for a stream: woken thread-safely by append/cancel.
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
 
     def _next_id(self) -> str:
         ms = int(self._clock() * 1000)
@@ -162,6 +180,13 @@ class MemoryLog:
             found = self._live(stream)
             return found.meta if found else None
 
+    def adopt(self, stream: str, tenant_id: int) -> None:
+        with self._cond:
+            found = self._live(stream)
+            if found is None:
+                raise StreamNotFound(stream)
+            found.meta = StreamMeta(**{**found.meta.__dict__, "tenant_id": tenant_id})
+
     def append(self, stream: str, event: str, data: dict[str, Any]) -> str:
         with self._cond:
             found = self._live(stream)
@@ -175,17 +200,25 @@ class MemoryLog:
             if event == END:
                 found.meta = StreamMeta(**{**found.meta.__dict__, "closed": True})
             self._cond.notify_all()
+            self._wake(stream)
             return entry.id
+
+    def _wake(self, stream: str) -> None:
+        for loop, waiter in self._waiters.pop(stream, []):
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_resolve, waiter)
 
     def _after(self, found: _MemoryStream, after: str | None, count: int) -> list[Event]:
         if after is None:
-            return list(found.events)[:count]
+            return list(itertools.islice(found.events, count))
         mark = id_key(after)
         out: list[Event] = []
         if found.last_dropped is not None and mark < id_key(found.last_dropped):
             first = found.events[0].id if found.events else None
             out.append(_gap(after, first, found.last_dropped))
-        out.extend(e for e in found.events if id_key(e.id) > mark)
+        # Ids increase along the deque: find the first one past the mark by bisection.
+        start = bisect.bisect_right(found.events, mark, key=lambda e: id_key(e.id))
+        out.extend(itertools.islice(found.events, start, start + count))
         return out[:count]
 
     def read(
@@ -203,6 +236,33 @@ class MemoryLog:
                     return events
                 self._cond.wait(left)
 
+    async def aread(
+        self, stream: str, after: str | None = None, *, block_ms: int = 0, count: int = 100
+    ) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block_ms / 1000
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            with self._cond:
+                found = self._live(stream)
+                if found is None:
+                    raise StreamNotFound(stream)
+                events = self._after(found, after, count)
+                if events or found.meta.closed or loop.time() >= deadline:
+                    return events
+                self._waiters.setdefault(stream, []).append((loop, waiter))
+            try:
+                await asyncio.wait_for(waiter, deadline - loop.time())
+            except TimeoutError:
+                pass
+            finally:
+                with self._cond:
+                    waiting = self._waiters.get(stream, [])
+                    if (loop, waiter) in waiting:
+                        waiting.remove((loop, waiter))
+                    if not waiting:
+                        self._waiters.pop(stream, None)
+
     def close(self, stream: str, data: dict[str, Any] | None = None) -> str:
         return self.append(stream, END, data or {})
 
@@ -213,11 +273,17 @@ class MemoryLog:
                 raise StreamNotFound(stream)
             found.cancelled = True
             self._cond.notify_all()
+            self._wake(stream)
 
     def is_cancelled(self, stream: str) -> bool:
         with self._cond:
             found = self._live(stream)
             return bool(found and found.cancelled)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # --- Redis Streams (production) ----------------------------------------------------------------
@@ -241,6 +307,13 @@ return id
 """
 
 
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'tenant_id', ARGV[1])
+return 1
+"""
+
+
 class RedisLog:
     """Redis Streams. Keys: ``<prefix>:stream:{<id>}`` (the stream), ``…:meta`` (a hash:
     tenant, kind, bounds, closed, last trimmed id), ``…:cancel`` (a flag); all three carry the
@@ -253,7 +326,13 @@ class RedisLog:
             url, decode_responses=True, socket_timeout=None, socket_connect_timeout=2
         )
         self._append = self._redis.register_script(_APPEND)
+        self._adopt = self._redis.register_script(_ADOPT)
         self._prefix = prefix
+        self._url = url
+        # redis.asyncio clients belong to one event loop each.
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _key(self, stream: str, part: str = "") -> str:
         return f"{self._prefix}:stream:{{{stream}}}{':' + part if part else ''}"
@@ -304,6 +383,11 @@ class RedisLog:
             closed=raw.get("closed") == "1",
         )
 
+    def adopt(self, stream: str, tenant_id: int) -> None:
+        # Only if it still exists: a bare HSET would resurrect an expired stream's meta.
+        if not self._adopt(keys=[self._key(stream, "meta")], args=[tenant_id]):
+            raise StreamNotFound(stream)
+
     def append(self, stream: str, event: str, data: dict[str, Any]) -> str:
         import redis
 
@@ -333,6 +417,36 @@ class RedisLog:
             got = self._redis.xread({key: after or "0-0"}, count=count, block=block_ms)
             return self._decode(got[0][1]) if got else []
         return self._decode(self._redis.xrange(key, min=f"({after}" if after else "-", count=count))
+
+    def _aclient(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self._url, decode_responses=True, socket_timeout=None, socket_connect_timeout=2
+            )
+            self._aclients[loop] = client
+        return client
+
+    async def aread(
+        self, stream: str, after: str | None = None, *, block_ms: int = 0, count: int = 100
+    ) -> list[Event]:
+        client = self._aclient()
+        raw = await client.hgetall(self._key(stream, "meta"))
+        if not raw:
+            raise StreamNotFound(stream)
+        key = self._key(stream)
+        dropped = raw.get("last_dropped")
+        if after is not None and dropped and id_key(after) < id_key(dropped):
+            kept = self._decode(await client.xrange(key, min="-", count=count))
+            return [_gap(after, kept[0].id if kept else None, dropped), *kept][:count]
+        if block_ms and raw.get("closed") != "1":
+            got = await client.xread({key: after or "0-0"}, count=count, block=block_ms)
+            return self._decode(got[0][1]) if got else []
+        low = f"({after}" if after else "-"
+        return self._decode(await client.xrange(key, min=low, count=count))
 
     def close(self, stream: str, data: dict[str, Any] | None = None) -> str:
         return self.append(stream, END, data or {})

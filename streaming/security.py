@@ -29,3 +29,24 @@ def origin_validated(application: Any) -> BrowserOriginValidator:
     if settings.DEBUG:
         allowed += ["localhost", "127.0.0.1", "[::1]"]
     return BrowserOriginValidator(application, allowed)
+
+
+class StaffSessionMiddleware:
+    """Channels' session and auth middleware only for handshakes that carry a session cookie
+    (a browser with an admin session); API clients skip the session lookup and its trip to the
+    database thread, and are an anonymous user until their key or token says otherwise."""
+
+    def __init__(self, inner: Any) -> None:
+        from channels.auth import AuthMiddlewareStack
+
+        self.inner = inner
+        self.with_session = AuthMiddlewareStack(inner)
+        self.cookie = settings.SESSION_COOKIE_NAME.encode() + b"="
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        from django.contrib.auth.models import AnonymousUser
+
+        cookies = b";".join(v for k, v in scope.get("headers", []) if k.lower() == b"cookie")
+        if self.cookie in cookies:
+            return await self.with_session(scope, receive, send)
+        return await self.inner(dict(scope, user=AnonymousUser()), receive, send)

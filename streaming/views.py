@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -27,12 +27,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.problems import problem_response
+from streaming import fanout, flow, services
 from streaming.log import END, GAP, Event, StreamLog, StreamMeta, StreamNotFound, get_log, valid_id
+from streaming.services import Lease
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan
 from tenants.selectors import KeyContext
 
-# How long one blocking read waits before the loop looks at the heartbeat and the client.
+# How long one blocking read of a WSGI-served stream waits before it looks at the heartbeat.
 READ_BLOCK_MS = 1000
 
 
@@ -49,29 +51,44 @@ def owned_stream(ctx: KeyContext, stream_id: str) -> StreamMeta | None:
     return meta if meta is not None and meta.tenant_id == ctx.tenant.pk else None
 
 
-async def _frames(log: StreamLog, stream_id: str, after: str | None) -> AsyncIterator[str]:
+async def _frames(
+    stream_id: str,
+    after: str | None,
+    scope: MutableMapping[str, Any],
+    lease: Lease | None,
+    credential: str | None = None,
+) -> AsyncIterator[str]:
+    """The response body. The credential is checked again every ``WS_REAUTH_SECONDS``: a
+    revoked key's stream ends with an ``error`` event (``unauthenticated``)."""
     loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    yield ": connected\n\n"  # proxies and clients see the stream open at once
-    while True:
-        try:
-            events = await asyncio.to_thread(
-                log.read, stream_id, after, block_ms=READ_BLOCK_MS, count=500
-            )
-        except StreamNotFound:
-            yield sse_frame(Event(id="", event="error", data={"code": "stream_expired"}))
-            return
-        for event in events:
-            yield sse_frame(event)
-            if event.event != GAP:
-                after = event.id
-            if event.event == END:
-                return
-        if events:
-            quiet_since = loop.time()
-        elif loop.time() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
-            quiet_since = loop.time()
-            yield ": heartbeat\n\n"
+    quiet_since = checked = loop.time()
+    tick = min(settings.SSE_HEARTBEAT_SECONDS, settings.WS_REAUTH_SECONDS)
+    try:
+        yield ": connected\n\n"  # proxies and clients see the stream open at once
+        async for batch in fanout.hub().follow(stream_id, after, idle=tick):
+            now = loop.time()
+            if credential is not None and now - checked >= settings.WS_REAUTH_SECONDS:
+                checked = now
+                try:
+                    await sync_to_async(authenticate_credential)(credential)
+                except exceptions.AuthenticationFailed:
+                    yield sse_frame(Event(id="", event="error", data={"code": "unauthenticated"}))
+                    return
+            if batch:
+                quiet_since = now
+            elif now - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
+                quiet_since = now
+                yield ": heartbeat\n\n"
+            if batch:
+                # Stop reading the log while the client's socket is backed up (streaming.flow);
+                # one write per batch (at most fanout.BATCH events).
+                await flow.drain(scope)
+                yield "".join(sse_frame(item.event) for item in batch)
+    except StreamNotFound:
+        yield sse_frame(Event(id="", event="error", data={"code": "stream_expired"}))
+    finally:
+        if lease is not None:
+            await sync_to_async(services.stream_slot_release)(lease)
 
 
 def _authenticate(request: HttpRequest) -> KeyContext:
@@ -85,10 +102,23 @@ def _authenticate(request: HttpRequest) -> KeyContext:
     return ctx
 
 
+async def is_staff(request: HttpRequest) -> bool:
+    """A logged-in operator (admin session): may follow any stream, platform streams
+    (metrics, worker logs) included, and holds no tenant slot."""
+    auser = getattr(request, "auser", None)
+    if auser is None:
+        return False
+    user = await auser()
+    return bool(user.is_active and user.is_staff)
+
+
 async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBase:
     """``GET /v1/streams/{stream_id}/events``: the stream as Server-Sent Events."""
+    ctx: KeyContext | None = None
+    staff = presented_credential(request) is None and await is_staff(request)
     try:
-        ctx = await sync_to_async(_authenticate)(request)
+        if not staff:
+            ctx = await sync_to_async(_authenticate)(request)
     except exceptions.APIException as exc:
         status = exc.status_code
         headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
@@ -108,11 +138,33 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
                 {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
             ],
         )
-    if await sync_to_async(owned_stream)(ctx, stream_id) is None:
+    if ctx is None:  # staff
+        if await sync_to_async(get_log().meta)(stream_id) is None:
+            return problem_response(404, slug="not-found", instance=request.path)
+        lease = None
+    elif await sync_to_async(owned_stream)(ctx, stream_id) is None:
         return problem_response(404, slug="not-found", instance=request.path)
+    else:
+        lease = await sync_to_async(services.stream_slot_take)(ctx.tenant)
+    if ctx is not None and lease is None:
+        return problem_response(
+            429,
+            slug="too-many-streams",
+            detail=f"All {ctx.tenant.concurrent_streams} concurrent streams are open.",
+            instance=request.path,
+            headers={"Retry-After": "1"},
+        )
+    scope = getattr(request, "scope", {})
     response = StreamingHttpResponse(
-        _frames(get_log(), stream_id, after), content_type="text/event-stream"
+        _frames(stream_id, after, scope, lease, presented_credential(request)),
+        content_type="text/event-stream",
     )
+    # Also when the body is never iterated (the client left before the first byte).
+    if lease is not None:
+        held = lease
+        response._resource_closers.append(  # type: ignore[attr-defined]
+            lambda: services.stream_slot_release(held)
+        )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -138,7 +190,10 @@ class StreamView(APIView):
     )
     def get(self, request: Request, stream_id: str) -> Response:
         ctx = request.auth
-        meta = owned_stream(ctx, stream_id) if isinstance(ctx, KeyContext) else None
+        if isinstance(ctx, KeyContext):
+            meta = owned_stream(ctx, stream_id)
+        else:  # a staff session (IsTenant lets no one else in)
+            meta = get_log().meta(stream_id) if request.user.is_staff else None
         if meta is None:
             raise exceptions.NotFound()
         return Response(
@@ -159,31 +214,26 @@ Render = Callable[[Event], str | None]
 
 
 async def stream_events_async(
-    stream_log: StreamLog, stream_id: str, after: str | None = None
+    stream_log: StreamLog,
+    stream_id: str,
+    after: str | None = None,
+    scope: MutableMapping[str, Any] | None = None,
 ) -> AsyncIterator[Event | None]:
     """A stream's events up to and including ``end``; ``None`` when a heartbeat is due; an
-    ``error`` event ``stream_expired`` if the stream disappears under the reader."""
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    while True:
-        try:
-            events = await asyncio.to_thread(
-                stream_log.read, stream_id, after, block_ms=READ_BLOCK_MS, count=500
-            )
-        except StreamNotFound:
-            yield Event(id="", event="error", data={"code": "stream_expired"})
-            return
-        for event in events:
-            yield event
-            if event.event != GAP:
-                after = event.id
-            if event.event == END:
-                return
-        if events:
-            quiet_since = loop.time()
-        elif loop.time() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
-            quiet_since = loop.time()
-            yield None
+    ``error`` event ``stream_expired`` if the stream disappears under the reader. Read through
+    the process's one reader of the stream (streaming.fanout); with the request's ``scope``,
+    the reading pauses while the client's socket is backed up (streaming.flow)."""
+    hub = fanout.hub() if stream_log is get_log() else fanout.Hub(stream_log)
+    try:
+        async for batch in hub.follow(stream_id, after, idle=settings.SSE_HEARTBEAT_SECONDS):
+            if not batch:
+                yield None
+            for item in batch:
+                if scope is not None:
+                    await flow.drain(scope)
+                yield item.event
+    except StreamNotFound:
+        yield Event(id="", event="error", data={"code": "stream_expired"})
 
 
 def stream_events_sync(
@@ -258,7 +308,8 @@ def sse_response(
         finished = False
         try:
             yield ": connected\n\n"
-            async for event in stream_events_async(stream_log, stream_id, after):
+            scope = getattr(request, "scope", None)
+            async for event in stream_events_async(stream_log, stream_id, after, scope=scope):
                 text = ": heartbeat\n\n" if event is None else render(event)
                 if text:
                     yield text

@@ -88,6 +88,15 @@ def running(
     cmd: list[str], env: dict[str, str], *, port: int, timeout: float = 30
 ) -> Iterator[str]:
     """Start ``cmd``, wait until ``/healthz`` answers on ``port``, yield the base URL, stop it."""
+    with running_process(cmd, env, port=port, timeout=timeout) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def running_process(
+    cmd: list[str], env: dict[str, str], *, port: int, timeout: float = 30
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``running``, also yielding the process (to measure it)."""
     # A file, not a pipe: a chatty child must never block on a full pipe nobody reads.
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -106,7 +115,7 @@ def running(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{cmd} did not serve /healthz within {timeout}s")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

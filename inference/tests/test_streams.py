@@ -143,11 +143,12 @@ def test_a_tenant_with_every_stream_slot_in_use_gets_429(api, tenant, eager) -> 
     make_version()
     tenant.concurrent_streams = 1
     tenant.save()
-    assert stream_slots.stream_slot_take(tenant)
+    held = stream_slots.stream_slot_take(tenant)
+    assert held
     response = api.post("/v1/models/doubler/infer?stream=true", {"input": {"x": 1}}, format="json")
     assert response.status_code == 429
     assert response.json()["type"].endswith("too-many-streams")
-    stream_slots.stream_slot_release(tenant)
+    stream_slots.stream_slot_release(held)
     ok = api.post("/v1/models/doubler/infer?stream=true", {"input": {"x": 1}}, format="json")
     assert ok.status_code == 200
     sse_events(ok)  # reading to the end gives the slot back

@@ -6,6 +6,8 @@ import asyncio
 import json
 import re
 import sys
+import threading
+import time
 import uuid
 
 import httpx
@@ -24,7 +26,8 @@ def daphne(tmp_path):
     if not settings.REDIS_URL:
         pytest.skip("needs REDIS_URL: the test produces into the server's Redis stream log")
     with own_database(tmp_path) as url:
-        env = server_env(url)
+        # Revocation reaches an open stream within the key cache time plus the re-check time.
+        env = server_env(url, WS_REAUTH_SECONDS="1", API_KEY_CACHE_SECONDS="1")
         manage(env, "migrate", "--no-input", "-v0")
         manage(env, "createtenant", "Owner")
         manage(env, "createtenant", "Other")
@@ -47,6 +50,7 @@ def daphne(tmp_path):
                 "other": other,
                 "tenant_id": tenant_id,
                 "log": RedisLog(settings.REDIS_URL, env["REDIS_KEY_PREFIX"]),
+                "env": env,
             }
 
 
@@ -185,3 +189,52 @@ def test_garbage_gets_an_error_event_and_the_socket_survives(daphne):
 
     asyncio.run(run())
     assert log.is_cancelled(sid)
+
+
+def test_a_revoked_keys_streams_are_closed_promptly(daphne):
+    log, sid = daphne["log"], f"s-{uuid.uuid4().hex}"
+    log.create(sid, tenant_id=daphne["tenant_id"], kind="text")
+    raw = manage(daphne["env"], "createapikey", "--tenant", "owner", "--scopes", "streams")
+    prefix = raw.removeprefix("sk_live_").split(".")[0]
+    sse_end: dict[str, float | str] = {}
+
+    def follow_sse() -> None:
+        url = f"{daphne['base']}/v1/streams/{sid}/events"
+        with httpx.stream("GET", url, headers={"X-API-Key": raw}, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and "unauthenticated" in line:
+                    sse_end.update(at=time.monotonic(), line=line)
+                    return
+
+    async def run() -> tuple[int, float, float]:
+        async with websockets.connect(
+            _ws_url(daphne, sid), additional_headers={"X-API-Key": raw}
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(json.dumps({"type": "subscribe", "after": None}))
+            sse = threading.Thread(target=follow_sse)
+            sse.start()
+            await asyncio.sleep(1)
+            await asyncio.to_thread(
+                manage,
+                daphne["env"],
+                "shell",
+                "-c",
+                "from tenants.models import TenantAPIKey as K;from tenants.services import "
+                f"apikey_revoke;apikey_revoke(key=K.objects.get(prefix='{prefix}'))",
+            )
+            revoked = time.monotonic()
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 15)
+            except websockets.ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else -1
+            elapsed = time.monotonic() - revoked
+            await asyncio.to_thread(sse.join, 15)
+            return code, elapsed, revoked
+
+    code, elapsed, revoked = asyncio.run(run())
+    assert code == 4401
+    assert elapsed < 5, f"the WebSocket closed {elapsed:.1f}s after the revocation"
+    assert sse_end, "the SSE stream did not end"
+    assert float(sse_end["at"]) - revoked < 5

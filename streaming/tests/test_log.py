@@ -128,3 +128,11 @@ def test_redis_streams_carry_their_ttl(stream, log):
     log.append(stream, "token", {})
     for part in ("", "meta"):
         assert 0 < log._redis.ttl(log._key(stream, part)) <= 60
+
+
+def test_a_stream_can_be_given_to_a_tenant_while_it_lives(log, stream):
+    log.adopt(stream, 42)
+    assert log.meta(stream).tenant_id == 42
+    with pytest.raises(StreamNotFound):
+        log.adopt("no-such-stream", 42)
+    assert log.meta("no-such-stream") is None

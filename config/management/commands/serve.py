@@ -14,6 +14,22 @@ def closing_handshake(server: Any) -> None:
     server.ws_factory.setProtocolOptions(failByDrop=False)
 
 
+def server_class() -> type:
+    """daphne's Server, putting a probe of each connection's write buffer into the scope, so
+    stream deliveries can wait for a slow client instead of buffering without limit
+    (streaming.flow)."""
+    from daphne.server import Server
+
+    from streaming.flow import add_probe
+
+    class FlowControlledServer(Server):
+        def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+            add_probe(scope, protocol)
+            return super().create_application(protocol, scope)
+
+    return FlowControlledServer
+
+
 class Command(BaseCommand):
     help = "Serve HTTP and WebSocket with daphne (and an in-process Celery worker)."
 
@@ -29,13 +45,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
 
         from config.asgi import application
         from config.embedded import start_worker
 
         proxied = opts["proxy_headers"]
-        server: Any = Server(
+        server: Any = server_class()(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
             verbosity=0,  # the request log middleware writes one line per request
@@ -51,6 +66,9 @@ class Command(BaseCommand):
             ready_callable=lambda: closing_handshake(server),
         )
         worker = None if opts["no_worker"] else start_worker()
+        from streaming.metrics import start_sampler
+
+        start_sampler()  # one leader among the ASGI processes samples the platform each second
         mode = "embedded (SQLite, in-memory)" if settings.EMBEDDED else "PostgreSQL + Redis"
         self.stdout.write(f"Sluice serving on http://{opts['host']}:{opts['port']}/ [{mode}]")
         try:
