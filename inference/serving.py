@@ -223,6 +223,22 @@ def preload(queues: set[str]) -> list[str]:
     return done
 
 
+def failure_reply(version_id: int, exc: BaseException) -> dict[str, Any]:
+    """The worker's reply for a request that failed (one mapping for single and batched work):
+    503 for an engine that cannot serve (with an upstream's Retry-After), a remote upstream's
+    own status (502, or 504 on its timeout), 502 for anything else."""
+    if isinstance(exc, RuntimeUnavailable):
+        reply: dict[str, Any] = {"ok": False, "status": 503, "error": str(exc)}
+        if getattr(exc, "retry_after", None):
+            reply["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
+        return reply
+    if isinstance(exc, UpstreamError):
+        log.warning("version %s: upstream failed: %s", version_id, exc)
+        return {"ok": False, "status": exc.status, "error": str(exc)}
+    log.error("inference failed for version %s: %r", version_id, exc, exc_info=exc)
+    return {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
 def predict(
     *, version_id: int, payload: dict[str, Any], request_id: str, deadline: float, shadow: bool
 ) -> None:
@@ -242,16 +258,8 @@ def predict(
     except DeadlineExceeded:
         log.info("dropped request %s: deadline passed while batching", request_id)
         return
-    except RuntimeUnavailable as exc:
-        reply = {"ok": False, "status": 503, "error": str(exc)}
-        if getattr(exc, "retry_after", None):
-            reply["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
-    except UpstreamError as exc:  # a remote runtime's upstream: 502, or 504 on its timeout
-        log.warning("version %s: upstream failed: %s", version_id, exc)
-        reply = {"ok": False, "status": exc.status, "error": str(exc)}
-    except Exception as exc:
-        log.exception("inference failed for version %s", version_id)
-        reply = {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the client
+        reply = failure_reply(version_id, exc)
     finally:
         if shadow and spec is not None:
             # Nobody waits for a shadow's answer, so its queue slot is freed here.
@@ -310,28 +318,17 @@ def predict_batch(
             results = loaded.batcher.submit_many(
                 [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
             )
-        except RuntimeUnavailable as exc:
-            failed = {"ok": False, "status": 503, "error": str(exc)}
-            replies = {rid: failed for rid, _, _ in live}
-        except Exception as exc:
-            log.exception("inference failed for version %s", version_id)
-            failed = {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
-            replies = {rid: failed for rid, _, _ in live}
+        except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the clients
+            failed = failure_reply(version_id, exc)
+            replies = {rid: dict(failed) for rid, _, _ in live}
         else:
             for (rid, _, _), (output, error, size) in zip(live, results, strict=True):
                 if error is None:
                     replies[rid] = {"ok": True, "output": output, "batch_size": size}
                 elif isinstance(error, DeadlineExceeded):
                     continue  # the view has answered 504 already
-                elif isinstance(error, RuntimeUnavailable):
-                    replies[rid] = {"ok": False, "status": 503, "error": str(error)}
                 else:
-                    log.error("inference failed for version %s: %r", version_id, error)
-                    replies[rid] = {
-                        "ok": False,
-                        "status": 502,
-                        "error": f"{type(error).__name__}: {error}"[:500],
-                    }
+                    replies[rid] = failure_reply(version_id, error)
     ms = round((time.perf_counter() - started) * 1000, 2)
     for reply in replies.values():
         reply["ms"] = ms
