@@ -29,10 +29,8 @@ from jobs.serializers import (
     ReplaySerializer,
     TaskResultSerializer,
 )
-from streaming.log import END, Event, get_log, valid_id
-from streaming.views import sse_frame, sse_response
-from tenants.authentication import authenticate_credential, presented_credential
-from tenants.limits import enforce_plan
+from streaming.log import END, Event, get_log
+from streaming.views import authenticate_sse, refusal, resume_after, sse_frame, sse_response
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedMixin, for_request
 from tenants.selectors import KeyContext
@@ -246,17 +244,6 @@ class DeadTaskReplayView(APIView):
 # --- Server-Sent Events (an async view: daphne serves it) --------------------------------------
 
 
-def _authenticate(request: HttpRequest) -> KeyContext:
-    raw = presented_credential(request)
-    if raw is None:
-        raise exceptions.NotAuthenticated()
-    ctx = authenticate_credential(raw)
-    if not ctx.has_scope("jobs"):
-        raise exceptions.PermissionDenied("This API key lacks the 'jobs' scope.")
-    enforce_plan(request, ctx)
-    return ctx
-
-
 def _owned_job(ctx: KeyContext, job_id: str) -> Job | None:
     try:
         return Job.objects.filter(pk=job_id, tenant=ctx.tenant).first()
@@ -274,23 +261,12 @@ async def _final_frames(job: Job) -> Any:
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     """``GET /v1/jobs/{id}/events``: the job's progress stream as Server-Sent Events."""
     try:
-        ctx = await sync_to_async(_authenticate)(request)
+        ctx = await sync_to_async(authenticate_sse)(request, "jobs")
     except exceptions.APIException as exc:
-        status = exc.status_code
-        headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
-        return problem_response(
-            status, detail=str(exc.detail), instance=request.path, headers=headers
-        )
-    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or None
-    if after is not None and not valid_id(after):
-        return problem_response(
-            422,
-            slug="validation-error",
-            detail="Last-Event-ID is not a stream id.",
-            errors=[
-                {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
-            ],
-        )
+        return refusal(request, exc)
+    after, invalid = resume_after(request)
+    if invalid is not None:
+        return invalid
     job = await sync_to_async(_owned_job)(ctx, job_id)
     if job is None:
         return problem_response(404, slug="not-found", instance=request.path)

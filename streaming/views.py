@@ -91,15 +91,41 @@ async def _frames(
             await sync_to_async(services.stream_slot_release)(lease)
 
 
-def _authenticate(request: HttpRequest) -> KeyContext:
+def authenticate_sse(request: HttpRequest, scope: str = "streams") -> KeyContext:
+    """What DRF's authentication and plan throttle do, for the async SSE views (outside DRF)."""
     raw = presented_credential(request)
     if raw is None:
         raise exceptions.NotAuthenticated()
     ctx = authenticate_credential(raw)
-    if not ctx.has_scope("streams"):
-        raise exceptions.PermissionDenied("This API key lacks the 'streams' scope.")
+    if not ctx.has_scope(scope):
+        raise exceptions.PermissionDenied(f"This API key lacks the '{scope}' scope.")
     enforce_plan(request, ctx)
     return ctx
+
+
+def refusal(request: HttpRequest, exc: exceptions.APIException) -> HttpResponseBase:
+    """An authentication or limit refusal of an SSE view as problem+json."""
+    status = exc.status_code
+    headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(int(wait))
+    return problem_response(status, detail=str(exc.detail), instance=request.path, headers=headers)
+
+
+def resume_after(request: HttpRequest) -> tuple[str | None, HttpResponseBase | None]:
+    """The id to resume after (``Last-Event-ID`` or ``?after=``), or a 422 when malformed."""
+    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or None
+    if after is not None and not valid_id(after):
+        return None, problem_response(
+            422,
+            slug="validation-error",
+            detail="Last-Event-ID is not a stream id.",
+            errors=[
+                {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
+            ],
+        )
+    return after, None
 
 
 async def is_staff(request: HttpRequest) -> bool:
@@ -118,26 +144,12 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
     staff = presented_credential(request) is None and await is_staff(request)
     try:
         if not staff:
-            ctx = await sync_to_async(_authenticate)(request)
+            ctx = await sync_to_async(authenticate_sse)(request)
     except exceptions.APIException as exc:
-        status = exc.status_code
-        headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
-        wait = getattr(exc, "wait", None)
-        if wait:
-            headers["Retry-After"] = str(int(wait))
-        return problem_response(
-            status, detail=str(exc.detail), instance=request.path, headers=headers
-        )
-    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or None
-    if after is not None and not valid_id(after):
-        return problem_response(
-            422,
-            slug="validation-error",
-            detail="Last-Event-ID is not a stream id.",
-            errors=[
-                {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
-            ],
-        )
+        return refusal(request, exc)
+    after, invalid = resume_after(request)
+    if invalid is not None:
+        return invalid
     if ctx is None:  # staff
         if await sync_to_async(get_log().meta)(stream_id) is None:
             return problem_response(404, slug="not-found", instance=request.path)

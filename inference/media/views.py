@@ -31,9 +31,7 @@ from inference.engines import MediaInputError
 from inference.engines.audio import UNKNOWN_SIZE, read_wav, wav_header
 from inference.media import services
 from streaming.log import END, GAP, Event, StreamNotFound, get_log
-from streaming.views import sse_frame
-from tenants.authentication import authenticate_credential, presented_credential
-from tenants.limits import enforce_plan
+from streaming.views import authenticate_sse, sse_frame
 from tenants.selectors import KeyContext
 
 log = logging.getLogger(__name__)
@@ -105,17 +103,6 @@ def _with_stream(problem: JsonResponse, stream_id: str) -> JsonResponse:
     body["stream"] = stream_id
     problem.content = json.dumps(body).encode()
     return problem
-
-
-def _authenticate(request: HttpRequest, scope: str) -> KeyContext:
-    raw = presented_credential(request)
-    if raw is None:
-        raise exceptions.NotAuthenticated()
-    ctx = authenticate_credential(raw)
-    if not ctx.has_scope(scope):
-        raise exceptions.PermissionDenied(f"This API key lacks the '{scope}' scope.")
-    enforce_plan(request, ctx)
-    return ctx
 
 
 def _declared_size(request: HttpRequest, limit: int, what: str) -> None:
@@ -294,7 +281,7 @@ async def _respond(
     wav: bool = False,
 ) -> HttpResponseBase:
     try:
-        ctx = await sync_to_async(_authenticate)(request, "infer")
+        ctx = await sync_to_async(authenticate_sse)(request, "infer")
         started = await sync_to_async(start)(ctx)
     except (exceptions.APIException, MediaInputError) as exc:
         return _problem(request, exc)
@@ -456,7 +443,7 @@ async def video_preview(request: HttpRequest, stream_id: str) -> HttpResponseBas
     if (refused := _method(request, "GET")) is not None:
         return refused
     try:
-        ctx = await sync_to_async(_authenticate)(request, "streams")
+        ctx = await sync_to_async(authenticate_sse)(request, "streams")
     except exceptions.APIException as exc:
         return _problem(request, exc)
     meta = await asyncio.to_thread(get_log().meta, stream_id)
