@@ -35,9 +35,18 @@ def _tokenizer(*, specials: list[str], vocab_size: int) -> object:
     return tok
 
 
-def build_gpt2(directory: Path, *, eos: bool = True, n_positions: int = 256, seed: int = 0) -> Path:
+def build_gpt2(
+    directory: Path,
+    *,
+    eos: bool = True,
+    n_positions: int = 256,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    seed: int = 0,
+) -> Path:
     """A 2-layer GPT-2 (a few hundred thousand parameters). ``eos=False``: no end-of-text
-    token at all, so generation only ends at ``max_tokens`` (long, predictable streams)."""
+    token at all, so generation only ends at ``max_tokens`` (long, predictable streams).
+    More layers make each token slower (a stream that outlasts a loaded machine's lag)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -50,8 +59,8 @@ def build_gpt2(directory: Path, *, eos: bool = True, n_positions: int = 256, see
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=n_positions,
-        n_embd=64,
-        n_layer=2,
+        n_embd=n_embd,
+        n_layer=n_layer,
         n_head=2,
         bos_token_id=eos_id,
         eos_token_id=eos_id,

@@ -95,10 +95,13 @@ def celery_worker(env: dict[str, str], queues: str = "celery,cpu") -> Iterator[P
 
 @pytest.fixture(scope="module")
 def lm_artifact(tmp_path_factory) -> Path:
-    """A tiny GPT-2 with no end-of-text token: it streams until max_tokens."""
+    """A small GPT-2 with no end-of-text token: it streams until max_tokens. Sixteen layers make
+    1,000 tokens take seconds, so the stream is still running when a client that lags on a
+    loaded machine disconnects or cancels (two layers finished before the cancel once)."""
     directory = tmp_path_factory.mktemp("lm")
     path = directory / "lm.zip"
-    path.write_bytes(zipped(build_gpt2(directory / "model", eos=False, n_positions=1024)))
+    model = build_gpt2(directory / "model", eos=False, n_positions=1024, n_layer=16)
+    path.write_bytes(zipped(model))
     return path
 
 
