@@ -22,30 +22,31 @@ access_log = logging.getLogger("sluice.access")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-class RequestLogMiddleware(MiddlewareMixin):
-    """Assigns a request id (or keeps a sane incoming ``X-Request-ID``) and logs one line per
-    request: id, method, path, status, duration and tenant. Keys are never logged."""
+def begin_request(request: HttpRequest) -> None:
+    """Give the request its id (a sane incoming ``X-Request-ID``, else a new one) and start
+    its clock."""
+    incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+    rid = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+    request.request_id = rid  # type: ignore[attr-defined]
+    request._sluice_started = time.perf_counter()  # type: ignore[attr-defined]
+    request_id_var.set(rid)
 
-    def process_request(self, request: HttpRequest) -> None:
-        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
-        rid = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
-        request.request_id = rid  # type: ignore[attr-defined]
-        request._sluice_started = time.perf_counter()  # type: ignore[attr-defined]
-        request_id_var.set(rid)
 
-    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        rid = getattr(request, "request_id", None)
-        if rid is None:
-            return response
-        response["X-Request-ID"] = rid
-        tenant = getattr(request, "tenant", None)
-        seconds = time.perf_counter() - request._sluice_started  # type: ignore[attr-defined]
-        metrics.observe_request(
-            asgi=isinstance(request, ASGIRequest),
-            method=str(request.method),
-            status=response.status_code,
-            seconds=seconds,
-        )
+def finish_request(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """Name the request id in the answer, count the request and log its one line."""
+    rid = getattr(request, "request_id", None)
+    if rid is None:
+        return response
+    response["X-Request-ID"] = rid
+    tenant = getattr(request, "tenant", None)
+    seconds = time.perf_counter() - request._sluice_started  # type: ignore[attr-defined]
+    metrics.observe_request(
+        asgi=isinstance(request, ASGIRequest),
+        method=str(request.method),
+        status=response.status_code,
+        seconds=seconds,
+    )
+    if access_log.isEnabledFor(logging.INFO):
         extra: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
@@ -54,7 +55,27 @@ class RequestLogMiddleware(MiddlewareMixin):
             "tenant": getattr(tenant, "slug", None),
         }
         access_log.info("%s %s %s", request.method, request.path, response.status_code, extra=extra)
-        return response
+    return response
+
+
+def add_ratelimit_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """The ``RateLimit-*`` headers of whichever limit (IP, key, tenant) was tightest."""
+    usage: ratelimit.Usage | None = getattr(request, "_sluice_ratelimit", None)
+    if usage is not None:
+        for name, value in ratelimit.headers_for(usage).items():
+            response.setdefault(name, value)
+    return response
+
+
+class RequestLogMiddleware(MiddlewareMixin):
+    """Assigns a request id (or keeps a sane incoming ``X-Request-ID``) and logs one line per
+    request: id, method, path, status, duration and tenant. Keys are never logged."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        begin_request(request)
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return finish_request(request, response)
 
 
 class ApiBodyLimitMiddleware(MiddlewareMixin):
@@ -107,8 +128,4 @@ class ApiIpRateLimitMiddleware(MiddlewareMixin):
         return None
 
     def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        usage: ratelimit.Usage | None = getattr(request, "_sluice_ratelimit", None)
-        if usage is not None:
-            for name, value in ratelimit.headers_for(usage).items():
-                response.setdefault(name, value)
-        return response
+        return add_ratelimit_headers(request, response)

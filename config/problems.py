@@ -144,6 +144,23 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+def exception_response(request: HttpRequest, exc: Exception) -> JsonResponse:
+    """An error raised outside a REST framework view (SSE and media start-up, the express
+    inference lane) as the same problem+json, status and headers a view would answer with.
+    Re-raises what the handler does not know (an unexpected error: a 500)."""
+    response = drf_exception_handler(exc, {"request": None})
+    if response is None:
+        raise exc
+    body = dict(response.data)
+    body["instance"] = request.path
+    out = JsonResponse(body, status=response.status_code, content_type=PROBLEM_CONTENT_TYPE)
+    if response.has_header("Retry-After"):
+        out["Retry-After"] = response["Retry-After"]
+    if response.status_code == 401:
+        out["WWW-Authenticate"] = 'Bearer realm="sluice"'
+    return out
+
+
 def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     """Unknown API paths answer problem+json even with DEBUG on, where Django would answer
     an API client with its HTML technical 404 page."""

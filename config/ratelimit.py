@@ -5,7 +5,7 @@ cache, so every web process shares them); this module adds what it lacks for an 
 numbers for the ``RateLimit-*`` headers, a 429 instead of its 403, one decision for a dead
 counter store (``RATELIMIT_FAIL_OPEN``: let requests through and log, or refuse with 503), and
 speed: on Redis, all the counters of one step (:func:`hit_many`: tenant, key and monthly quota,
-or the per-IP counter) are counted in ONE pipelined round trip (``INCR`` + ``EXPIRE … NX``
+or the per-IP counter) are counted in ONE round trip (a Lua script: ``INCR`` + ``EXPIRE … NX``
 each) instead of django-ratelimit's two or three round trips per counter. Other caches (the
 embedded default's local memory) go through django-ratelimit itself.
 """
@@ -110,47 +110,63 @@ def _usage(check: Check, count: int, window: int) -> Usage:
     )
 
 
+# Every counter of one step in one command: INCR, and a time to live where the key has none
+# (EXPIRE … NX: Redis 7). One EVALSHA costs the client a fraction of packing and parsing two
+# commands per counter in a pipeline.
+_COUNT_LUA = """
+local counts = {}
+for i, name in ipairs(KEYS) do
+  counts[i] = redis.call('INCR', name)
+  redis.call('EXPIRE', name, ARGV[i], 'NX')
+end
+return counts
+"""
+
+
 def _count_on_redis(
     cache: RedisCache, checks: Sequence[Check], counters: Sequence[Counter]
 ) -> tuple[list[Usage | None] | None, list[int | None]]:
     windows = []
-    pipe = _client(cache).pipeline(transaction=False)
+    names: list[str] = []
+    ttls: list[int] = []
     for check in checks:
         _, period = _split_rate(check.rate)
         window = _get_window(check.value, period)
         windows.append(window)
-        name = cache.make_key(_make_cache_key(check.group, window, check.rate, check.value, ALL))
-        pipe.incr(name)
-        pipe.expire(name, period + EXPIRATION_FUDGE, nx=True)
+        names.append(
+            cache.make_key(_make_cache_key(check.group, window, check.rate, check.value, ALL))
+        )
+        ttls.append(period + EXPIRATION_FUDGE)
     for counter in counters:
-        name = cache.make_key(counter.key)
-        pipe.incr(name)
-        pipe.expire(name, counter.timeout, nx=True)
+        names.append(cache.make_key(counter.key))
+        ttls.append(counter.timeout)
+    if not names:
+        return [], []
     try:
-        results = pipe.execute()
+        results = _count_script(cache)(keys=names, args=ttls)
     except (RedisError, OSError):
-        log.exception("rate-limit store unreachable", extra={"group": "pipeline"})
+        log.exception("rate-limit store unreachable", extra={"group": "script"})
         return None, [None] * len(counters)
     usages: list[Usage | None] = [
-        _usage(check, int(results[2 * n]), windows[n]) for n, check in enumerate(checks)
+        _usage(check, int(results[n]), windows[n]) for n, check in enumerate(checks)
     ]
-    offset = 2 * len(checks)
-    return usages, [int(results[offset + 2 * n]) for n in range(len(counters))]
+    offset = len(checks)
+    return usages, [int(results[offset + n]) for n in range(len(counters))]
 
 
 # Django's cache builds a new redis.Redis (with its ~170 response callbacks) for every operation;
 # on the hot path one per cache backend object (Django keeps one per thread) is enough.
-_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def _client(cache: RedisCache) -> Any:
-    """Django's own client for this cache (its pool, its timeouts), so CACHES stays the one
-    switch (tests point it at a dead server)."""
+def _count_script(cache: RedisCache) -> Any:
+    """The counting script on Django's own client for this cache (its pool, its timeouts), so
+    CACHES stays the one switch (tests point it at a dead server)."""
     backend = cache._cache  # type: ignore[attr-defined]
-    client = _clients.get(backend)
-    if client is None:
-        client = _clients[backend] = backend.get_client(write=True)
-    return client
+    script = _scripts.get(backend)
+    if script is None:
+        script = _scripts[backend] = backend.get_client(write=True).register_script(_COUNT_LUA)
+    return script
 
 
 def _count_in_cache(

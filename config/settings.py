@@ -135,6 +135,8 @@ else:
 
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"  # one Redis client per channel
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -189,6 +191,9 @@ INFERENCE_UPSTREAM_KEYS: dict[str, str] = {
 # How long a web process trusts its copy of a model's routing table and circuit states (a change
 # made in another process is seen within this; the process that made it sees it at once).
 INFERENCE_ROUTING_CACHE_SECONDS = env.float("INFERENCE_ROUTING_CACHE_SECONDS", default=1.0)
+# The WSGI process serves well-formed POST /v1/models/{name}/infer requests without the
+# middleware stack and DRF's request cycle, with the same answers (inference/express.py).
+INFERENCE_EXPRESS_LANE = env.bool("INFERENCE_EXPRESS_LANE", default=True)
 
 # --- Streams ----------------------------------------------------------------------------------
 STREAM_MAXLEN = env.int("STREAM_MAXLEN", default=10_000)  # events kept per stream

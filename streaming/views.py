@@ -26,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.problems import problem_response
+from config.problems import exception_response, problem_response
 from streaming import fanout, flow, services
 from streaming.log import END, GAP, Event, StreamLog, StreamMeta, StreamNotFound, get_log, valid_id
 from streaming.services import Lease
@@ -105,12 +105,7 @@ def authenticate_sse(request: HttpRequest, scope: str = "streams") -> KeyContext
 
 def refusal(request: HttpRequest, exc: exceptions.APIException) -> HttpResponseBase:
     """An authentication or limit refusal of an SSE view as problem+json."""
-    status = exc.status_code
-    headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if status == 401 else {}
-    wait = getattr(exc, "wait", None)
-    if wait:
-        headers["Retry-After"] = str(int(wait))
-    return problem_response(status, detail=str(exc.detail), instance=request.path, headers=headers)
+    return exception_response(request, exc)
 
 
 def resume_after(request: HttpRequest) -> tuple[str | None, HttpResponseBase | None]:

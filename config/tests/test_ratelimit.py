@@ -125,7 +125,7 @@ def test_it_does_not_bill_the_quota_for_a_refused_request(api, tenant):
     assert cache.get(quota_counter(tenant.pk).key) == 1
 
 
-def test_it_counts_all_limits_of_a_request_in_two_redis_round_trips(tenant, client_for, settings):
+def test_it_counts_all_limits_of_a_request_in_two_redis_commands(tenant, client_for, settings):
     from django.core.cache import caches
     from django.core.cache.backends.redis import RedisCache
 
@@ -155,10 +155,17 @@ def test_it_counts_all_limits_of_a_request_in_two_redis_round_trips(tenant, clie
         mp.setattr(redis.Redis, "execute_command", command)
         response = client.get("/v1/tenant")
     assert response.status_code == 200
-    # The per-IP counter, then tenant + key + quota: INCR and EXPIRE NX each, no other command.
-    assert calls == ["pipeline of 2", "pipeline of 6"]
+    # The per-IP counter, then tenant + key + quota: one script each (INCR and EXPIRE NX per
+    # counter inside it), no other command.
+    assert calls == ["EVALSHA", "EVALSHA"]
     assert response["RateLimit-Limit"] == "40"
     assert response["RateLimit-Remaining"] == "38"
+    # Every counter expires: its window's (plus django-ratelimit's fudge), or the month's.
+    cache = caches["default"]
+    store = cache._cache.get_client(write=True)
+    patterns = [cache.make_key("rl:*"), cache.make_key(f"quota:{tenant.pk}:*")]
+    names = [name for pattern in patterns for name in store.scan_iter(match=pattern)]
+    assert len(names) >= 4 and all(store.ttl(name) > 0 for name in names)
 
 
 def test_it_fails_open_on_the_quota_when_redis_is_down_even_if_limits_fail_closed(

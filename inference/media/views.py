@@ -26,7 +26,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
 from config.exceptions import PayloadTooLarge
-from config.problems import PROBLEM_CONTENT_TYPE, drf_exception_handler, problem_response
+from config.problems import exception_response, problem_response
 from inference.engines import MediaInputError
 from inference.engines.audio import UNKNOWN_SIZE, read_wav, wav_header
 from inference.media import services
@@ -70,17 +70,7 @@ def _problem(request: HttpRequest, exc: Exception) -> HttpResponseBase:
     """Any error of the start-up path as the same problem+json DRF views answer."""
     if isinstance(exc, MediaInputError):
         return _input_problem(request, exc.code, exc.message, exc.status)
-    response = drf_exception_handler(exc, {"request": None})
-    if response is None:
-        raise exc
-    body = dict(response.data)
-    body["instance"] = request.path
-    out = JsonResponse(body, status=response.status_code, content_type=PROBLEM_CONTENT_TYPE)
-    if response.has_header("Retry-After"):
-        out["Retry-After"] = response["Retry-After"]
-    if response.status_code == 401:
-        out["WWW-Authenticate"] = 'Bearer realm="sluice"'
-    return out
+    return exception_response(request, exc)
 
 
 def _input_problem(request: HttpRequest, code: str, message: str, status: int) -> JsonResponse:

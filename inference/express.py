@@ -1,0 +1,202 @@
+"""The express lane: ``POST /v1/models/{name}/infer`` without the middleware stack and REST
+framework's request cycle, for the requests that need neither.
+
+On one CPU core Django's full stack (eleven middleware, then DRF's negotiation,
+authentication, permission, throttle and exception machinery) costs more than the whole
+budget of a unary request at the issue's target rate (docs/performance.md). The lane is a
+second Django WSGI handler with no middleware of its own, in front of the full one
+(``config.wsgi``). It serves a request only when it can give exactly the answer the full
+stack would; anything else is handed, unchanged and with its body, to the full stack:
+
+- Before Django builds the request (:func:`eligible`): the method, the path, no query string
+  (``?stream=true`` and friends), a JSON body of declared length within
+  ``API_MAX_BODY_BYTES``, a key or token presented, and none of what the skipped middleware
+  would act on (``Origin`` for CORS, ``X-Log-Stream``, a plain-HTTP request that
+  ``SECURE_SSL_REDIRECT`` would redirect).
+- After it (:func:`serve`): the credential verifies (the process's key cache: no query) and
+  has the ``infer`` scope, the tenant's plan allows the model, the model has a routing table,
+  and the body parses and passes the compiled check of well-formed input.
+
+From there the lane does what the skipped layers would: the request id and log line, the
+per-IP, tenant and key limits and the monthly quota (one round trip for all four, where the
+full stack spends two), the security and frame-options headers, the ``RateLimit-*``
+headers, and every later error (422 from the version's input schema, 429, 503, 504, 502)
+as the same problem+json. The inference itself is the same call as the view's
+(:func:`inference.serving.infer`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.handlers.exception import convert_exception_to_response
+from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.utils.cache import patch_vary_headers
+from rest_framework import exceptions
+
+from config import ratelimit
+from config.log import log_stream_var
+from config.middleware import add_ratelimit_headers, begin_request, finish_request
+from config.net import client_ip
+from config.problems import exception_response
+from inference import selectors, serving
+from inference.serializers import InferRequestSerializer
+from tenants.authentication import authenticate_credential, presented_credential
+from tenants.limits import enforce_plan
+
+PATH = re.compile(r"^/v1/models/(?P<name>[-a-zA-Z0-9_]+)/infer$")
+SCOPE = "infer"  # InferView.required_scope
+
+
+def eligible(environ: dict[str, Any]) -> bool:
+    """Whether the lane may take this request, from the WSGI environ alone (cheap: every
+    request of the process asks)."""
+    if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING"):
+        return False
+    if not PATH.match(environ.get("PATH_INFO", "")):
+        return False
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        return False
+    if "charset" in content_type.lower() and "utf-8" not in content_type.lower():
+        return False
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False
+    if not 0 < length <= settings.API_MAX_BODY_BYTES:
+        return False
+    if not (environ.get("HTTP_X_API_KEY") or environ.get("HTTP_AUTHORIZATION")):
+        return False
+    if "HTTP_ORIGIN" in environ or "HTTP_X_LOG_STREAM" in environ:
+        return False
+    return not settings.SECURE_SSL_REDIRECT or _secure(environ)
+
+
+def _secure(environ: dict[str, Any]) -> bool:
+    """What ``request.is_secure()`` will say (SECURE_PROXY_SSL_HEADER honoured)."""
+    header = settings.SECURE_PROXY_SSL_HEADER
+    if header is not None:
+        name, value = header
+        if name in environ:
+            return str(environ[name]).split(",")[0].strip() == value
+    return environ.get("wsgi.url_scheme") == "https"
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")  # as REST framework's strict JSON parser
+
+
+class ExpressHandler(WSGIHandler):
+    """Django's WSGI handler (request signals, the ``WSGIRequest``, response closing) with
+    :func:`serve` as its whole middleware chain; ``full`` answers what the lane hands over."""
+
+    def __init__(self, full: WSGIHandler) -> None:
+        self.full = full
+        super().__init__()
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # The lane's own chain: no middleware; serve() does what the lane needs of them.
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        # An unexpected error still gets the full stack's 500 problem (handler500) and log.
+        self._middleware_chain = convert_exception_to_response(self._serve)
+
+    def _serve(self, request: HttpRequest) -> HttpResponseBase:
+        return serve(request, self.full.get_response)
+
+
+def lane(full: WSGIHandler) -> Callable[..., Iterable[bytes]]:
+    """The project's WSGI application: the express lane in front of the full handler."""
+    express = ExpressHandler(full)
+
+    def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if eligible(environ):
+            return express(environ, start_response)
+        return full(environ, start_response)
+
+    return application
+
+
+_security = SecurityMiddleware(lambda request: HttpResponse())
+_frames = XFrameOptionsMiddleware(lambda request: HttpResponse())
+
+
+def serve(
+    request: HttpRequest, full: Callable[[HttpRequest], HttpResponseBase]
+) -> HttpResponseBase:
+    """Answer the request as the full stack would, or hand it to ``full``."""
+    assert isinstance(request, WSGIRequest)
+    match = PATH.match(request.path_info)
+    raw = presented_credential(request)
+    if match is None or raw is None:
+        return full(request)
+    try:
+        ctx = authenticate_credential(raw)  # revoked, expired, inactive tenant: 401
+    except exceptions.APIException:
+        return full(request)  # the per-IP limit counts failed credentials first
+    name = match["name"]
+    if not ctx.has_scope(SCOPE) or not ctx.tenant.allows_model(name):
+        return full(request)
+    table = selectors.routing_table(name)
+    if table is None:
+        return full(request)
+    try:
+        body = json.loads(request.body, parse_constant=_reject_constant)
+    except ValueError:
+        return full(request)
+    valid = InferRequestSerializer.fast(body)
+    if valid is None:
+        return full(request)
+
+    # From here the request is the lane's: it is counted, answered and logged here.
+    begin_request(request)
+    log_stream_var.set(None)  # a thread serves one request after another in one context
+    request.tenant = ctx.tenant  # type: ignore[attr-defined]
+    response: HttpResponseBase
+    try:
+        ip = ratelimit.Check("ip", client_ip(request), settings.RATELIMIT_IP_RATE)
+        enforce_plan(request, ctx, ip=ip)
+        answer = serving.infer(
+            model=table,
+            tenant=ctx.tenant,
+            data=valid["input"],
+            version=valid.get("version"),
+            timeout_ms=valid.get("timeout_ms"),
+        )
+    except exceptions.APIException as exc:
+        response = exception_response(request, exc)
+    else:
+        response = HttpResponse(
+            json.dumps(
+                {
+                    "id": answer.request_id,
+                    "object": "inference",
+                    "model": answer.model,
+                    "version": answer.version,
+                    "output": answer.output,
+                    "batch_size": answer.batch_size,
+                    "latency_ms": answer.latency_ms,
+                    "failed_over": answer.failed_over,
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            ),
+            content_type="application/json",
+        )
+        response["X-Sluice-Version"] = answer.version
+    # What REST framework's view and the skipped middleware would add to either answer.
+    response["Allow"] = "POST, OPTIONS"
+    patch_vary_headers(response, ("Accept", "origin"))
+    response = _security.process_response(request, response)
+    response = _frames.process_response(request, response)
+    add_ratelimit_headers(request, response)
+    return finish_request(request, response)
