@@ -73,8 +73,7 @@ asgi: $(VENV)/.installed-run
 worker: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config worker --loglevel INFO --queues $${CELERY_QUEUES:-celery,cpu,jobs} --pool threads --concurrency $${CELERY_CONCURRENCY:-4}
 
-# Batch job chunks: prefork (CPU-bound batches; a threads-pool worker on Redis stalls when its
-# prefetch window is full, see docs/jobs.md).
+# Batch job chunks: prefork (CPU-bound batches, see docs/jobs.md).
 worker-jobs: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config worker --loglevel INFO --queues jobs --pool prefork --concurrency $${CELERY_CONCURRENCY:-2}
 

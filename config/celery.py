@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import worker_init, worker_ready
 from prometheus_client import start_http_server
 
@@ -15,6 +16,42 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("sluice")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+class WakeLoop(bootsteps.StartStopStep):
+    """Work a pool thread hands to the worker's event loop wakes the loop at once.
+
+    A task that finishes in a *thread* pool acknowledges its message through
+    ``Consumer.call_soon``: the ack waits in the loop's ready list until the loop next wakes.
+    With ``task_acks_late`` and a full prefetch window nothing else wakes it (kombu's Redis
+    transport issues no ``BRPOP`` while the window is full), so the loop slept until its next
+    timer — kombu's 10 s ``maybe_restore_messages`` — with messages waiting. Measured: 16
+    concurrent unbatched requests stalled a 16-thread worker 10 s at a time. Here ``call_soon``
+    from any other thread also writes a byte to a pipe the loop watches
+    (``config.broker.Transport.wake_loop``).
+    """
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, parent: Any) -> None:
+        if parent.hub is None:  # no event loop (the solo pool)
+            return
+        schedule = parent.call_soon
+        loop_thread = threading.get_ident()
+
+        def call_soon(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            scheduled = schedule(callback, *args, **kwargs)
+            if threading.get_ident() != loop_thread:
+                transport = getattr(parent.connection, "transport", None)
+                wake = getattr(transport, "wake_loop", None)  # our Redis transport only
+                if wake is not None:
+                    wake()
+            return scheduled
+
+        parent.call_soon = call_soon
+
+
+app.steps["consumer"].add(WakeLoop)
 
 
 @worker_init.connect

@@ -63,3 +63,25 @@ def test_a_new_pool_gets_a_new_client(connection):
     channel._pool = None  # what kombu does when it drops its pools after a connection error
     with channel.conn_or_acquire() as after:
         assert after is not before and after.connection_pool is channel.pool
+
+
+def test_wake_loop_makes_the_event_loop_readable_from_another_thread(connection):
+    import select
+    import threading
+
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    try:
+        transport = connection.transport
+        transport.register_with_event_loop(connection.connection, hub)
+        read = transport._wake[0]
+        assert select.select([read], [], [], 0)[0] == []  # nothing pending
+        threading.Thread(target=transport.wake_loop).start()
+        assert select.select([read], [], [], 2)[0] == [read]  # woken from another thread
+        transport._drain_wake(read)
+        assert select.select([read], [], [], 0)[0] == []  # drained
+        transport.register_with_event_loop(connection.connection, hub)  # a reconnect
+        assert transport._wake[0] == read  # the same pipe: nothing a late writer could hit
+    finally:
+        hub.close()

@@ -192,3 +192,33 @@ def test_it_answers_504_and_drops_work_when_no_worker_is_fast_enough(stack, key,
         response = c.post("/v1/models/doubler/infer", json={"input": {"x": 1}, "timeout_ms": 200})
     assert response.status_code == 504
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, doubler) -> None:
+    """Unbatched requests outnumbering the worker's 8 threads fill its prefetch window; each
+    finished task must let the next message in at once (config.celery.WakeLoop), not after
+    kombu's 10 s timer."""
+    from inference.models import ModelVersion
+
+    ModelVersion.objects.filter(pk=doubler.pk).update(
+        runtime_options={"handler": "inference.tests.fakes.Doubler", "sleep": 0.05},
+        max_batch_size=1,
+    )
+
+    def one(x: int) -> float:
+        with httpx.Client(base_url=stack["base"], headers={"X-API-Key": key[1]}, timeout=30) as c:
+            started = time.monotonic()
+            response = c.post("/v1/models/doubler/infer", json={"input": {"x": x}})
+            assert response.status_code == 200, response.text
+            assert response.json()["output"] == {"y": 2 * x}
+            return time.monotonic() - started
+
+    one(0)  # the version is loaded and warm
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        waits = list(pool.map(one, range(32)))
+    took = time.monotonic() - started
+    print(f"32 requests over 8 worker threads: {took:.2f} s, slowest {max(waits):.2f} s")
+    # The version's batches run one at a time in the worker: 32 x 0.05 s. A window that stalls
+    # until kombu's timer adds 10 s (once per refill).
+    assert took < 8, stack["worker_log"].read_text()[-3000:]
