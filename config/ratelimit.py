@@ -95,7 +95,7 @@ def hit_many(
     for n, check in enumerate(active):
         usage = None if counts is None else counts[n]
         if usage is not None:
-            _remember(request, usage)
+            remember(request, usage)
         found[id(check)] = usage
     return [found.get(id(c)) for c in checks], values
 
@@ -110,48 +110,112 @@ def _usage(check: Check, count: int, window: int) -> Usage:
     )
 
 
-# Every counter of one step in one command: INCR, and a time to live where the key has none
-# (EXPIRE … NX: Redis 7). One EVALSHA costs the client a fraction of packing and parsing two
-# commands per counter in a pipeline.
+# Every counter of one step in one command: INCRBY, and a time to live where the key has none
+# (EXPIRE … NX: Redis 7). ARGV holds (amount, ttl) per key. One EVALSHA costs the client a
+# fraction of packing and parsing two commands per counter in a pipeline.
 _COUNT_LUA = """
 local counts = {}
 for i, name in ipairs(KEYS) do
-  counts[i] = redis.call('INCR', name)
-  redis.call('EXPIRE', name, ARGV[i], 'NX')
+  counts[i] = redis.call('INCRBY', name, ARGV[2 * i - 1])
+  redis.call('EXPIRE', name, ARGV[2 * i], 'NX')
 end
 return counts
 """
 
 
+def _key(cache: RedisCache, check: Check) -> tuple[str, int, int]:
+    """The counter of a check: its cache key, window start and time to live."""
+    _, period = _split_rate(check.rate)
+    window = _get_window(check.value, period)
+    name = cache.make_key(_make_cache_key(check.group, window, check.rate, check.value, ALL))
+    return name, window, period + EXPIRATION_FUDGE
+
+
 def _count_on_redis(
     cache: RedisCache, checks: Sequence[Check], counters: Sequence[Counter]
 ) -> tuple[list[Usage | None] | None, list[int | None]]:
-    windows = []
-    names: list[str] = []
-    ttls: list[int] = []
-    for check in checks:
-        _, period = _split_rate(check.rate)
-        window = _get_window(check.value, period)
-        windows.append(window)
-        names.append(
-            cache.make_key(_make_cache_key(check.group, window, check.rate, check.value, ALL))
-        )
-        ttls.append(period + EXPIRATION_FUDGE)
-    for counter in counters:
-        names.append(cache.make_key(counter.key))
-        ttls.append(counter.timeout)
-    if not names:
-        return [], []
-    try:
-        results = _count_script(cache)(keys=names, args=ttls)
-    except (RedisError, OSError):
+    counted = _count_batch_on_redis(cache, [(checks, counters)])
+    if counted is None:
         log.exception("rate-limit store unreachable", extra={"group": "script"})
         return None, [None] * len(counters)
-    usages: list[Usage | None] = [
-        _usage(check, int(results[n]), windows[n]) for n, check in enumerate(checks)
+    return counted[0]
+
+
+def _count_batch_on_redis(
+    cache: RedisCache, requests: Sequence[tuple[Sequence[Check], Sequence[Counter]]]
+) -> list[tuple[list[Usage | None], list[int | None]]] | None:
+    """Count many requests at once: one INCRBY per distinct counter, by the number of requests
+    that count on it. The n requests sharing a counter that ends at c are numbered
+    c - n + 1 … c in the order given, exactly as if each had made its own INCR. None when the
+    store failed."""
+    slots: dict[str, int] = {}  # counter name -> its position in KEYS
+    amounts: list[int] = []
+    ttls: list[int] = []
+    plan: list[tuple[list[tuple[int, int, Check, int]], list[tuple[int, int]]]] = []
+
+    def slot(name: str, ttl: int) -> tuple[int, int]:
+        """(position, this request's rank among the batch's requests on the counter)."""
+        at = slots.get(name)
+        if at is None:
+            at = slots[name] = len(amounts)
+            amounts.append(0)
+            ttls.append(ttl)
+        amounts[at] += 1
+        return at, amounts[at] - 1
+
+    for checks, counters in requests:
+        counted_checks = []
+        for check in checks:
+            name, window, ttl = _key(cache, check)
+            at, rank = slot(name, ttl)
+            counted_checks.append((at, rank, check, window))
+        plan.append((counted_checks, [slot(cache.make_key(c.key), c.timeout) for c in counters]))
+    if not amounts:
+        return [([], []) for _ in requests]
+    args: list[int] = []
+    for amount, ttl in zip(amounts, ttls, strict=True):
+        args += [amount, ttl]
+    try:
+        totals = _count_script(cache)(keys=list(slots), args=args)
+    except (RedisError, OSError):
+        return None
+
+    def value(at: int, rank: int) -> int:
+        return int(totals[at]) - amounts[at] + rank + 1
+
+    return [
+        (
+            [_usage(check, value(at, rank), window) for at, rank, check, window in checks],
+            [value(at, rank) for at, rank in counters],
+        )
+        for checks, counters in plan
     ]
-    offset = len(checks)
-    return usages, [int(results[offset + n]) for n in range(len(counters))]
+
+
+def hit_batch(
+    requests: Sequence[tuple[Sequence[Check], Sequence[Counter]]],
+) -> list[tuple[list[Usage | None], list[int | None]]]:
+    """:func:`hit_many` for many requests in ONE round trip (the express lane counts a web-side
+    batch of inference requests at once; ``inference.dispatch``). Redis only
+    (:func:`counts_in_batches`). The caller remembers each usage on its own request
+    (:func:`remember`)."""
+    if not settings.RATELIMIT_ENABLE:
+        requests = [([], counters) for _, counters in requests]
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    assert isinstance(cache, RedisCache)
+    counted = _count_batch_on_redis(cache, requests)
+    if counted is not None:
+        return counted
+    if any(checks for checks, _ in requests):
+        if not settings.RATELIMIT_FAIL_OPEN:
+            raise LimiterUnavailable("batch")
+        log.exception("rate-limit store unreachable; failing open", extra={"group": "batch"})
+    return [([None] * len(checks), [None] * len(counters)) for checks, counters in requests]
+
+
+def counts_in_batches() -> bool:
+    """Whether the counters live where :func:`hit_batch` can count them (Redis)."""
+    return isinstance(caches[settings.RATELIMIT_USE_CACHE], RedisCache)
 
 
 # Django's cache builds a new redis.Redis (with its ~170 response callbacks) for every operation;
@@ -224,7 +288,7 @@ def uncount(counters: Sequence[Counter]) -> None:
             log.exception("taking back a count failed", extra={"counter": counter.key})
 
 
-def _remember(request: HttpRequest, result: Usage) -> None:
+def remember(request: HttpRequest, result: Usage) -> None:
     """Keep the tightest limit seen for the response's RateLimit-* headers."""
     tightest: Usage | None = getattr(request, "_sluice_ratelimit", None)
     if (

@@ -26,19 +26,27 @@ from typing import Any
 from inference import backpressure
 from inference.replies import Waiter, inbox
 from inference.selectors import VersionRoute
+from tenants.limits import PlanTicket, settle
 
 log = logging.getLogger(__name__)
 
 
 class Pending:
-    """One request on its way into a batch."""
+    """One request on its way into a batch (``ticket``: its limits, counted with the batch)."""
 
-    __slots__ = ("arrived", "deadline", "error", "payload", "request_id", "sent", "wake")
+    __slots__ = ("arrived", "deadline", "error", "payload", "request_id", "sent", "ticket", "wake")
 
-    def __init__(self, request_id: str, payload: dict[str, Any], deadline: float) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        payload: dict[str, Any],
+        deadline: float,
+        ticket: PlanTicket | None = None,
+    ) -> None:
         self.request_id = request_id
         self.payload = payload
         self.deadline = deadline
+        self.ticket = ticket
         self.arrived = time.monotonic()
         self.sent = False  # its batch has gone (or it was refused: then ``error`` is set)
         self.error: BaseException | None = None
@@ -110,6 +118,7 @@ class Collector:
         now = time.time()
         # A request whose deadline passed while it waited is not sent; its thread answers 504.
         live = [p for p in batch if p.deadline > now]
+        live = self._count_limits(live)
         if not live:
             return False
         try:
@@ -150,6 +159,25 @@ class Collector:
         self.batches_sent += 1
         self.requests_sent += len(live)
         return True
+
+    @staticmethod
+    def _count_limits(live: list[Pending]) -> list[Pending]:
+        """Count the batch's limit tickets in one round trip; the requests a limit refuses
+        (``pending.error``: 429, or 503 when the counters are unreachable and failing closed)
+        take no queue slot."""
+        tickets = [p for p in live if p.ticket is not None]
+        if not tickets:
+            return live
+        try:
+            settle([p.ticket for p in tickets if p.ticket is not None])
+        except Exception as exc:  # noqa: BLE001 - every counted request gets it (503)
+            for p in tickets:
+                p.error = exc
+        else:
+            for p in tickets:
+                if p.ticket is not None and p.ticket.refusal is not None:
+                    p.error = p.ticket.refusal
+        return [p for p in live if p.error is None]
 
     def _answered(self) -> None:
         with self._lock:
@@ -211,12 +239,19 @@ def collector(route: VersionRoute) -> Collector:
 
 
 def call(
-    route: VersionRoute, payload: dict[str, Any], *, request_id: str, deadline: float
+    route: VersionRoute,
+    payload: dict[str, Any],
+    *,
+    request_id: str,
+    deadline: float,
+    ticket: PlanTicket | None = None,
 ) -> tuple[Waiter, Pending]:
-    """Put one request into its version's next batch. Raises what refused it (QueueFull,
-    a broker or Redis error); otherwise wait on the returned waiter for the answer."""
+    """Put one request into its version's next batch. Raises what refused it (QueueFull, a
+    limit of ``ticket``, a broker or Redis error); otherwise wait on the returned waiter for
+    the answer. ``ticket``: the request's limits, not counted yet — they are counted with the
+    batch, one round trip for all of its requests (the express lane)."""
     waiter = inbox.expect(request_id)
-    pending = Pending(request_id, payload, deadline)
+    pending = Pending(request_id, payload, deadline, ticket)
     try:
         collector(route).submit(pending)
     except BaseException:

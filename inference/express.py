@@ -18,10 +18,13 @@ stack would; anything else is handed, unchanged and with its body, to the full s
   and the body parses and passes the compiled check of well-formed input.
 
 From there the lane does what the skipped layers would: the request id and log line, the
-per-IP, tenant and key limits and the monthly quota (one round trip for all four, where the
-full stack spends two), the security and frame-options headers, the ``RateLimit-*``
-headers, and every later error (422 from the version's input schema, 429, 503, 504, 502)
-as the same problem+json. The inference itself is the same call as the view's
+per-IP, tenant and key limits and the monthly quota, the security and frame-options headers,
+the ``RateLimit-*`` headers, and every later error (422 from the version's input schema, 429,
+503, 504, 502) as the same problem+json. On Redis the four counters are counted with the
+request's web-side batch — one round trip for every request of the batch
+(``tenants.limits.settle`` in ``inference.dispatch``), with the decisions each request would
+have had alone — where the full stack spends two round trips per request; a request refused
+before its batch is counted then. The inference itself is the same call as the view's
 (:func:`inference.serving.infer`).
 """
 
@@ -49,7 +52,7 @@ from config.problems import exception_response
 from inference import selectors, serving
 from inference.serializers import InferRequestSerializer
 from tenants.authentication import authenticate_credential, presented_credential
-from tenants.limits import enforce_plan
+from tenants.limits import enforce_plan, plan_ticket, settle
 
 PATH = re.compile(r"^/v1/models/(?P<name>[-a-zA-Z0-9_]+)/infer$")
 SCOPE = "infer"  # InferView.required_scope
@@ -162,17 +165,28 @@ def serve(
     log_stream_var.set(None)  # a thread serves one request after another in one context
     request.tenant = ctx.tenant  # type: ignore[attr-defined]
     response: HttpResponseBase
+    ip = ratelimit.Check("ip", client_ip(request), settings.RATELIMIT_IP_RATE)
+    # On Redis the limits are counted with the request's web-side batch: one round trip for
+    # the whole batch (inference.dispatch); elsewhere now, for this request alone.
+    ticket = plan_ticket(ctx, ip=ip) if ratelimit.counts_in_batches() else None
     try:
-        ip = ratelimit.Check("ip", client_ip(request), settings.RATELIMIT_IP_RATE)
-        enforce_plan(request, ctx, ip=ip)
+        if ticket is None:
+            enforce_plan(request, ctx, ip=ip)
         answer = serving.infer(
             model=table,
             tenant=ctx.tenant,
             data=valid["input"],
             version=valid.get("version"),
             timeout_ms=valid.get("timeout_ms"),
+            limits=ticket,
         )
     except exceptions.APIException as exc:
+        if ticket is not None and not ticket.counted:
+            # Refused before its batch counted it (the version's input schema, no route, a
+            # deadline that passed in the batch): counted now, as the full stack's throttle
+            # would have before the view — and a limit's refusal comes first, as there.
+            settle([ticket])
+            exc = ticket.refusal or exc
         response = exception_response(request, exc)
     else:
         response = HttpResponse(
@@ -196,6 +210,8 @@ def serve(
     # What REST framework's view and the skipped middleware would add to either answer.
     response["Allow"] = "POST, OPTIONS"
     patch_vary_headers(response, ("Accept", "origin"))
+    for usage in ticket.usages if ticket is not None else ():
+        ratelimit.remember(request, usage)
     response = _security.process_response(request, response)
     response = _frames.process_response(request, response)
     add_ratelimit_headers(request, response)

@@ -41,6 +41,7 @@ from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import UpstreamError
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
+from tenants.limits import PlanTicket
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,12 @@ def infer(
     data: dict[str, Any],
     version: str | None = None,
     timeout_ms: int | None = None,
+    limits: PlanTicket | None = None,
 ) -> Answer:
     """Answer one request (web side). ``model`` is a Model row or its routing table; either
-    way routing reads this process's routing table (``INFERENCE_ROUTING_CACHE_SECONDS``)."""
+    way routing reads this process's routing table (``INFERENCE_ROUTING_CACHE_SECONDS``).
+    ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
+    they refuse it); None when the caller counted them already."""
     started = time.perf_counter()
     # Always our own id: the reply channel must not be addressable by a client-chosen id.
     request_id = uuid.uuid4().hex
@@ -132,7 +136,9 @@ def infer(
     deadline = _deadline(timeout_ms)
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
     try:
-        waiter, _ = dispatch.call(chosen, payload, request_id=request_id, deadline=deadline)
+        waiter, _ = dispatch.call(
+            chosen, payload, request_id=request_id, deadline=deadline, ticket=limits
+        )
     except backpressure.QueueFull as exc:
         full = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
         full.wait = retry_after  # type: ignore[attr-defined]

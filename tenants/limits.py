@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.http import HttpRequest
@@ -14,6 +15,7 @@ from rest_framework.throttling import BaseThrottle
 
 from config import ratelimit
 from config.exceptions import ServiceUnavailable
+from tenants.models import Tenant
 from tenants.selectors import KeyContext
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,60 @@ def quota_counter(tenant_id: int) -> ratelimit.Counter:
     )
 
 
+@dataclass
+class PlanTicket:
+    """One request's limits — the per-IP limit if the caller counts it, the tenant's and the
+    key's requests per minute, the monthly quota — ready to be counted now
+    (:func:`enforce_plan`) or with the request's batch (:func:`settle`). After counting:
+    ``usages`` (for the ``RateLimit-*`` headers) and ``refusal`` (what to answer instead)."""
+
+    tenant: Tenant
+    checks: list[ratelimit.Check]
+    quota: list[ratelimit.Counter]
+    ip: ratelimit.Check | None = None
+    usages: list[ratelimit.Usage] = field(default_factory=list)
+    refusal: exceptions.APIException | None = None
+    counted: bool = False
+
+
+def plan_ticket(ctx: KeyContext, *, ip: ratelimit.Check | None = None) -> PlanTicket:
+    tenant = ctx.tenant
+    checks = [ip] if ip is not None else []
+    checks.append(ratelimit.Check("tenant", str(tenant.pk), f"{tenant.requests_per_minute}/m"))
+    if ctx.requests_per_minute:
+        checks.append(ratelimit.Check("key", ctx.prefix, f"{ctx.requests_per_minute}/m"))
+    quota = [quota_counter(tenant.pk)] if tenant.monthly_request_quota else []
+    return PlanTicket(tenant, [c for c in checks if c.rate], quota, ip)
+
+
+def _judge(
+    ticket: PlanTicket, usages: list[ratelimit.Usage | None], used: list[int | None]
+) -> bool:
+    """Set the ticket's usages and refusal; whether the quota should be taken back (a limit
+    refused the request after the quota counted it)."""
+    ticket.counted = True
+    ticket.usages = [u for u in usages if u is not None]
+    for check, usage in zip(ticket.checks, usages, strict=False):  # none when limits are off
+        if usage is not None and usage.limited:
+            if check is ticket.ip:  # the middleware's wording (and no "Expected available in …")
+                refused = exceptions.Throttled(
+                    detail=f"More than {usage.limit} requests from this address in the window."
+                )
+                refused.wait = usage.reset  # type: ignore[attr-defined]
+                ticket.refusal = refused
+            else:
+                per_minute = check.rate.split("/")[0]
+                ticket.refusal = exceptions.Throttled(
+                    wait=usage.reset,
+                    detail=f"{check.group.capitalize()} limit of {per_minute}/min.",
+                )
+            return bool(ticket.quota) and used[0] is not None
+    quota = ticket.tenant.monthly_request_quota
+    if ticket.quota and used[0] is not None and used[0] > quota:
+        ticket.refusal = QuotaExceeded(wait=_seconds_to_month_end())
+    return False
+
+
 def enforce_plan(
     request: HttpRequest, ctx: KeyContext, *, ip: ratelimit.Check | None = None
 ) -> None:
@@ -49,32 +105,35 @@ def enforce_plan(
     ``ip``: the per-IP check, counted in the same round trip and checked first, for a path
     that skips the middleware which counts it (the express lane, inference.express).
     """
-    tenant = ctx.tenant
-    checks = [ip] if ip is not None else []
-    checks.append(ratelimit.Check("tenant", str(tenant.pk), f"{tenant.requests_per_minute}/m"))
-    if ctx.requests_per_minute:
-        checks.append(ratelimit.Check("key", ctx.prefix, f"{ctx.requests_per_minute}/m"))
-    quota = [quota_counter(tenant.pk)] if tenant.monthly_request_quota else []
+    ticket = plan_ticket(ctx, ip=ip)
     try:
-        usages, used = ratelimit.hit_many(request, checks, counters=quota)
+        usages, used = ratelimit.hit_many(request, ticket.checks, counters=ticket.quota)
     except ratelimit.LimiterUnavailable as exc:
         raise ServiceUnavailable("Rate limiting is unavailable; retry later.") from exc
-    for check, usage in zip(checks, usages, strict=True):
-        if usage is not None and usage.limited:
-            if quota and used[0] is not None:
-                ratelimit.uncount(quota)
-            per_minute = check.rate.split("/")[0]
-            if check is ip:  # the middleware's wording (and no "Expected available in …")
-                refused = exceptions.Throttled(
-                    detail=f"More than {usage.limit} requests from this address in the window."
-                )
-                refused.wait = usage.reset  # type: ignore[attr-defined]
-                raise refused
-            raise exceptions.Throttled(
-                wait=usage.reset, detail=f"{check.group.capitalize()} limit of {per_minute}/min."
-            )
-    if quota and used[0] is not None and used[0] > tenant.monthly_request_quota:
-        raise QuotaExceeded(wait=_seconds_to_month_end())
+    if _judge(ticket, usages, used):
+        ratelimit.uncount(ticket.quota)
+    if ticket.refusal is not None:
+        raise ticket.refusal
+
+
+def settle(tickets: list[PlanTicket]) -> None:
+    """Count many requests' tickets in one round trip (a web-side batch of the express lane;
+    Redis only, :func:`config.ratelimit.counts_in_batches`), with the same decisions as
+    :func:`enforce_plan` made per request; refused requests are taken back from the quota in
+    one more round trip, only when there are any."""
+    try:
+        counted = ratelimit.hit_batch([(t.checks, t.quota) for t in tickets])
+    except ratelimit.LimiterUnavailable:
+        for ticket in tickets:
+            ticket.counted = True
+            ticket.refusal = ServiceUnavailable("Rate limiting is unavailable; retry later.")
+        return
+    take_back: list[ratelimit.Counter] = []
+    for ticket, (usages, used) in zip(tickets, counted, strict=True):
+        if _judge(ticket, usages, used):
+            take_back += ticket.quota
+    if take_back:
+        ratelimit.uncount(take_back)
 
 
 class PlanThrottle(BaseThrottle):

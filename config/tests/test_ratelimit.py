@@ -183,3 +183,40 @@ def test_it_fails_open_on_the_quota_when_redis_is_down_even_if_limits_fail_close
     assert usages == [] and counts == [None]
     with pytest.raises(ratelimit.LimiterUnavailable):
         ratelimit.hit_many(request, [ratelimit.Check("tenant", "1", "5/m")])
+
+
+def test_a_batch_is_counted_as_if_each_request_had_counted_alone(tenant, settings):
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    from config import ratelimit
+    from tenants.limits import PlanTicket, settle
+
+    if not isinstance(caches["default"], RedisCache):
+        pytest.skip("batches are counted on Redis (PostgreSQL + Redis pass)")
+    tenant.monthly_request_quota = 100
+    tenant.save()
+    ip_a = ratelimit.Check("ip", "10.7.0.1", "3/h")
+    ip_b = ratelimit.Check("ip", "10.7.0.2", "3/h")
+    per_tenant = ratelimit.Check("tenant", str(tenant.pk), "4/m")
+    quota = ratelimit.Counter(key=f"quota:{tenant.pk}:batch-test", timeout=3600)
+    requests = [([ip_a, per_tenant], [quota]) for _ in range(3)] + [([ip_b, per_tenant], [quota])]
+    requests.append(([ip_a, per_tenant], [quota]))
+    counted = ratelimit.hit_batch(requests)
+    ip_counts = [usages[0].limit - usages[0].remaining for usages, _ in counted]
+    assert [usages[0].limited for usages, _ in counted] == [False, False, False, False, True]
+    assert ip_counts[:4] == [1, 2, 3, 1]
+    assert [usages[1].limited for usages, _ in counted] == [False, False, False, False, True]
+    assert [used[0] for _, used in counted] == [1, 2, 3, 4, 5]
+    # The same decisions as enforce_plan, and the refused request is taken back from the quota.
+    tickets = [
+        PlanTicket(tenant, [ip_a, per_tenant], [quota], ip=ip_a),
+        PlanTicket(tenant, [ip_b, per_tenant], [quota], ip=ip_b),
+    ]
+    settle(tickets)
+    assert tickets[0].refusal is not None and "address" in str(tickets[0].refusal.detail)
+    assert tickets[1].refusal is not None and "Tenant limit of 4/min" in str(
+        tickets[1].refusal.detail
+    )
+    assert all(t.counted and t.usages for t in tickets)
+    assert caches["default"].get(quota.key) == 5  # 5 + 2 counted, the 2 refused taken back
