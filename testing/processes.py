@@ -140,3 +140,53 @@ def gunicorn(port: int, *, threads: int = 4) -> list[str]:
         "-w",
         "1",
     ]
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: dict[str, str], *, queues: str, pool: str = "prefork", concurrency: int = 2
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery -A config worker`` until the block ends, once it says it is ready."""
+    log = tempfile.NamedTemporaryFile(suffix=".log")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--queues",
+            queues,
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env={**env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "WORKER_METRICS_PORT": "0"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready." not in Path(log.name).read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
