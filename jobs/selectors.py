@@ -70,9 +70,12 @@ class Cursor:
 
     @classmethod
     def parse(cls, token: str) -> Cursor:
-        """``<seq>-<task>`` (both non-negative integers); ValueError otherwise."""
+        """``<seq>-<task>`` (both non-negative integers that fit a database's bigint);
+        ValueError otherwise."""
         seq, dash, task = token.partition("-")
-        if not (dash and seq.isdigit() and task.isdigit()) or len(token) > 40:
+        if not (dash and seq.isascii() and seq.isdigit() and task.isascii() and task.isdigit()):
+            raise ValueError(f"not a results cursor: {token!r}")
+        if max(int(seq), int(task)) >= 2**63:
             raise ValueError(f"not a results cursor: {token!r}")
         return cls(int(seq), int(task))
 

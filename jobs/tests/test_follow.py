@@ -155,7 +155,8 @@ def test_dead_cancelled_and_replayed_tasks_get_lines(
 def test_a_cursor_token_round_trips_and_nothing_else_parses() -> None:
     assert Cursor.parse(Cursor(3, 17).token) == Cursor(3, 17)
     assert Cursor.parse("0-0") == Cursor()
-    for bad in ("", "3", "3-", "-3", "a-1", "1-b", "1-2-3", " 1-2", "1" * 40 + "-1"):
+    assert Cursor.parse(f"{2**63 - 1}-1") == Cursor(2**63 - 1, 1)
+    for bad in ("", "3", "3-", "-3", "a-1", "1-b", "1-2-3", " 1-2", "²-1", f"{2**63}-1"):
         with pytest.raises(ValueError, match="not a results cursor"):
             Cursor.parse(bad)
 
