@@ -117,14 +117,19 @@ def running_process(
             time.sleep(0.2)
         yield base, proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, grace=10)
         log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM to the process group, SIGKILL if it is still there after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def gunicorn(port: int, *, threads: int = 4) -> list[str]:
@@ -182,11 +187,5 @@ def celery_worker(
             time.sleep(0.2)
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, grace=15)
         log.close()
