@@ -386,6 +386,9 @@ JOBS_MAX_INPUTS = env.int("JOBS_MAX_INPUTS", default=1_000_000)
 JOBS_INSERT_BATCH = env.int("JOBS_INSERT_BATCH", default=5000)
 JOBS_IDEMPOTENCY_TTL_HOURS = env.int("JOBS_IDEMPOTENCY_TTL_HOURS", default=24)
 JOBS_INPUT_PREFIX = env.str("JOBS_INPUT_PREFIX", default="inputs")
+# A follower of a job's results (?follow=true) wakes on the job's progress events; when the
+# event stream is gone (expired, Redis down) it looks at the database this often instead.
+JOBS_FOLLOW_POLL_SECONDS = env.float("JOBS_FOLLOW_POLL_SECONDS", default=1.0)
 CELERY_TASK_ROUTES = {"jobs_*": {"queue": JOBS_QUEUE}}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Expires: a backlog of reconciler runs (workers were down) collapses into the next one.

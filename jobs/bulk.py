@@ -87,10 +87,11 @@ def claim(job_id: str, chunk: int, now: datetime, stale: datetime) -> list[Claim
     return [(r[0], r[1], r[2], r[3] + 1) for r in found]
 
 
-def write_results(results: Sequence[tuple[int, str, str]], now: datetime) -> int:
+def write_results(results: Sequence[tuple[int, str, str]], now: datetime, seq: int) -> int:
     """``(task id, result as JSON text, storage name or "")`` → succeeded, for tasks still
     open; returns how many rows changed (a task someone else finished already is not one).
-    A result stored under a name has ``null`` as its text and no result in the row."""
+    A result stored under a name has ``null`` as its text and no result in the row. ``seq``:
+    this commit's ``finish_seq`` (the caller holds the job's lock)."""
     if not results:
         return 0
     if fast():
@@ -108,11 +109,11 @@ def write_results(results: Sequence[tuple[int, str, str]], now: datetime) -> int
                 """
                 UPDATE jobs_task AS t
                    SET status = 'succeeded', result = CASE WHEN v.ref = '' THEN v.result END,
-                       result_ref = v.ref, last_error = '', finished_at = %s
+                       result_ref = v.ref, last_error = '', finished_at = %s, finish_seq = %s
                   FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, result jsonb, ref text)
                  WHERE t.id = v.id AND t.status IN ('queued', 'running')
                 """,
-                [now, payload],
+                [now, seq, payload],
             )
             return int(cursor.rowcount)
     return int(
@@ -134,5 +135,6 @@ def write_results(results: Sequence[tuple[int, str, str]], now: datetime) -> int
             ),
             last_error="",
             finished_at=now,
+            finish_seq=seq,
         )
     )

@@ -36,6 +36,7 @@ class TaskStatus(models.TextChoices):
 
 
 OPEN_TASK = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+FINISHED_TASK = (TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED)
 
 
 class Job(models.Model):
@@ -66,6 +67,8 @@ class Job(models.Model):
     # Chunks [0, next_chunk) have been sent to the broker at least once (windowed dispatch).
     next_chunk = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
+    # Numbers the commits that finish tasks of this job (see Task.finish_seq): the last one's.
+    finish_seq = models.PositiveIntegerField(default=0)
     options = models.JSONField(default=dict, blank=True)
     model_seconds = models.FloatField(default=0, help_text="Time spent inside the model.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -128,6 +131,12 @@ class Task(models.Model):
     not_before = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The number of the commit that finished it (the job's finish_seq then). Every such commit
+    # holds the job's row lock, so the numbers are handed out in commit order: a reader that
+    # has seen every row up to (finish_seq, id) can never later find a row below that, as it
+    # could with finished_at (a timestamp taken before a commit that lands after later ones).
+    # 0 for tasks not finished yet, and for those finished before the column existed.
+    finish_seq = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ("job", "index")
@@ -140,6 +149,13 @@ class Task(models.Model):
                 fields=["job", "status"],
                 name="jobs_task_dead",
                 condition=models.Q(status="dead"),
+            ),
+            # Following a job's results in commit order (jobs.selectors.results_after). Rows
+            # enter it when they finish, so inserting a job's tasks does not touch it.
+            models.Index(
+                fields=["job", "finish_seq", "id"],
+                name="jobs_task_finished",
+                condition=models.Q(status__in=["succeeded", "dead", "cancelled"]),
             ),
         ]
 

@@ -202,10 +202,13 @@ def commit(job_id: str, chunk: int, outcome: Outcome, attempts: dict[int, int]) 
         # only the one that completes the job may finalize it.
         job = Job.objects.select_for_update().get(pk=job_id)
         open_rows = Task.objects.filter(status__in=OPEN_TASK)
+        # Under the job's lock, so these numbers follow commit order (Task.finish_seq).
+        seq = job.finish_seq + 1
         written = bulk.write_results(
             [(tid, raw, "") for tid, raw in outcome.ok.items()]
             + [(tid, "null", ref) for tid, ref in outcome.refs.items()],
             now,
+            seq,
         )
         dead = 0
         retry_delays: list[float] = []
@@ -214,7 +217,7 @@ def commit(job_id: str, chunk: int, outcome: Outcome, attempts: dict[int, int]) 
             attempt = attempts[task_id]
             if task_id in outcome.invalid or attempt >= job.max_attempts:
                 dead += open_rows.filter(id=task_id).update(
-                    status=TaskStatus.DEAD, last_error=error, finished_at=now
+                    status=TaskStatus.DEAD, last_error=error, finished_at=now, finish_seq=seq
                 )
             else:
                 delay = backoff_seconds(attempt)
@@ -231,6 +234,9 @@ def commit(job_id: str, chunk: int, outcome: Outcome, attempts: dict[int, int]) 
         job.model_seconds += outcome.model_seconds
         job.progressed_at = now
         fields = ["succeeded", "failed", "model_seconds", "progressed_at"]
+        if written or dead:
+            job.finish_seq = seq
+            fields.append("finish_seq")
         to_send: list[int] = []
         if job.next_chunk < job.chunks and job.is_active:
             to_send = [job.next_chunk]

@@ -5,7 +5,8 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from jobs.models import Job, Task
+from jobs.models import FINISHED_TASK, Job, Task
+from jobs.selectors import Cursor
 
 
 class JobOptionsSerializer(serializers.Serializer):
@@ -95,6 +96,39 @@ class TaskResultSerializer(serializers.ModelSerializer):
         from jobs.selectors import task_result
 
         return task_result(obj.result, obj.result_ref)
+
+
+class ResultsQuerySerializer(serializers.Serializer):
+    """The query of ``GET /v1/jobs/{id}/results`` that is checked: ``follow`` and what only a
+    follower may ask (``after``; ``status`` must then be a finished one)."""
+
+    follow = serializers.BooleanField(default=False)
+    after = serializers.CharField(required=False)
+    status = serializers.CharField(required=False, allow_blank=True)
+
+    def validate_after(self, value: str) -> Cursor:
+        try:
+            return Cursor.parse(value)
+        except ValueError:
+            raise serializers.ValidationError(
+                "Expected a line's cursor, <seq>-<task>.", code="invalid"
+            ) from None
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs["follow"]:
+            if "after" in attrs:
+                raise serializers.ValidationError({"after": ["Only with follow=true."]})
+            return attrs
+        status = attrs.get("status") or None
+        if status is not None and status not in FINISHED_TASK:
+            raise serializers.ValidationError(
+                {
+                    "status": [
+                        f"A follower sees finished tasks only: one of {', '.join(FINISHED_TASK)}."
+                    ]
+                }
+            )
+        return attrs
 
 
 class DeadTaskSerializer(serializers.ModelSerializer):

@@ -185,13 +185,16 @@ def job_cancel(*, job: Job) -> Job:
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.status not in ACTIVE_JOB:
             raise JobConflict(f"The job is already {locked.status}.")
+        # Under the job's lock: this commit's number follows every earlier one's.
         cancelled = Task.objects.filter(job=locked, status=TaskStatus.QUEUED).update(
-            status=TaskStatus.CANCELLED, finished_at=now
+            status=TaskStatus.CANCELLED, finished_at=now, finish_seq=locked.finish_seq + 1
         )
+        if cancelled:
+            locked.finish_seq += 1
         locked.cancelled += cancelled
         locked.status = JobStatus.CANCELLED
         locked.finished_at = now
-        locked.save(update_fields=["cancelled", "status", "finished_at"])
+        locked.save(update_fields=["cancelled", "status", "finished_at", "finish_seq"])
         transaction.on_commit(lambda: events.publish_end(locked))
     return locked
 

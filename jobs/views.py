@@ -8,9 +8,16 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -20,16 +27,21 @@ from rest_framework.views import APIView
 
 from config.problems import problem_response
 from inference import selectors as inference_selectors
+from inference.streams import TooManyStreams
 from jobs import inputs, selectors, services
+from jobs.feed import Feed, lines_async, lines_sync
 from jobs.models import IdempotencyKey, Job, JobStatus, Task
+from jobs.selectors import Cursor
 from jobs.serializers import (
     DeadTaskSerializer,
     JobCreateSerializer,
     JobSerializer,
     ReplaySerializer,
+    ResultsQuerySerializer,
     TaskResultSerializer,
 )
 from streaming.log import END, Event, get_log
+from streaming.services import stream_slot_release, stream_slot_take
 from streaming.views import authenticate_sse, refusal, resume_after, sse_frame, sse_response
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedMixin, for_request
@@ -177,22 +189,68 @@ class ResultsPagination(CursorPagination):
 
 class JobResultsView(APIView):
     """Results in index order: paginated JSON, or every one as NDJSON (``Accept:
-    application/x-ndjson`` or ``?format=ndjson``) streamed from a server-side cursor."""
+    application/x-ndjson`` or ``?format=ndjson``) streamed from a server-side cursor. With
+    ``follow=true`` (NDJSON only) the response stays open and sends each task's line as it
+    finishes, in commit order, until the job is no longer active (jobs.feed)."""
 
     required_scope = "jobs"
 
     @extend_schema(
-        responses=TaskResultSerializer(many=True),
+        responses={
+            200: OpenApiResponse(
+                TaskResultSerializer(many=True),
+                description=(
+                    "Paginated JSON; with NDJSON one line per task, `{task, index, status, "
+                    "result}` or `{task, index, status, error, attempts}`; with follow=true "
+                    "each line also has its `cursor`, and blank lines are heartbeats."
+                ),
+            )
+        },
         parameters=[
-            OpenApiParameter("status", str, required=False),
+            OpenApiParameter(
+                "status",
+                str,
+                required=False,
+                description="Only tasks of this status (with follow: succeeded, dead or "
+                "cancelled).",
+            ),
             OpenApiParameter("format", str, required=False, enum=["json", "ndjson"]),
+            OpenApiParameter(
+                "follow",
+                OpenApiTypes.BOOL,
+                required=False,
+                description="NDJSON only: keep the response open and send each task's line "
+                "as it finishes (commit order), ending when the job has ended and every line "
+                "is sent. A blank line every SSE_HEARTBEAT_SECONDS while none is sent.",
+            ),
+            OpenApiParameter(
+                "after",
+                str,
+                required=False,
+                description="With follow: resume after the line with this `cursor` "
+                "(`<seq>-<task>`), with no gap and no duplicate.",
+            ),
         ],
     )
     def get(self, request: Request, job_id: str) -> HttpResponseBase:
         job = _job(request, job_id)
-        status = request.query_params.get("status") or None
+        query = ResultsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        status = query.validated_data.get("status") or None
         wants = request.query_params.get("format") or ""
-        if wants == "ndjson" or (not wants and NDJSON in request.headers.get("Accept", "")):
+        ndjson = wants == "ndjson" or (not wants and NDJSON in request.headers.get("Accept", ""))
+        if query.validated_data["follow"]:
+            if not ndjson:
+                raise exceptions.ValidationError(
+                    {
+                        "follow": [
+                            "Only with NDJSON (format=ndjson or Accept: application/x-ndjson)."
+                        ]
+                    }
+                )
+            after = query.validated_data.get("after") or Cursor()
+            return _follow(request, job, after=after, status=status)
+        if ndjson:
             response = StreamingHttpResponse(
                 selectors.results_ndjson(job, status=status), content_type=NDJSON
             )
@@ -208,6 +266,29 @@ class JobResultsView(APIView):
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # ?format=ndjson is ours, not a renderer name.
         return super().perform_content_negotiation(request, force=True)
+
+
+def _follow(request: Request, job: Job, *, after: Cursor, status: str | None) -> HttpResponseBase:
+    """A follower holds one of the tenant's concurrent-stream slots (a staff session none),
+    given back when the response is closed, whether it ended or the client left."""
+    lease = None
+    if isinstance(request.auth, KeyContext):
+        lease = stream_slot_take(request.auth.tenant)
+        if lease is None:
+            raise TooManyStreams(wait=1)
+    feed = Feed(job.pk, job.stream_id, after=after, status=status)
+    raw = request._request
+    asgi = isinstance(raw, ASGIRequest)
+    content = lines_async(feed, getattr(raw, "scope", {})) if asgi else lines_sync(feed)
+    response = StreamingHttpResponse(content, content_type=NDJSON)
+    if lease is not None:
+        held = lease
+        response._resource_closers.append(  # type: ignore[attr-defined]
+            lambda: stream_slot_release(held)
+        )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx passes each line on at once
+    return response
 
 
 class DeadTaskListView(TenantScopedMixin, generics.ListAPIView):

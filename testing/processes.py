@@ -117,14 +117,19 @@ def running_process(
             time.sleep(0.2)
         yield base, proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, grace=10)
         log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM to the process group, SIGKILL if it is still there after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def gunicorn(port: int, *, threads: int = 4) -> list[str]:
@@ -140,3 +145,47 @@ def gunicorn(port: int, *, threads: int = 4) -> list[str]:
         "-w",
         "1",
     ]
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: dict[str, str], *, queues: str, pool: str = "prefork", concurrency: int = 2
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery -A config worker`` until the block ends, once it says it is ready."""
+    log = tempfile.NamedTemporaryFile(suffix=".log")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--queues",
+            queues,
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env={**env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "WORKER_METRICS_PORT": "0"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready." not in Path(log.name).read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        stop(proc, grace=15)
+        log.close()
