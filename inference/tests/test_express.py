@@ -357,6 +357,7 @@ def test_concurrent_requests_are_counted_exactly_against_the_plan(stack, digits,
     settings.RATELIMIT_IP_RATE = "1000/h"
     tenant = TenantFactory(slug="busy", name="Busy", requests_per_minute=5)
     raw = make_key(tenant)[1]
+
     def one(n: int) -> Answer:
         try:
             return stack.post(stack.lane, body=_input(n), HTTP_X_API_KEY=raw)
