@@ -128,6 +128,7 @@ class RoutingTable:
     Duck-types as a :class:`Model` for ``serving.infer`` (``name``, ``sticky_routing``)."""
 
     name: str
+    task: str
     sticky_routing: bool
     candidates: tuple[Candidate, ...]
     versions: dict[int, VersionRoute]
@@ -150,6 +151,7 @@ def routing_table_build(model: Model) -> RoutingTable:
     """The table of a model whose versions are prefetched (``_with_versions``)."""
     return RoutingTable(
         name=model.name,
+        task=model.task,
         sticky_routing=model.sticky_routing,
         candidates=tuple(candidates(model)),
         versions={

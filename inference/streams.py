@@ -40,7 +40,8 @@ from inference.models import Model
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import Item, UpstreamError
-from inference.schema import validate_input
+from inference.schema import validate_input, validate_with
+from inference.selectors import RoutingTable
 from streaming.log import StreamNotFound, get_log
 from tenants.models import Tenant
 
@@ -73,7 +74,7 @@ def _deadline(timeout_ms: int | None) -> float:
 
 def stream_start(
     *,
-    model: Model,
+    model: Model | RoutingTable,
     tenant: Tenant | None,
     kind: str,
     items: list[dict[str, Any]],
@@ -84,26 +85,34 @@ def stream_start(
 
     ``items``: one input for ``text``/``chat`` (and a single ``analysis`` input), up to
     ``MAX_ITEMS`` for ``analysis``. Raises the same API errors as unary inference (422 naming
-    the field, 503 queue full or no version)."""
+    the field, 503 queue full or no version). ``model`` is a Model row or its routing table;
+    either way routing reads this process's routing table, as unary inference does (no SQL
+    while it is fresh)."""
     if kind not in KINDS:
         raise ValueError(f"unknown stream kind {kind!r}")
-    sticky_key = str(tenant.pk) if (tenant is not None and model.sticky_routing) else None
+    table = model if isinstance(model, RoutingTable) else selectors.routing_table(model.name)
+    if table is None:
+        raise serving.ModelUnavailable(f"{model.name} has no version taking traffic")
+    sticky_key = str(tenant.pk) if (tenant is not None and table.sticky_routing) else None
     try:
         plan = route(
-            model.name,
-            selectors.candidates(model),
+            table.name,
+            table.candidates,
             version=version,
             sticky_key=sticky_key,
             breaker=CircuitBreaker(),
         )
     except NoRoute as exc:
         raise serving.ModelUnavailable(str(exc)) from exc
-    chosen = selectors.version_of(model, plan.primary.id)
+    chosen = table.versions[plan.primary.id]
     payloads = []
     field = "input" if kind != ANALYSIS or len(items) == 1 else "inputs"
     for index, item in enumerate(items):
         try:
-            payloads.append(validate_input(chosen.input_schema, item))
+            if chosen.validator is not None and isinstance(item, dict):
+                payloads.append(validate_with(chosen.validator, item, chosen.fast_validator))
+            else:
+                payloads.append(validate_input(chosen.input_schema, item))
         except exceptions.ValidationError as exc:
             key = field if field == "input" else f"inputs[{index}]"
             raise exceptions.ValidationError({key: exc.detail}) from exc
@@ -117,11 +126,16 @@ def stream_start(
         try:
             from inference.tasks import inference_stream
 
-            inference_stream.apply_async(
-                args=(chosen.pk, kind, payloads, stream_id, deadline, chosen.queue),
+            inference_stream.apply_async(  # type: ignore[call-arg]  # stubs lack the options
+                args=(chosen.id, kind, payloads, stream_id, deadline, chosen.queue),
                 queue=chosen.queue,
                 task_id=stream_id,
                 expires=max(1.0, deadline - time.time()),
+                # As the unary batches (inference.dispatch.enqueue_batch): monitors see a
+                # summary, not the inputs, and the queue is not declared again per message.
+                argsrepr=f"(version={chosen.id}, kind={kind}, items={len(payloads)})",
+                kwargsrepr="{}",
+                declare=[],
             )
         except BaseException:
             backpressure.release(chosen.queue, stream_id)
@@ -136,7 +150,7 @@ def stream_start(
         down.wait = retry_after  # type: ignore[attr-defined]
         raise down from exc
     return Started(
-        stream_id=stream_id, model=model.name, version=chosen.version, kind=kind, deadline=deadline
+        stream_id=stream_id, model=table.name, version=chosen.version, kind=kind, deadline=deadline
     )
 
 

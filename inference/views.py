@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from inference import selectors, serving, streams
 from inference.models import Model
+from inference.selectors import RoutingTable
 from inference.serializers import (
     InferRequestSerializer,
     InferResponseSerializer,
@@ -58,7 +59,7 @@ def wants_stream(request: Request) -> bool:
 
 def start_streaming(
     request: Request,
-    model: Model,
+    model: Model | RoutingTable,
     *,
     kind: str,
     items: list[dict],
@@ -122,10 +123,10 @@ class InferView(APIView):
         ],
     )
     def post(self, request: Request, name: str) -> HttpResponseBase:
-        if wants_stream(request):
-            return self._stream(request, selectors.model_for_tenant(name, _tenant(request)))
         # The routing table, not the model row: no query while this process's copy is fresh.
         model = selectors.routing_table_for_tenant(name, _tenant(request))
+        if wants_stream(request):
+            return self._stream(request, model)
         valid = InferRequestSerializer.fast(request.data)
         if valid is None:
             body = InferRequestSerializer(data=request.data)
@@ -153,7 +154,7 @@ class InferView(APIView):
         response["X-Sluice-Version"] = answer.version
         return response
 
-    def _stream(self, request: Request, model: Model) -> HttpResponseBase:
+    def _stream(self, request: Request, model: RoutingTable) -> HttpResponseBase:
         body = StreamInferRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
