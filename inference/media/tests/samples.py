@@ -27,9 +27,13 @@ def _voice():  # type: ignore[no-untyped-def]
 @cache
 def speech_pcm(text: str) -> bytes:
     """``text`` spoken by piper, as 16 kHz mono 16-bit PCM with half a second of silence
-    around it."""
+    around it. Without piper's sampling noise, so the same text is the same audio every run
+    (with it, "today" was heard in some runs and not in others)."""
+    from piper import SynthesisConfig
+
     voice = _voice()
-    pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
+    still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, syn_config=still))
     return SILENCE_16K + resample(pcm, int(voice.config.sample_rate), 16000) + SILENCE_16K
 
 
