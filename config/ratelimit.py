@@ -136,7 +136,7 @@ def _count_on_redis(
 ) -> tuple[list[Usage | None] | None, list[int | None]]:
     counted = _count_batch_on_redis(cache, [(checks, counters)])
     if counted is None:
-        log.exception("rate-limit store unreachable", extra={"group": "script"})
+        log.error("rate-limit store unreachable", extra={"group": "script"})
         return None, [None] * len(counters)
     return counted[0]
 
@@ -178,6 +178,7 @@ def _count_batch_on_redis(
     try:
         totals = _count_script(cache)(keys=list(slots), args=args)
     except (RedisError, OSError):
+        log.warning("rate-limit counting script failed", exc_info=True)
         return None
 
     def value(at: int, rank: int) -> int:
@@ -209,7 +210,7 @@ def hit_batch(
     if any(checks for checks, _ in requests):
         if not settings.RATELIMIT_FAIL_OPEN:
             raise LimiterUnavailable("batch")
-        log.exception("rate-limit store unreachable; failing open", extra={"group": "batch"})
+        log.error("rate-limit store unreachable; failing open", extra={"group": "batch"})
     return [([None] * len(checks), [None] * len(counters)) for checks, counters in requests]
 
 

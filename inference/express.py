@@ -191,16 +191,7 @@ def serve(
     else:
         response = HttpResponse(
             json.dumps(
-                {
-                    "id": answer.request_id,
-                    "object": "inference",
-                    "model": answer.model,
-                    "version": answer.version,
-                    "output": answer.output,
-                    "batch_size": answer.batch_size,
-                    "latency_ms": answer.latency_ms,
-                    "failed_over": answer.failed_over,
-                },
+                answer.body(),
                 ensure_ascii=False,
                 separators=(",", ":"),
             ),

@@ -74,6 +74,19 @@ class Answer:
     latency_ms: float
     failed_over: bool
 
+    def body(self) -> dict[str, Any]:
+        """The answer of ``POST /v1/models/{name}/infer`` (the view and the express lane)."""
+        return {
+            "id": self.request_id,
+            "object": "inference",
+            "model": self.model,
+            "version": self.version,
+            "output": self.output,
+            "batch_size": self.batch_size,
+            "latency_ms": self.latency_ms,
+            "failed_over": self.failed_over,
+        }
+
 
 def _deadline(timeout_ms: int | None) -> float:
     ms = timeout_ms or settings.INFERENCE_DEFAULT_TIMEOUT_MS

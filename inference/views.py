@@ -139,18 +139,7 @@ class InferView(APIView):
             version=valid.get("version"),
             timeout_ms=valid.get("timeout_ms"),
         )
-        response = Response(
-            {
-                "id": answer.request_id,
-                "object": "inference",
-                "model": answer.model,
-                "version": answer.version,
-                "output": answer.output,
-                "batch_size": answer.batch_size,
-                "latency_ms": answer.latency_ms,
-                "failed_over": answer.failed_over,
-            }
-        )
+        response = Response(answer.body())
         response["X-Sluice-Version"] = answer.version
         return response
 

@@ -230,29 +230,27 @@ def test_it_counts_the_per_ip_limit_as_the_middleware_does(stack, digits, raw_ke
     assert int(str(lane.header("Retry-After"))) > 0
 
 
-def test_it_counts_the_tenants_plan_as_the_throttle_does(stack, digits, settings, eager):
+@pytest.mark.parametrize(
+    ("plan", "refusal"),
+    [
+        ({"requests_per_minute": 2}, ("detail", "Tenant limit of 2/min.")),
+        ({"monthly_request_quota": 2}, ("type", "urn:sluice:problem:quota-exceeded")),
+    ],
+    ids=["tenant-limit", "monthly-quota"],
+)
+def test_it_counts_the_tenants_plan_as_the_throttle_does(
+    stack, digits, settings, eager, plan, refusal
+):
     settings.RATELIMIT_IP_RATE = "1000/h"
     keys = []
-    for slug in ("lane-tenant", "full-tenant"):
-        tenant = TenantFactory(slug=slug, name=slug, requests_per_minute=2)
-        keys.append(make_key(tenant)[1])
+    for side in ("lane", "full"):
+        slug = f"{side}-{next(iter(plan))}".replace("_", "-")
+        keys.append(make_key(TenantFactory(slug=slug, name=slug, **plan))[1])
     lane_codes, lane = _refused_third(stack, stack.lane, keys[0], "10.2.0.1")
     full_codes, full = _refused_third(stack, stack.full, keys[1], "10.2.0.2")
     assert lane_codes == full_codes == [200, 200, 429]
-    assert lane.json()["detail"].startswith("Tenant limit of 2/min.")
-    assert lane.comparable() == full.comparable()
-
-
-def test_it_bills_the_monthly_quota_as_the_throttle_does(stack, digits, settings, eager):
-    settings.RATELIMIT_IP_RATE = "1000/h"
-    keys = []
-    for slug in ("lane-quota", "full-quota"):
-        tenant = TenantFactory(slug=slug, name=slug, monthly_request_quota=2)
-        keys.append(make_key(tenant)[1])
-    lane_codes, lane = _refused_third(stack, stack.lane, keys[0], "10.3.0.1")
-    full_codes, full = _refused_third(stack, stack.full, keys[1], "10.3.0.2")
-    assert lane_codes == full_codes == [200, 200, 429]
-    assert lane.json()["type"] == "urn:sluice:problem:quota-exceeded"
+    field, expected = refusal
+    assert lane.json()[field].startswith(expected)
     assert lane.comparable() == full.comparable()
 
 

@@ -6,14 +6,9 @@ within 250 ms (measured from the worker's own ``stopped_at`` in the ``end`` even
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +19,14 @@ import websockets
 from django.conf import settings
 
 from streaming.log import RedisLog
-from testing.processes import ROOT, free_port, manage, own_database, running, server_env
+from testing.processes import (
+    celery_worker,
+    free_port,
+    manage,
+    own_database,
+    running,
+    server_env,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db]
 pytest.importorskip("torch")
@@ -41,56 +43,6 @@ LM_SCHEMA = {
     },
     "required": ["prompt"],
 }
-
-
-@contextlib.contextmanager
-def celery_worker(env: dict[str, str], queues: str = "celery,cpu") -> Iterator[Path]:
-    """A real ``celery worker`` (thread pool) until the block ends; yields its log file."""
-    with tempfile.NamedTemporaryFile(suffix=".log", delete=False) as fh:
-        log_path = Path(fh.name)
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "4",
-                "--queues",
-                queues,
-                "--loglevel",
-                "INFO",
-                "--without-heartbeat",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env={**env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "WORKER_METRICS_PORT": "0"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while "ready." not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker: {log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield log_path
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +95,8 @@ def stack(tmp_path_factory, lm_artifact):
         )
         port = free_port()
         cmd = [sys.executable, "manage.py", "serve", "--no-worker", "--port", str(port)]
-        with celery_worker(env), running(cmd, env, port=port, timeout=60) as base:
+        worker = celery_worker(env, queues="celery,cpu", pool="threads", concurrency=4)
+        with worker, running(cmd, env, port=port, timeout=60) as base:
             yield {
                 "base": base,
                 "key": key,

@@ -13,15 +13,11 @@ import base64
 import contextlib
 import io
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import wave
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +26,14 @@ import websockets
 
 from inference.engines.translate import probe
 from inference.media.tests.samples import BLANK_FRAMES, FACE_FRAMES, face_video, speech_pcm, wav
-from testing.processes import ROOT, free_port, manage, own_database, running, server_env
+from testing.processes import (
+    celery_worker,
+    free_port,
+    manage,
+    own_database,
+    running,
+    server_env,
+)
 
 pytest.importorskip("pocketsphinx")
 pytest.importorskip("piper")
@@ -73,7 +76,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with contextlib.ExitStack() as stop:
             if "REDIS_URL" in env:
                 serve.append("--no-worker")
-                stop.enter_context(_celery_worker(env, tmp / "worker.log"))
+                stop.enter_context(
+                    celery_worker(env, queues="celery,cpu", pool="threads", concurrency=4)
+                )
             base = stop.enter_context(running(serve, env, port=port, timeout=60))
             yield {
                 "base": base,
@@ -83,33 +88,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "media_root": tmp / "media",
                 "tmp": tmp,
             }
-
-
-@contextlib.contextmanager
-def _celery_worker(env: dict[str, str], log_path: Path) -> Iterator[None]:
-    cmd = [
-        *(sys.executable, "-m", "celery", "-A", "config", "worker"),
-        *("--pool", "threads", "--concurrency", "4", "--queues", "celery,cpu"),
-        *("--without-heartbeat", "--without-mingle", "--without-gossip", "--loglevel", "INFO"),
-    ]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        give_up = time.monotonic() + 60
-        while "ready." not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > give_up:
-                raise RuntimeError(f"celery worker: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
