@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,12 +37,21 @@ def machine() -> dict[str, object]:
             ),
             "",
         )
-    return {
+    found: dict[str, object] = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+    if shutil.which("nvidia-smi"):
+        query = [
+            "nvidia-smi",
+            "--query-gpu=name,memory.total,driver_version",
+            "--format=csv,noheader",
+        ]
+        gpus = subprocess.run(query, capture_output=True, text=True, check=False).stdout
+        found["gpus"] = [line.strip() for line in gpus.splitlines() if line.strip()]
+    return found
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

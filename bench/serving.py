@@ -5,6 +5,8 @@ gunicorn, a Celery worker), for ``digits`` (tiny: serving overhead dominates) an
 
     .venv/bin/python bench/serving.py            # the full run (about 12 minutes), or: make bench
     .venv/bin/python bench/serving.py --models digits --concurrency 64 --seconds 5 --repeats 1
+    # the GPU check, on a machine with one (SQLite, a Redis of its own, PyTorch on cuda):
+    python bench/serving.py --models mlp --device cuda --engine torch --database sqlite
 
 Method (so figures compare with the peers' in the inference issue): the server-side processes
 we start (gunicorn, the Celery worker) are pinned to CPU 0 with taskset, the load generator
@@ -17,7 +19,10 @@ daphne (ASGI, `manage.py serve --no-worker`) serving digits with batching on, at
 concurrency. Besides wrk's figures, each run records the CPU time the web and worker processes
 spent per request (from /proc), which stays meaningful on a busy machine where req/s does not.
 Writes bench/results/serving.json; `--profile` adds py-spy profiles (bench/collapse.py reads
-them).
+them). `--device cuda` registers ``mlp`` on the ``gpu`` queue (`--engine torch` runs its ONNX
+weights with PyTorch where onnxruntime has no CUDA provider) and measures the engine in-process
+on that device too; `--database sqlite` needs no PostgreSQL (a machine lent for the GPU check
+has none); where `taskset` is missing nothing is pinned.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -66,6 +72,14 @@ class Options:
     profile: bool
     daphne: bool
     worker_threads: int
+    device: str = "cpu"
+    engine: str = "onnx"
+    hidden: str = ""
+
+
+def pin(cpu: int) -> list[str]:
+    """The taskset prefix that pins a command to ``cpu`` (nothing where taskset is missing)."""
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -168,7 +182,7 @@ def run_wrk(
     pids: dict[str, int],
     metrics_url: str,
 ) -> dict[str, float]:
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--latency"]
+    cmd = [*pin(1), "wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--latency"]
     cmd += ["-s", str(script), "-H", f"X-API-Key: {key}", url]
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     calls, items = batches(metrics_url)
@@ -210,13 +224,14 @@ def bench_config(
         "REDIS_KEY_PREFIX": f"{env['REDIS_KEY_PREFIX']}-{name}",
         "WORKER_METRICS_PORT": str(metrics_port),
     }
-    worker = [str(BIN / "celery"), "-A", "config", "worker", "-Q", "cpu", "-P", "threads"]
+    worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "cpu,gpu"]
+    worker += ["-P", "threads"]
     worker += ["-c", str(opts.worker_threads), "--without-heartbeat", "--without-mingle"]
     worker += ["--without-gossip", "-l", "WARNING"]
     logs = {label: tempfile.TemporaryFile() for label in ("web", "worker")}  # noqa: SIM115
     commands = {
-        "web": ["taskset", "-c", "0", *server_command(server, port, max(concurrency) + 8)],
-        "worker": ["taskset", "-c", "0", *worker],
+        "web": [*pin(0), *server_command(server, port, max(concurrency) + 8)],
+        "worker": [*pin(0), *worker],
     }
     procs = {
         label: subprocess.Popen(
@@ -302,10 +317,10 @@ def profile(
         spy.wait(timeout=60)
 
 
-def in_process_onnx(env: dict[str, str], model: str) -> dict[str, float]:
+def in_process_onnx(env: dict[str, str], model: str, hidden: str = "") -> dict[str, float]:
     """The same model in ONNX Runtime in one process on CPU 0, batch 1 and 32 (one
     intra-op thread, as the worker runs it): the ceiling the platform is measured against."""
-    build = "digits_build().onnx" if model == "digits" else "mlp_build()"
+    build = "digits_build().onnx" if model == "digits" else f"mlp_build({mlp_hidden(hidden)})"
     code = (
         "import json, time, django, numpy as np, onnxruntime as ort\n"
         "django.setup()\n"
@@ -322,8 +337,40 @@ def in_process_onnx(env: dict[str, str], model: str) -> dict[str, float]:
         "    out[f'batch{b}_items_per_s'] = round(n / (time.perf_counter() - t))\n"
         "print(json.dumps(out))\n"
     )
+    return in_process(env, code)
+
+
+def in_process_torch(env: dict[str, str], device: str, hidden: str = "") -> dict[str, float]:
+    """``mlp`` run by PyTorch (:class:`inference.handlers.TorchMLP`, what the worker runs for
+    ``--engine torch``) on ``device``, batch 1 and 32, host arrays in and out."""
+    code = (
+        "import json, time, django, numpy as np\n"
+        "django.setup()\n"
+        "from inference.builtin import MLP_OPTIONS, mlp_build\n"
+        "from inference.handlers import TorchMLP\n"
+        f"m = TorchMLP(options={{**MLP_OPTIONS, 'device': {device!r}}},"
+        f" artifact=mlp_build({mlp_hidden(hidden)}))\n"
+        f"row = np.asarray({INPUTS['mlp']['features']!r}, np.float32)\n"
+        "out = {}\n"
+        "for b in (1, 32):\n"
+        "    x = np.tile(row, (b, 1))\n"
+        "    for _ in range(20): m.forward(x)\n"
+        "    n = 0; t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < 3: m.forward(x); n += b\n"
+        "    out[f'batch{b}_items_per_s'] = round(n / (time.perf_counter() - t))\n"
+        "print(json.dumps(out))\n"
+    )
+    return in_process(env, code)
+
+
+def mlp_hidden(hidden: str) -> str:
+    """mlp_build's keyword for ``--hidden`` (empty: the default widths)."""
+    return f"hidden=({hidden},)" if hidden else ""
+
+
+def in_process(env: dict[str, str], code: str) -> dict[str, float]:
     res = subprocess.run(
-        ["taskset", "-c", "0", sys.executable, "-c", code],
+        [*pin(0), sys.executable, "-c", code],
         cwd=ROOT,
         env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
         capture_output=True,
@@ -401,7 +448,14 @@ def main() -> None:
     parser.add_argument("--no-daphne", action="store_true", help="skip the ASGI comparison")
     parser.add_argument("--worker-threads", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="py-spy the top concurrency")
-    parser.add_argument("--database", default="postgres://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--database",
+        default="postgres://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server to create the benchmark's database on, or sqlite",
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="mlp's device")
+    parser.add_argument("--engine", choices=["onnx", "torch"], default="onnx", help="mlp's engine")
+    parser.add_argument("--hidden", default="", help="mlp's hidden widths, e.g. 4096,4096,4096")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--output", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()
@@ -414,15 +468,21 @@ def main() -> None:
         profile=args.profile,
         daphne=not args.no_daphne and "digits" in args.models and "on" in args.batching,
         worker_threads=args.worker_threads,
+        device=args.device,
+        engine=args.engine,
+        hidden=args.hidden,
     )
 
-    import psycopg
     import redis
 
     started = time.monotonic()
     dbname = f"sluice_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
+    postgres = args.database != "sqlite"
+    if postgres:
+        import psycopg
+
+        with psycopg.connect(args.database, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
     prefix = f"sluice-bench-{uuid.uuid4().hex[:8]}"
     base = args.database.rsplit("/", 1)[0]
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
@@ -431,7 +491,6 @@ def main() -> None:
         SECRET_KEY="bench-" + "x" * 40,
         SECURE_SSL_REDIRECT="false",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        DATABASE_URL=f"{base}/{dbname}",
         REDIS_URL=args.redis,
         REDIS_KEY_PREFIX=prefix,
         LOG_LEVEL="WARNING",
@@ -450,6 +509,8 @@ def main() -> None:
             "concurrency": opts.concurrency,
             "worker_threads": opts.worker_threads,
             "web": "gunicorn gthread, 1 process, max(concurrency)+8 threads",
+            "database": "postgresql" if postgres else "sqlite",
+            "mlp": {"device": opts.device, "engine": opts.engine, "hidden": opts.hidden or None},
         },
         "in_process_onnx": {},
         "runs": [],
@@ -457,17 +518,27 @@ def main() -> None:
     top = max(opts.concurrency)
     with tempfile.TemporaryDirectory() as tmp:
         env["MEDIA_ROOT"] = tmp
+        env["DATABASE_URL"] = f"{base}/{dbname}" if postgres else f"sqlite:///{tmp}/bench.sqlite3"
         try:
             manage(env, "migrate", "--no-input", "-v0")
             # Only the benchmark's models: a worker preloads every active version of its
             # queues, and the demo's embeddings model would spend the pinned core on torch.
             for model in opts.models:
-                manage(env, "builddigits" if model == "digits" else "buildmlp")
+                if model == "digits":
+                    manage(env, "builddigits")
+                else:
+                    build = ["buildmlp", "--device", opts.device, "--engine", opts.engine]
+                    manage(env, *build, *(["--hidden", opts.hidden] if opts.hidden else []))
             manage(env, "createtenant", "Bench", "--rpm", "1000000000", "--quota", "0")
             key = manage(env, "createapikey", "--tenant", "bench", "--scopes", "infer")
             for model in opts.models:
-                report["in_process_onnx"][model] = in_process_onnx(env, model)
-                print(f"{model:34} in-process ONNX Runtime {report['in_process_onnx'][model]}")
+                measured = in_process_onnx(env, model, opts.hidden if model == "mlp" else "")
+                report["in_process_onnx"][model] = measured
+                print(f"{model:34} in-process ONNX Runtime (CPU) {measured}")
+                if model == "mlp" and opts.engine == "torch":
+                    measured = in_process_torch(env, opts.device, opts.hidden)
+                    report[f"in_process_torch_{opts.device}"] = measured
+                    print(f"{model:34} in-process PyTorch ({opts.device}) {measured}")
                 script = lua_script(Path(tmp), model)
                 for batching in args.batching:
                     set_batching(env, model, batching == "on")
@@ -481,8 +552,9 @@ def main() -> None:
                             bench_config(model, "on", "daphne", env, key, opts, script, [top])
                         )
         finally:
-            with psycopg.connect(args.database, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            if postgres:
+                with psycopg.connect(args.database, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
             r = redis.Redis.from_url(args.redis)
             for k in r.scan_iter(match=f"{prefix}*"):
                 r.delete(k)

@@ -147,8 +147,8 @@ def digits_install(
     return version, True
 
 
-def mlp_build(*, seed: int = 0) -> bytes:
-    """The benchmark MLP as ONNX bytes: ``MLP_INPUTS`` → ``MLP_HIDDEN`` (ReLU after each) →
+def mlp_build(*, seed: int = 0, hidden: tuple[int, ...] = MLP_HIDDEN) -> bytes:
+    """The benchmark MLP as ONNX bytes: ``MLP_INPUTS`` → ``hidden`` (ReLU after each) →
     ``MLP_OUTPUTS``, float32, He-scaled random weights from a seeded generator, so the same
     packages give the same bytes (and checksum)."""
     import numpy as np
@@ -156,7 +156,7 @@ def mlp_build(*, seed: int = 0) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    widths = [MLP_INPUTS, *MLP_HIDDEN, MLP_OUTPUTS]
+    widths = [MLP_INPUTS, *hidden, MLP_OUTPUTS]
     nodes, weights = [], []
     current = "X"
     for n, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
@@ -187,33 +187,57 @@ def mlp_build(*, seed: int = 0) -> bytes:
     return data
 
 
-def mlp_install(*, actor: str = "buildmlp", activate: bool = True) -> tuple[ModelVersion, bool]:
-    """Register (and activate) the benchmark MLP; a version with the same checksum is
-    reused. Returns the version and whether it was created."""
-    onnx_bytes = mlp_build()
+def mlp_install(
+    *,
+    actor: str = "buildmlp",
+    activate: bool = True,
+    hidden: tuple[int, ...] = MLP_HIDDEN,
+    device: str = ModelVersion.Device.CPU,
+    engine: str = "onnx",
+) -> tuple[ModelVersion, bool]:
+    """Register (and activate) the benchmark MLP; a version with the same checksum, runtime
+    and device is reused. Returns the version and whether it was created.
+
+    ``engine="torch"`` serves the same ONNX artifact with :class:`inference.handlers.TorchMLP`
+    (the ``python`` runtime): on a GPU whose onnxruntime has no CUDA provider that is how the
+    model runs there. A ``cuda`` version goes to the ``gpu`` queue."""
+    onnx_bytes = mlp_build(hidden=hidden)
     checksum = hashlib.sha256(onnx_bytes).hexdigest()
-    existing = ModelVersion.objects.filter(model__name=MLP, checksum=checksum).first()
+    if engine == "torch":
+        runtime = ModelVersion.Runtime.PYTHON
+        options: dict[str, Any] = {
+            **MLP_OPTIONS,
+            "handler": "inference.handlers.TorchMLP",
+            "requires": ["torch", "onnx"],
+        }
+    elif engine == "onnx":
+        runtime, options = ModelVersion.Runtime.ONNX, MLP_OPTIONS
+    else:
+        raise ValueError(f"engine must be onnx or torch, not {engine!r}")
+    existing = ModelVersion.objects.filter(
+        model__name=MLP, checksum=checksum, runtime=runtime, device=device
+    ).first()
     if existing is not None:
         if activate and existing.state != ModelVersion.State.ACTIVE:
             existing.activate(actor=actor)
         return existing, False
     taken = set(ModelVersion.objects.filter(model__name=MLP).values_list("version", flat=True))
     label = str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
-    hidden = "-".join(map(str, MLP_HIDDEN))
+    shape = "-".join(map(str, (MLP_INPUTS, *hidden, MLP_OUTPUTS)))
     version = version_register(
         model_name=MLP,
         version=label,
-        runtime=ModelVersion.Runtime.ONNX,
+        runtime=runtime,
         artifact=onnx_bytes,
         artifact_filename="mlp.onnx",
-        runtime_options=MLP_OPTIONS,
+        runtime_options=options,
         input_schema=MLP_SCHEMA,
+        device=device,
         max_batch_size=32,
         max_delay_ms=5,
         task=Model.Task.OTHER,
         description=(
-            f"Benchmark MLP {MLP_INPUTS}-{hidden}-{MLP_OUTPUTS} with random weights "
-            "(compute-bound; its scores mean nothing)."
+            f"Benchmark MLP {shape} with random weights (compute-bound; its scores mean nothing)."
         ),
         actor=actor,
     )

@@ -134,7 +134,9 @@ def stop(proc: subprocess.Popen[bytes], *, grace: float) -> None:
 
 def gunicorn(port: int, *, threads: int = 4) -> list[str]:
     return [
-        str(BIN / "gunicorn"),
+        sys.executable,
+        "-m",
+        "gunicorn",
         "config.wsgi",
         "-b",
         f"127.0.0.1:{port}",

@@ -1,6 +1,7 @@
 """Python handler runtime: ``runtime_options["handler"]`` is a dotted path to a class.
 
-The class is built as ``Handler(options=..., artifact=<bytes or None>)`` and must have
+The class is built as ``Handler(options=..., artifact=<bytes or None>)`` (``options`` are the
+runtime options plus ``"device"``, the version's ``cpu`` or ``cuda``) and must have
 ``predict(batch: list[dict]) -> list[dict]``; it may have ``stream(item)``, ``warmup()`` and
 ``close()``. ``runtime_options["probe"]`` may name a function ``(options) -> reason | None``
 for engines that are programs rather than modules. The handler's module is imported when the
@@ -62,7 +63,9 @@ class PythonRuntime(Runtime):
         except ImportError as exc:
             raise RuntimeUnavailable(f"unavailable: cannot import handler: {exc}") from exc
         try:
-            self.handler = cls(options=self.spec.options, artifact=artifact)
+            # The version's device rides along, so a handler can place its model there.
+            options = {**self.spec.options, "device": self.spec.device}
+            self.handler = cls(options=options, artifact=artifact)
         except ImportError as exc:
             raise RuntimeUnavailable(f"unavailable: {exc} ({INSTALL_HINT})") from exc
 

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from django.core.management import CommandError, call_command
 
-from inference.builtin import EMBEDDINGS_OPTIONS, SENTIMENT_OPTIONS, sentiment_install
+from inference.builtin import (
+    EMBEDDINGS_OPTIONS,
+    MLP_INPUTS,
+    MLP_OPTIONS,
+    SENTIMENT_OPTIONS,
+    digits_build,
+    mlp_build,
+    sentiment_install,
+)
+from inference.models import ModelVersion
 from inference.runtimes import VersionSpec
+from inference.runtimes.base import RuntimeUnavailable
 from inference.runtimes.python import PythonRuntime
 
 
@@ -59,3 +72,56 @@ def test_sentiment_install_is_idempotent() -> None:
     first, created = sentiment_install(actor="test")
     again, created_again = sentiment_install(actor="test")
     assert created and not created_again and first == again and first.state == "active"
+
+
+def _torch_mlp(artifact: bytes, device: str = "cpu") -> PythonRuntime:
+    options = {**MLP_OPTIONS, "handler": "inference.handlers.TorchMLP"}
+    runtime = PythonRuntime(
+        VersionSpec(
+            id=1, model="mlp", version="1", runtime="python", options=options, device=device
+        )
+    )
+    runtime.load(artifact)
+    return runtime
+
+
+def test_torch_mlp_answers_what_onnx_runtime_answers_for_the_same_artifact() -> None:
+    pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    artifact = mlp_build(hidden=(64, 32))
+    rows = np.random.default_rng(1).standard_normal((5, MLP_INPUTS)).astype(np.float32)
+    session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
+    (expected,) = session.run(["scores"], {"X": rows})
+    answers = _torch_mlp(artifact).predict([{"features": row.tolist()} for row in rows])
+    got = np.asarray([answer["scores"] for answer in answers])
+    assert got.shape == (5, 16)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_mlp_refuses_a_graph_it_cannot_run_and_a_gpu_it_does_not_have() -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("skl2onnx")
+    digits = digits_build().onnx  # scaler + logistic regression: not a Gemm/Relu chain
+    with pytest.raises(RuntimeUnavailable, match="Gemm/Relu chains, not"):
+        _torch_mlp(digits)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeUnavailable, match="torch sees no GPU"):
+            _torch_mlp(mlp_build(hidden=(8,)), device="cuda")
+
+
+@pytest.mark.django_db
+def test_buildmlp_registers_a_torch_cuda_version_on_the_gpu_queue(tmp_path, settings) -> None:
+    pytest.importorskip("onnx")
+    settings.MEDIA_ROOT = tmp_path
+    out = io.StringIO()
+    args = ["--engine", "torch", "--device", "cuda", "--hidden", "16,8"]
+    call_command("buildmlp", *args, stdout=out)
+    version = ModelVersion.objects.get(model__name="mlp")
+    assert (version.runtime, version.device, version.queue) == ("python", "cuda", "gpu")
+    assert version.runtime_options["handler"] == "inference.handlers.TorchMLP"
+    assert "64-16-8-16" in version.model.description and "python on cuda" in out.getvalue()
+    call_command("buildmlp", *args, stdout=out)  # same build, engine and device: reused
+    call_command("buildmlp", "--hidden", "16,8", stdout=out)  # the ONNX one is another version
+    assert sorted(ModelVersion.objects.values_list("runtime", flat=True)) == ["onnx", "python"]
+    with pytest.raises(CommandError, match="hidden"):
+        call_command("buildmlp", "--hidden", "16,0")
