@@ -10,12 +10,15 @@ answers (:func:`inference.replies.batch_reply_publish`).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from inference.redis_client import client, key
 
@@ -56,14 +59,27 @@ def admit(queue: str, request_id: str, deadline: float) -> None:
         raise QueueFull(queue, bound)
 
 
-def admit_many(queue: str, slots: dict[str, float]) -> list[str]:
+def admit_many(
+    queue: str,
+    slots: dict[str, float],
+    *,
+    send: tuple[str, str] | None = None,
+    before: Callable[[Any], object] | None = None,
+) -> list[str]:
     """Take a slot on ``queue`` for each request id (until its deadline) in one step; the ids
-    refused because the bound was reached (the last ones given), which hold no slot."""
+    refused because the bound was reached (the last ones given), which hold no slot.
+
+    On Redis, ``send`` — a broker list key and message (:func:`config.broker.redis_wire`) —
+    is pushed in the same step when every slot was taken, and ``before`` adds commands of
+    its own to the same round trip (they run first). The caller sends the message itself
+    when some were refused."""
     if not slots:
         return []
     bound = queue_bound(queue)
     now = time.time()
     if settings.EMBEDDED:
+        if send is not None or before is not None:
+            raise ValueError("send and before need Redis")
         with _lock:
             held = _local.setdefault(queue, {})
             for rid in [r for r, until in held.items() if until <= now]:
@@ -73,18 +89,54 @@ def admit_many(queue: str, slots: dict[str, float]) -> list[str]:
             for rid in ids[:room]:
                 held[rid] = slots[rid]
             return ids[room:]
-    name = key("inflight", queue)
-    pipe = client().pipeline()  # MULTI/EXEC: sweep, add and count as one step
-    pipe.zremrangebyscore(name, "-inf", now)
-    pipe.zadd(name, slots)
-    pipe.zcard(name)
-    pipe.expire(name, max(60, int(max(slots.values()) - now) + 60))
-    over = pipe.execute()[2] - bound
-    if over <= 0:
-        return []
-    refused = list(slots)[-over:]
-    client().zrem(name, *refused)
-    return refused
+    ttl = max(60, int(max(slots.values()) - now) + 60)
+    keys = [key("inflight", queue), send[0] if send else ""]
+    args: list[str | float] = [now, bound, ttl, send[1] if send else ""]
+    for request_id, deadline in slots.items():
+        args += [request_id, deadline]
+    for attempt in (1, 2):
+        pipe = client().pipeline(transaction=False)
+        if before is not None:
+            before(pipe)
+        # EVALSHA itself: a registered script in a pipeline costs a SCRIPT EXISTS round trip.
+        pipe.evalsha(_admit_sha(), len(keys), *keys, *args)
+        try:
+            refused = pipe.execute()[-1]
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it, once more
+            if attempt == 2:
+                raise
+            _admit_sha.cache_clear()
+        else:
+            return [r.decode() if isinstance(r, bytes) else str(r) for r in refused]
+    raise AssertionError("unreachable")
+
+
+# Sweep, admit while there is room (in the order given), and push the message when none was
+# refused: one atomic step. KEYS: the in-flight set, the broker list (or ""). ARGV: now,
+# bound, the set's TTL, the message (or ""), then request id, deadline pairs. Returns the
+# refused ids.
+_ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+local refused = {}
+for i = 5, #ARGV, 2 do
+  if room > 0 then
+    room = room - redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+  else
+    refused[#refused + 1] = ARGV[i]
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if #refused == 0 and ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+end
+return refused
+"""
+
+
+@functools.cache
+def _admit_sha() -> str:
+    return str(client().script_load(_ADMIT))
 
 
 def release_many(queue: str, request_ids: list[str]) -> None:

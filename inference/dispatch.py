@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+from config.broker import redis_wire
 from inference import backpressure
 from inference.replies import Waiter, inbox
 from inference.selectors import VersionRoute
@@ -121,41 +122,52 @@ class Collector:
         live = self._count_limits(live)
         if not live:
             return False
+        batch_id = uuid.uuid4().hex
+        items = [(p.request_id, p.payload, p.deadline) for p in live]
+        # Expected before anything is sent: the answer may come back at once.
+        inbox.expect_batch(batch_id, self._answered, max(p.deadline for p in live))
+        # On Redis the message goes with the queue slots, in their round trip, when every
+        # request of the batch gets one (the common case); else Celery publishes it below.
+        wire = batch_wire(self.version_id, self.queue, items, inbox.address(), batch_id)
         try:
             refused = set(
-                backpressure.admit_many(self.queue, {p.request_id: p.deadline for p in live})
+                backpressure.admit_many(
+                    self.queue, {p.request_id: p.deadline for p in live}, send=wire
+                )
             )
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (503)
+            inbox.forget_batch(batch_id)  # calls _answered
             for p in live:
                 p.error = exc
-            return False
+            return True
         if refused:
             full = backpressure.QueueFull(self.queue, backpressure.queue_bound(self.queue))
             for p in live:
                 if p.request_id in refused:
                     p.error = full
             live = [p for p in live if p.request_id not in refused]
+            items = [item for item in items if item[0] not in refused]
             if not live:
-                return False
-        batch_id = uuid.uuid4().hex
-        inbox.expect_batch(batch_id, self._answered, max(p.deadline for p in live))
-        try:
-            enqueue_batch(
-                version_id=self.version_id,
-                queue=self.queue,
-                items=[(p.request_id, p.payload, p.deadline) for p in live],
-                reply_to=inbox.address(),
-                batch_id=batch_id,
-            )
-        except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (503)
-            inbox.forget_batch(batch_id)  # calls _answered
-            for p in live:
-                p.error = exc
+                inbox.forget_batch(batch_id)
+                return True
+        if wire is None or refused:
             try:
-                backpressure.release_many(self.queue, [p.request_id for p in live])
-            except Exception:
-                log.exception("freeing the slots of an unsent batch failed")
-            return True
+                enqueue_batch(
+                    version_id=self.version_id,
+                    queue=self.queue,
+                    items=items,
+                    reply_to=inbox.address(),
+                    batch_id=batch_id,
+                )
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (503)
+                inbox.forget_batch(batch_id)  # calls _answered
+                for p in live:
+                    p.error = exc
+                try:
+                    backpressure.release_many(self.queue, [p.request_id for p in live])
+                except Exception:
+                    log.exception("freeing the slots of an unsent batch failed")
+                return True
         self.batches_sent += 1
         self.requests_sent += len(live)
         return True
@@ -187,6 +199,41 @@ class Collector:
                 self._fill.notify()  # the worker is free: send what is open now
 
 
+def _batch_task(
+    version_id: int,
+    queue: str,
+    items: list[tuple[str, dict[str, Any], float]],
+    reply_to: str,
+    batch_id: str,
+    shadow: bool,
+) -> dict[str, Any]:
+    """The ``apply_async`` options of a batch message (``args`` included)."""
+    return {
+        "args": (version_id, queue, [list(item) for item in items], reply_to, batch_id),
+        "queue": queue,
+        "expires": max(1.0, max(item[2] for item in items) - time.time()),
+        # What monitors (events, Flower, the worker's log) show instead of the inputs: they
+        # may be private, and Celery's repr of a batch cost ~150 µs per message.
+        "argsrepr": f"(version={version_id}, requests={len(items)}, batch={batch_id})",
+        "kwargsrepr": repr({"shadow": True}) if shadow else "{}",
+    }
+
+
+def batch_wire(
+    version_id: int,
+    queue: str,
+    items: list[tuple[str, dict[str, Any], float]],
+    reply_to: str,
+    batch_id: str,
+) -> tuple[str, str] | None:
+    """The batch's message as the broker's list key and bytes, for a push in a round trip
+    made anyway (:func:`config.broker.redis_wire`); None where Celery must publish it."""
+    from inference.tasks import inference_predict_batch
+
+    options = _batch_task(version_id, queue, items, reply_to, batch_id, False)
+    return redis_wire(inference_predict_batch, options.pop("args"), task_id=batch_id, **options)
+
+
 def enqueue_batch(
     *,
     version_id: int,
@@ -202,17 +249,12 @@ def enqueue_batch(
     from inference.tasks import inference_predict_batch
 
     inference_predict_batch.apply_async(  # type: ignore[call-arg]  # stubs lack these options
-        args=(version_id, queue, [list(item) for item in items], reply_to, batch_id),
         kwargs={"shadow": shadow} if shadow else {},
-        queue=queue,
-        expires=max(1.0, max(item[2] for item in items) - time.time()),
-        # What monitors (events, Flower, the worker's log) show instead of the inputs: they
-        # may be private, and Celery's repr of a batch cost ~150 µs per message.
-        argsrepr=f"(version={version_id}, requests={len(items)}, batch={batch_id})",
-        kwargsrepr=repr({"shadow": True}) if shadow else "{}",
+        task_id=batch_id,
         # Straight to the queue's list (the default exchange) without re-declaring the queue
         # on every message: workers declare the queues they consume.
         declare=[],
+        **_batch_task(version_id, queue, items, reply_to, batch_id, shadow),
     )
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.handlers.exception import convert_exception_to_response
@@ -51,6 +51,7 @@ from config.net import client_ip
 from config.problems import exception_response
 from inference import selectors, serving
 from inference.serializers import InferRequestSerializer
+from inference.views import stream_answer
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan, plan_ticket, settle
 
@@ -58,10 +59,17 @@ PATH = re.compile(r"^/v1/models/(?P<name>[-a-zA-Z0-9_]+)/infer$")
 SCOPE = "infer"  # InferView.required_scope
 
 
+# The query strings the lane takes: none, or asking for the answer as Server-Sent Events (as
+# inference.views.wants_stream reads them).
+QUERIES = frozenset({"", "stream=true", "stream=1", "stream=yes"})
+
+
 def eligible(environ: dict[str, Any]) -> bool:
     """Whether the lane may take this request, from the WSGI environ alone (cheap: every
     request of the process asks)."""
-    if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING"):
+    if environ.get("REQUEST_METHOD") != "POST":
+        return False
+    if str(environ.get("QUERY_STRING", "")).lower() not in QUERIES:
         return False
     if not PATH.match(environ.get("PATH_INFO", "")):
         return False
@@ -156,7 +164,10 @@ def serve(
         body = json.loads(request.body, parse_constant=_reject_constant)
     except ValueError:
         return full(request)
-    valid = InferRequestSerializer.fast(body)
+    stream = bool(request.META.get("QUERY_STRING"))  # eligible(): ?stream=true
+    # A stream of one input (``inputs``, an analysis of many, is the full stack's) takes the
+    # unary body's fields: the same fast check.
+    valid = InferRequestSerializer.fast(body) if not (stream and "inputs" in body) else None
     if valid is None:
         return full(request)
 
@@ -166,6 +177,13 @@ def serve(
     request.tenant = ctx.tenant  # type: ignore[attr-defined]
     response: HttpResponseBase
     ip = ratelimit.Check("ip", client_ip(request), settings.RATELIMIT_IP_RATE)
+    if stream:
+        try:
+            enforce_plan(request, ctx, ip=ip)  # one round trip for the four counters
+            response = stream_answer(request, ctx.tenant, table, valid)
+        except exceptions.APIException as exc:
+            response = exception_response(request, exc)
+        return _finish(request, response, ())
     # On Redis the limits are counted with the request's web-side batch: one round trip for
     # the whole batch (inference.dispatch); elsewhere now, for this request alone.
     ticket = plan_ticket(ctx, ip=ip) if ratelimit.counts_in_batches() else None
@@ -198,12 +216,20 @@ def serve(
             content_type="application/json",
         )
         response["X-Sluice-Version"] = answer.version
-    # What REST framework's view and the skipped middleware would add to either answer.
+    return _finish(request, response, ticket.usages if ticket is not None else ())
+
+
+def _finish(
+    request: HttpRequest, response: HttpResponseBase, usages: Iterable[Any]
+) -> HttpResponseBase:
+    """What REST framework's view and the skipped middleware would add to any answer."""
     response["Allow"] = "POST, OPTIONS"
     patch_vary_headers(response, ("Accept", "origin"))
-    for usage in ticket.usages if ticket is not None else ():
+    for usage in usages:
         ratelimit.remember(request, usage)
-    response = _security.process_response(request, response)
-    response = _frames.process_response(request, response)
-    add_ratelimit_headers(request, response)
-    return finish_request(request, response)
+    # The middleware only sets headers: any response will do (the stubs say HttpResponse).
+    answer = cast(HttpResponse, response)
+    answer = _security.process_response(request, answer)
+    answer = _frames.process_response(request, answer)
+    add_ratelimit_headers(request, answer)
+    return finish_request(request, answer)

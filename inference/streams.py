@@ -34,6 +34,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
+from config.broker import redis_wire
 from config.exceptions import ServiceUnavailable
 from inference import backpressure, selectors, serving
 from inference.models import Model
@@ -42,7 +43,7 @@ from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import Item, UpstreamError
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
-from streaming.log import StreamNotFound, get_log
+from streaming.log import RedisLog, StreamNotFound, get_log
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -119,27 +120,43 @@ def stream_start(
     deadline = _deadline(timeout_ms)
     stream_id = f"inf-{uuid.uuid4().hex}"
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
-    try:
-        get_log().create(stream_id, tenant_id=tenant.pk if tenant else 0, kind=kind)
-        # The slot is held until the worker is done (it releases it) or the deadline passes.
-        backpressure.admit(chosen.queue, stream_id, deadline)
-        try:
-            from inference.tasks import inference_stream
+    from inference.tasks import inference_stream
 
-            inference_stream.apply_async(  # type: ignore[call-arg]  # stubs lack the options
-                args=(chosen.id, kind, payloads, stream_id, deadline, chosen.queue),
-                queue=chosen.queue,
-                task_id=stream_id,
-                expires=max(1.0, deadline - time.time()),
-                # As the unary batches (inference.dispatch.enqueue_batch): monitors see a
-                # summary, not the inputs, and the queue is not declared again per message.
-                argsrepr=f"(version={chosen.id}, kind={kind}, items={len(payloads)})",
-                kwargsrepr="{}",
-                declare=[],
-            )
-        except BaseException:
-            backpressure.release(chosen.queue, stream_id)
-            raise
+    task: dict[str, Any] = {
+        "args": (chosen.id, kind, payloads, stream_id, deadline, chosen.queue),
+        "queue": chosen.queue,
+        "task_id": stream_id,
+        "expires": max(1.0, deadline - time.time()),
+        # As the unary batches (inference.dispatch): monitors see a summary, not the inputs.
+        "argsrepr": f"(version={chosen.id}, kind={kind}, items={len(payloads)})",
+    }
+    tenant_id = tenant.pk if tenant else 0
+    stream_log = get_log()
+    try:
+        wire = redis_wire(inference_stream, **task) if isinstance(stream_log, RedisLog) else None
+        if wire is not None and isinstance(stream_log, RedisLog):
+            # One round trip: create the stream, take the queue slot (held until the worker
+            # is done or the deadline passes) and, if it was taken, queue the task.
+            if backpressure.admit_many(
+                chosen.queue,
+                {stream_id: deadline},
+                send=wire,
+                before=lambda pipe: stream_log.create(
+                    stream_id, tenant_id=tenant_id, kind=kind, pipe=pipe
+                ),
+            ):
+                raise backpressure.QueueFull(chosen.queue, backpressure.queue_bound(chosen.queue))
+        else:
+            stream_log.create(stream_id, tenant_id=tenant_id, kind=kind)
+            backpressure.admit(chosen.queue, stream_id, deadline)
+            try:
+                # The queue is not declared again per message: workers declare theirs.
+                inference_stream.apply_async(  # type: ignore[call-arg]  # stubs lack options
+                    kwargsrepr="{}", declare=[], **task
+                )
+            except BaseException:
+                backpressure.release(chosen.queue, stream_id)
+                raise
     except backpressure.QueueFull as exc:
         full = serving.QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
         full.wait = retry_after  # type: ignore[attr-defined]

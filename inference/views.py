@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from django.http import HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
@@ -58,7 +59,7 @@ def wants_stream(request: Request) -> bool:
 
 
 def start_streaming(
-    request: Request,
+    tenant: Tenant | None,
     model: Model | RoutingTable,
     *,
     kind: str,
@@ -68,8 +69,8 @@ def start_streaming(
 ) -> tuple[streams.Started, Callable[[bool], None]]:
     """Take one of the tenant's stream slots (429 when all are in use), start the stream, and
     return it with the ``on_close`` callback for :func:`sse_response`: it gives the slot back
-    and, when the client left before the end, cancels the producing work."""
-    tenant = _tenant(request)
+    and, when the client left before the end, cancels the producing work. ``tenant``: None
+    for a staff session (no slots)."""
     lease = stream_slots.stream_slot_take(tenant) if tenant is not None else None
     if tenant is not None and lease is None:
         raise streams.TooManyStreams()
@@ -146,27 +147,34 @@ class InferView(APIView):
     def _stream(self, request: Request, model: RoutingTable) -> HttpResponseBase:
         body = StreamInferRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        data = body.validated_data
-        if "inputs" in data:
-            kind, items = streams.ANALYSIS, list(data["inputs"])
-        else:
-            kind = streams.TEXT if model.task == Model.Task.TEXT else streams.ANALYSIS
-            items = [data["input"]]
-        started, on_close = start_streaming(
-            request,
-            model,
-            kind=kind,
-            items=items,
-            version=data.get("version"),
-            timeout_ms=data.get("timeout_ms"),
-        )
-        return sse_response(
-            request._request,
-            started.stream_id,
-            on_close=on_close,
-            headers={
-                "X-Sluice-Stream": started.stream_id,
-                "X-Sluice-Version": started.version,
-                "X-Sluice-Stream-Kind": started.kind,
-            },
-        )
+        return stream_answer(request._request, _tenant(request), model, body.validated_data)
+
+
+def stream_answer(
+    request: HttpRequest, tenant: Tenant | None, model: RoutingTable, data: dict[str, Any]
+) -> StreamingHttpResponse:
+    """Start the stream of a validated ``?stream=true`` body and answer with its events
+    (the view's and the express lane's answer)."""
+    if "inputs" in data:
+        kind, items = streams.ANALYSIS, list(data["inputs"])
+    else:
+        kind = streams.TEXT if model.task == Model.Task.TEXT else streams.ANALYSIS
+        items = [data["input"]]
+    started, on_close = start_streaming(
+        tenant,
+        model,
+        kind=kind,
+        items=items,
+        version=data.get("version"),
+        timeout_ms=data.get("timeout_ms"),
+    )
+    return sse_response(
+        request,
+        started.stream_id,
+        on_close=on_close,
+        headers={
+            "X-Sluice-Stream": started.stream_id,
+            "X-Sluice-Version": started.version,
+            "X-Sluice-Stream-Kind": started.kind,
+        },
+    )

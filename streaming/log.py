@@ -348,14 +348,19 @@ class RedisLog:
         kind: str,
         maxlen: int | None = None,
         ttl: int | None = None,
+        pipe: Any = None,
     ) -> StreamMeta:
+        """``pipe``: a pipeline (of any client on this Redis) to queue the commands on, for
+        the caller to execute with its own (one round trip); else they run now."""
         meta = StreamMeta(
             tenant_id=tenant_id,
             kind=kind,
             maxlen=maxlen or settings.STREAM_MAXLEN,
             ttl=ttl or settings.STREAM_TTL_SECONDS,
         )
-        pipe = self._redis.pipeline()
+        own = pipe is None
+        if own:
+            pipe = self._redis.pipeline()
         pipe.delete(*self._keys(stream))
         fields: dict[str | bytes, str | int] = {
             "tenant_id": tenant_id,
@@ -365,7 +370,8 @@ class RedisLog:
         }
         pipe.hset(self._key(stream, "meta"), mapping=fields)
         pipe.expire(self._key(stream, "meta"), meta.ttl)
-        pipe.execute()
+        if own:
+            pipe.execute()
         return meta
 
     def _meta(self, stream: str) -> dict[str, str]:

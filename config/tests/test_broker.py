@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import pytest
 from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from config.broker import Channel, Transport
+from config.broker import Channel, Transport, redis_wire
+from config.log import log_stream_var
 
 
 @pytest.fixture
@@ -85,3 +88,76 @@ def test_wake_loop_makes_the_event_loop_readable_from_another_thread(connection)
         assert transport._wake[0] == read  # the same pipe: nothing a late writer could hit
     finally:
         hub.close()
+
+
+def _pushed(client, key: str) -> dict:
+    raw = client.rpop(key)
+    assert raw is not None, f"nothing on {key}"
+    return json.loads(raw)
+
+
+def test_redis_wire_is_what_apply_async_pushes():
+    """The direct push (config.broker.redis_wire) and Celery's own publish put the same
+    message on the same list, but for the per-message delivery tag and expiry instant."""
+    from config.celery import app
+    from inference.redis_client import client
+    from inference.tasks import inference_stream
+
+    queue = f"wire-test-{uuid.uuid4().hex[:8]}"
+    args = (7, "text", [{"prompt": "hi"}], "inf-abc", 1.5e9, queue)
+    options = {"task_id": "tid-1", "queue": queue, "expires": 30.0, "argsrepr": "(summary)"}
+    wire = redis_wire(inference_stream, args, **options)
+    if not settings.REDIS_URL:
+        assert wire is None  # the embedded memory broker: Celery publishes
+        return
+    assert wire is not None
+    redis = client()
+    token = log_stream_var.set("log-req-1")  # a request whose log lines stream (X-Log-Stream)
+    try:
+        key, payload = redis_wire(inference_stream, args, **options) or ("", "")
+        inference_stream.apply_async(args=args, kwargsrepr="{}", declare=[], **options)
+    finally:
+        log_stream_var.reset(token)
+    published = _pushed(redis, key)  # the same list: Celery's publish landed where we push
+    redis.lpush(key, payload)
+    ours = _pushed(redis, key)
+    assert ours["headers"]["sluice_log_stream"] == "log-req-1"
+    for message in (published, ours):
+        message["properties"].pop("delivery_tag")
+        message["headers"].pop("expires")
+    assert ours == published
+    assert json.loads(base64.b64decode(ours["body"]))[0] == json.loads(json.dumps(args))
+    with app.connection_for_write() as conn:  # and a consumer reads it as a task message
+        redis.lpush(key, payload)
+        got = []
+        consumer = Consumer(
+            conn.default_channel,
+            [Queue(queue, Exchange(""), routing_key=queue)],
+            callbacks=[lambda body, msg: (got.append((msg.headers["task"], body[0])), msg.ack())],
+            accept=["json"],
+        )
+        with consumer:
+            conn.drain_events(timeout=5)
+        assert got == [("inference_stream", list(json.loads(json.dumps(args))))]
+
+
+def test_redis_wire_steps_aside_where_only_celery_may_publish(settings):
+    from celery import signals
+
+    from inference.tasks import inference_stream
+
+    args = (7, "text", [], "inf-abc", 1.5e9, "cpu")
+    options = {"task_id": "t", "queue": "cpu", "expires": 30.0, "argsrepr": "x"}
+    if settings.REDIS_URL:
+        assert redis_wire(inference_stream, args, **options) is not None
+
+    def receiver(**kwargs):  # a monitoring hook wants to see every publish done
+        pass
+
+    signals.after_task_publish.connect(receiver)
+    try:
+        assert redis_wire(inference_stream, args, **options) is None
+    finally:
+        signals.after_task_publish.disconnect(receiver)
+    settings.REDIS_URL = "redis://elsewhere:6379/0"  # the broker is not the app's Redis
+    assert redis_wire(inference_stream, args, **options) is None

@@ -283,7 +283,7 @@ class _TextView(OpenAIView):
         self, request: Request, model: Model, row: dict[str, Any], data: dict[str, Any]
     ) -> HttpResponseBase:
         started, on_close = start_streaming(
-            request, model, kind=streams.CHAT if self.chat else streams.TEXT, items=[row]
+            _tenant(request), model, kind=streams.CHAT if self.chat else streams.TEXT, items=[row]
         )
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         render = _ChunkRenderer(

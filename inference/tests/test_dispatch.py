@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 import uuid
@@ -9,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from inference import backpressure, dispatch
+from inference.redis_client import client
 from inference.replies import batch_reply_publish, inbox
 from inference.selectors import VersionRoute
 from inference.tasks import inference_predict_batch
@@ -60,6 +64,13 @@ class FakeWorker:
         threading.Timer(self.delay, answer).start()
 
 
+def _fake_send(monkeypatch, fake) -> None:
+    """``fake`` stands in for the broker: every batch goes through ``enqueue_batch`` (the
+    direct push with the queue slots is off)."""
+    monkeypatch.setattr(dispatch, "batch_wire", lambda *args: None)
+    monkeypatch.setattr(dispatch, "enqueue_batch", fake)
+
+
 def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
     rid = uuid.uuid4().hex
     waiter, _ = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
@@ -71,7 +82,7 @@ def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | No
 
 def test_it_sends_concurrent_requests_for_one_version_as_few_messages(monkeypatch) -> None:
     worker = FakeWorker()
-    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    _fake_send(monkeypatch, worker)
     route = _route(max_batch_size=8)
     barrier = threading.Barrier(24)
 
@@ -90,7 +101,7 @@ def test_it_sends_concurrent_requests_for_one_version_as_few_messages(monkeypatc
 
 
 def test_it_sends_a_lone_request_at_once(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue_batch", FakeWorker(delay=0))
+    _fake_send(monkeypatch, FakeWorker(delay=0))
     route = _route(max_batch_size=32, max_delay_ms=2000)
     started = time.monotonic()
     assert _ask(route, 3) == {"ok": True, "output": {"y": 6}, "batch_size": 1}
@@ -99,7 +110,7 @@ def test_it_sends_a_lone_request_at_once(monkeypatch) -> None:
 
 def test_it_sends_one_message_per_request_when_batching_is_off(monkeypatch) -> None:
     worker = FakeWorker(delay=0.02)
-    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    _fake_send(monkeypatch, worker)
     route = _route(max_batch_size=1)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda x: _ask(route, x), range(8)))
@@ -108,7 +119,7 @@ def test_it_sends_one_message_per_request_when_batching_is_off(monkeypatch) -> N
 
 def test_it_honours_each_requests_own_deadline_in_a_batch(monkeypatch) -> None:
     worker = FakeWorker(delay=0.6)  # answers after the short deadline only
-    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    _fake_send(monkeypatch, worker)
     route = _route(max_batch_size=2, max_delay_ms=500)
     # Keep a batch in flight, so the next two wait for each other and travel together.
     first = threading.Thread(target=_ask, args=(route, 0))
@@ -140,7 +151,7 @@ def test_it_honours_each_requests_own_deadline_in_a_batch(monkeypatch) -> None:
 
 def test_it_does_not_send_a_request_whose_deadline_passed_while_it_waited(monkeypatch) -> None:
     worker = FakeWorker(silent=True)
-    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    _fake_send(monkeypatch, worker)
     collector = dispatch.collector(_route())
     late = dispatch.Pending("late", {"x": 1}, time.time() - 0.01)
     collector.submit(late)
@@ -149,7 +160,7 @@ def test_it_does_not_send_a_request_whose_deadline_passed_while_it_waited(monkey
 
 def test_it_refuses_past_the_queue_bound_at_once(monkeypatch, settings) -> None:
     worker = FakeWorker(silent=True)
-    monkeypatch.setattr(dispatch, "enqueue_batch", worker)
+    _fake_send(monkeypatch, worker)
     settings.INFERENCE_QUEUE_BOUND = 2
     route = _route(max_batch_size=5, max_delay_ms=300)
     collector = dispatch.collector(route)
@@ -174,7 +185,7 @@ def test_it_answers_every_refused_request_when_the_broker_is_down(monkeypatch) -
     def down(**kwargs: Any) -> None:
         raise OperationalError("Connection refused")
 
-    monkeypatch.setattr(dispatch, "enqueue_batch", down)
+    _fake_send(monkeypatch, down)
     route = _route()
     with pytest.raises(OperationalError):
         _ask(route, 1)
@@ -218,3 +229,39 @@ def test_the_worker_answers_every_item_when_the_engine_is_missing() -> None:
     reply = waiter.wait(5)
     assert reply is not None and reply["status"] == 503
     assert "sluice_missing_pkg is not installed" in reply["error"]
+
+
+@pytest.mark.django_db
+def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch) -> None:
+    """The message goes in the round trip that takes the queue slots (no Celery publish),
+    and a worker runs it as it would any task message."""
+    if not settings.REDIS_URL:
+        pytest.skip("the direct push needs the Redis broker (PostgreSQL + Redis pass)")
+
+    def celery_publish(**kwargs):
+        raise AssertionError("published through Celery")
+
+    monkeypatch.setattr(dispatch, "enqueue_batch", celery_publish)
+    version = make_version(max_batch_size=8, max_delay_ms=1000)
+    route = _route(queue=f"q{uuid.uuid4().hex[:10]}")
+    route = VersionRoute(**{**route.__dict__, "id": version.pk})
+    trips = []
+    real_admit = backpressure.admit_many
+    monkeypatch.setattr(
+        backpressure,
+        "admit_many",
+        lambda *a, **kw: trips.append(kw.get("send")) or real_admit(*a, **kw),
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asked = pool.submit(_ask, route, 21)
+        prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"]
+        popped = client().brpop([f"{prefix}{route.queue}"], timeout=5)
+        assert popped is not None
+        message = json.loads(popped[1])
+        assert message["headers"]["task"] == "inference_predict_batch"
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        inference_predict_batch(*args, **kwargs)  # the worker's half, in this thread (the db)
+        reply = asked.result(timeout=5)
+        assert reply is not None and reply["output"] == {"y": 42} and reply["batch_size"] == 1
+    assert len(trips) == 1 and trips[0] is not None  # slots and message: one step
+    assert backpressure.in_flight(route.queue) == 0

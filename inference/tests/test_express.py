@@ -175,6 +175,7 @@ def test_it_answers_the_versions_schema_errors_as_the_full_stack(stack, digits, 
         ("no key", {"body": _input(), "HTTP_X_API_KEY": ""}),
         ("a browser's request", {"body": _input(), "HTTP_ORIGIN": "https://app.example"}),
         ("a streaming request", {"path": PATH + "?stream=true", "body": {"input": {}}}),
+        ("an analysis stream", {"path": PATH + "?stream=true", "body": {"inputs": [{}]}}),
     ],
 )
 def test_it_hands_over_what_it_should_not_answer_with_the_same_result(
@@ -269,12 +270,82 @@ def test_it_answers_a_full_queue_and_a_missed_deadline_as_the_full_stack(
         backpressure.release(queue, "someone-else")
     assert lane.status_code == 503 and lane.json()["type"] == "urn:sluice:problem:queue-full"
     assert lane.comparable() == full.comparable()
+    monkeypatch.setattr(dispatch, "batch_wire", lambda *args: None)  # via enqueue_batch
     monkeypatch.setattr(dispatch, "enqueue_batch", lambda **kw: None)  # nobody answers
     body = {"input": {"x": 2}, "timeout_ms": 100}
     lane, full = stack.both(path, body, HTTP_X_API_KEY=raw_key)
     assert lane.status_code == 504 and lane.comparable() == full.comparable()
     assert stack.handed_over == 0
     assert backpressure.in_flight(queue) == 0
+
+
+STREAM_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "X-Accel-Buffering",
+    "X-Sluice-Version",
+    "X-Sluice-Stream-Kind",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "Referrer-Policy",
+    "Vary",
+    "Allow",
+    "RateLimit-Limit",
+)
+
+
+def _events(answer: Answer) -> list[tuple[str, Any]]:
+    """The SSE body's events as (event, data), without ids and timings."""
+    out = []
+    for frame in answer.body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.splitlines() if ": " in line)
+        if "event" in fields:
+            data = json.loads(fields["data"])
+            if isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k not in ("ms", "stopped_at")}
+            out.append((fields["event"], data))
+    return out
+
+
+def test_it_serves_a_streaming_request_with_the_full_stacks_answer(stack, digits, raw_key, eager):
+    lane, full = stack.both(PATH + "?stream=true", _input(5), HTTP_X_API_KEY=raw_key)
+    assert stack.handed_over == 0
+    assert lane.status_code == full.status_code == 200
+    assert {h: lane.header(h) for h in STREAM_HEADERS} == {
+        h: full.header(h) for h in STREAM_HEADERS
+    }
+    assert lane.header("Content-Type") == "text/event-stream"
+    assert lane.header("X-Sluice-Stream") != full.header("X-Sluice-Stream")  # two streams
+    assert lane.header("X-Request-ID")
+    events = _events(lane)
+    assert events == _events(full)
+    assert [name for name, _ in events] == ["result", "end"]
+    assert events[0][1]["output"]["label"] == load_digits().target[5]
+
+
+def test_it_refuses_a_stream_as_the_full_stack(stack, digits, raw_key, tenant, settings, eager):
+    tenant.concurrent_streams = 0  # every stream slot in use
+    tenant.save()
+    lane, full = stack.both(PATH + "?stream=true", _input(), HTTP_X_API_KEY=raw_key)
+    assert lane.status_code == 429 and lane.json()["type"].endswith("too-many-streams")
+    assert lane.comparable() == full.comparable()
+    tenant.concurrent_streams = 5
+    tenant.save()
+    settings.RATELIMIT_IP_RATE = "1/h"  # the second request of each side is over the limit
+    answers = {}
+    for side, app in (("lane", stack.lane), ("full", stack.full)):
+        ip = f"10.3.0.{len(answers) + 1}"
+        for _ in range(2):
+            answers[side] = stack.post(
+                app, PATH + "?stream=true", _input(), HTTP_X_API_KEY=raw_key, REMOTE_ADDR=ip
+            )
+    assert answers["lane"].status_code == answers["full"].status_code == 429
+    assert answers["lane"].json() == answers["full"].json()
+    settings.RATELIMIT_IP_RATE = "1000/h"
+    bad = {"input": {"pixels": [1]}}  # the version's schema refuses it: 422, no stream
+    lane, full = stack.both(PATH + "?stream=true", bad, HTTP_X_API_KEY=raw_key)
+    assert lane.status_code == 422 and lane.comparable() == full.comparable()
+    assert stack.handed_over == 0
 
 
 def test_it_is_the_wsgi_application_unless_turned_off(settings):
@@ -297,7 +368,12 @@ def test_it_is_the_wsgi_application_unless_turned_off(settings):
     [
         ({}, True),
         ({"REQUEST_METHOD": "GET"}, False),
-        ({"QUERY_STRING": "stream=true"}, False),
+        ({"QUERY_STRING": "stream=true"}, True),
+        ({"QUERY_STRING": "stream=True"}, True),
+        ({"QUERY_STRING": "stream=1"}, True),
+        ({"QUERY_STRING": "stream=false"}, False),
+        ({"QUERY_STRING": "stream=true&x=1"}, False),
+        ({"QUERY_STRING": "version=2"}, False),
         ({"PATH_INFO": "/v1/models/digits"}, False),
         ({"PATH_INFO": "/v1/models/a/b/infer"}, False),
         ({"CONTENT_TYPE": "text/plain"}, False),
