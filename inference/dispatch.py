@@ -33,9 +33,24 @@ log = logging.getLogger(__name__)
 
 
 class Pending:
-    """One request on its way into a batch (``ticket``: its limits, counted with the batch)."""
+    """One request on its way into a batch (``ticket``: its limits, counted with the batch).
 
-    __slots__ = ("arrived", "deadline", "error", "payload", "request_id", "sent", "ticket", "wake")
+    Its thread waits on one signal — its waiter's — for whatever comes first: the answer, a
+    refusal (``error``), or its turn to lead the next batch (``turn``). Sending the batch
+    wakes nobody: a wake-up costs a context switch on a busy core, and the answer is what
+    the thread waits for."""
+
+    __slots__ = (
+        "arrived",
+        "collector",
+        "deadline",
+        "error",
+        "payload",
+        "request_id",
+        "ticket",
+        "turn",
+        "waiter",
+    )
 
     def __init__(
         self,
@@ -43,15 +58,49 @@ class Pending:
         payload: dict[str, Any],
         deadline: float,
         ticket: PlanTicket | None = None,
+        waiter: Waiter | None = None,
     ) -> None:
         self.request_id = request_id
         self.payload = payload
         self.deadline = deadline
         self.ticket = ticket
+        self.waiter = waiter if waiter is not None else Waiter()
         self.arrived = time.monotonic()
-        self.sent = False  # its batch has gone (or it was refused: then ``error`` is set)
         self.error: BaseException | None = None
-        self.wake = threading.Event()  # set when sent, or when it is this thread's turn to lead
+        self.turn = False  # set (under the collector's lock) when this thread leads next
+        self.collector: Collector | None = None
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        """The answer, or None when ``timeout`` seconds pass first; raises what refused the
+        request. Leads a batch when it is this thread's turn."""
+        end = time.monotonic() + timeout
+        waiter = self.waiter
+        while True:
+            # Looked at after every wake-up and clear: a set() before the clear left its
+            # field behind, one after it leaves the signal set.
+            if self.error is not None:
+                raise self.error
+            if waiter.reply is not None:
+                return waiter.reply
+            collector = self.collector
+            if self.turn and collector is not None:
+                self.turn = False
+                collector.lead()
+                continue
+            if waiter.event.wait(end - time.monotonic()):
+                waiter.event.clear()
+                continue
+            if self.error is not None:
+                raise self.error
+            if waiter.reply is not None:
+                return waiter.reply
+            if collector is not None and collector.withdraw(self):
+                # Handed the turn as it gives up: it leads the requests behind it first.
+                self.turn = False
+                collector.lead()
+                if self.error is not None:
+                    raise self.error
+            return None
 
 
 class Collector:
@@ -71,23 +120,33 @@ class Collector:
         self.requests_sent = 0
 
     def submit(self, pending: Pending) -> None:
-        """Return once ``pending`` has been sent, or refused (``pending.error``)."""
+        """Put ``pending`` in the open batch. The first thread to arrive while nobody leads
+        leads at once and returns once its batch has gone (or refused it: ``pending.error``);
+        the others return at once and wait with :meth:`Pending.wait`."""
+        pending.collector = self
         with self._lock:
             self._open.append(pending)
             if self._leading:
-                lead = False
                 if len(self._open) >= self.max_batch_size:
                     self._fill.notify()
-            else:
-                self._leading = lead = True
-        if not lead:
-            pending.wake.wait()
-            if pending.sent:
                 return
+            self._leading = True
         # This thread leads: its request is the oldest open one, so it goes in this batch.
-        self._lead()
+        self.lead()
 
-    def _lead(self) -> None:
+    def withdraw(self, pending: Pending) -> bool:
+        """A request gives up before an answer: take it out of the open batch. True when it
+        must lead first (it was handed the turn: the requests behind it would wait for
+        ever otherwise)."""
+        with self._lock:
+            if pending.turn:
+                return True
+            if pending in self._open:
+                self._open.remove(pending)
+            return False
+
+    def lead(self) -> None:
+        """Send the next batch (the caller's request is its oldest) and hand the turn on."""
         with self._lock:
             close_at = self._open[0].arrived + self.max_delay
             while len(self._open) < self.max_batch_size and self._in_flight > 0:
@@ -102,17 +161,23 @@ class Collector:
             successor = self._open[0] if self._open else None
             if successor is None:
                 self._leading = False
+            else:
+                successor.turn = True
         if successor is not None:
-            successor.wake.set()  # not sent: it leads the next batch
+            successor.waiter.event.set()  # not sent: it leads the next batch
         sent = False
         try:
             sent = self._send(batch)
+        except BaseException as exc:  # every request of the batch hears of it
+            for pending in batch:
+                pending.error = pending.error or exc
+            raise
         finally:
             if not sent:
                 self._answered()
             for pending in batch:
-                pending.sent = True
-                pending.wake.set()
+                if pending.error is not None:
+                    pending.waiter.event.set()
 
     def _send(self, batch: list[Pending]) -> bool:
         """Whether a message went (then the inbox calls :meth:`_answered` for it)."""
@@ -287,13 +352,13 @@ def call(
     request_id: str,
     deadline: float,
     ticket: PlanTicket | None = None,
-) -> tuple[Waiter, Pending]:
-    """Put one request into its version's next batch. Raises what refused it (QueueFull, a
-    limit of ``ticket``, a broker or Redis error); otherwise wait on the returned waiter for
-    the answer. ``ticket``: the request's limits, not counted yet — they are counted with the
-    batch, one round trip for all of its requests (the express lane)."""
-    waiter = inbox.expect(request_id)
-    pending = Pending(request_id, payload, deadline, ticket)
+) -> Pending:
+    """Put one request into its version's next batch and return it: :meth:`Pending.wait`
+    gives the answer, or raises what refused the request (QueueFull, a limit of ``ticket``, a
+    broker or Redis error) — as this call may, when its thread led the batch. ``ticket``: the
+    request's limits, not counted yet — they are counted with the batch, one round trip for
+    all of its requests (the express lane)."""
+    pending = Pending(request_id, payload, deadline, ticket, inbox.expect(request_id))
     try:
         collector(route).submit(pending)
     except BaseException:
@@ -302,7 +367,16 @@ def call(
     if pending.error is not None:
         inbox.forget(request_id)
         raise pending.error
-    return waiter, pending
+    return pending
+
+
+def wait(pending: Pending, timeout: float) -> dict[str, Any] | None:
+    """:meth:`Pending.wait`, forgetting the request in the inbox when it was refused."""
+    try:
+        return pending.wait(timeout)
+    except BaseException:
+        inbox.forget(pending.request_id)
+        raise
 
 
 def gave_up(route: VersionRoute, request_id: str) -> None:

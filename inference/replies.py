@@ -15,6 +15,8 @@ costs one round trip on each side instead of N.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import logging
 import os
@@ -114,13 +116,48 @@ def batch_reply_publish(
     pipe.execute()
 
 
+class Signal:
+    """A flag that is set once and wakes the threads waiting for it: ``threading.Event``'s
+    contract for that use, on one lock taken at birth and released by :meth:`set`. An Event
+    builds a Condition and, per wait, one more lock; the unary path made two per request, and
+    their creation and wake-ups were a fifth of the web process's CPU (docs/performance.md)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # set already
+            self._lock.release()
+
+    def clear(self) -> None:
+        """Unset it again (only the thread that waits for it may: a concurrent set wins or
+        is seen by the caller's next look at what it waits for)."""
+        self._lock.acquire(blocking=False)
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it is set, after waiting up to ``timeout`` seconds (None: for ever)."""
+        if timeout is None:
+            got = self._lock.acquire()
+        else:
+            got = self._lock.acquire(timeout=max(0.0, timeout))
+        if got:
+            self._lock.release()  # it stays set for every later wait
+        return got
+
+
 class Waiter:
     """One request thread waiting for its answer."""
 
     __slots__ = ("event", "reply")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = Signal()
         self.reply: dict[str, Any] | None = None
 
     def wait(self, timeout: float) -> dict[str, Any] | None:

@@ -149,9 +149,13 @@ def infer(
     deadline = _deadline(timeout_ms)
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
     try:
-        waiter, _ = dispatch.call(
+        pending = dispatch.call(
             chosen, payload, request_id=request_id, deadline=deadline, ticket=limits
         )
+        for shadow in plan.shadows:
+            dispatch.shadow_copy(table.versions[shadow.id], payload, deadline)
+        # Refusals of a batch another thread led come here (the queue's bound, its limits).
+        reply = dispatch.wait(pending, deadline - time.time())
     except backpressure.QueueFull as exc:
         full = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
         full.wait = retry_after  # type: ignore[attr-defined]
@@ -161,9 +165,6 @@ def infer(
         down = ServiceUnavailable("The inference queue is unreachable; retry later.")
         down.wait = retry_after  # type: ignore[attr-defined]
         raise down from exc
-    for shadow in plan.shadows:
-        dispatch.shadow_copy(table.versions[shadow.id], payload, deadline)
-    reply = waiter.wait(deadline - time.time())
     if reply is None:
         dispatch.gave_up(chosen, request_id)
     if reply is None or time.time() > deadline:

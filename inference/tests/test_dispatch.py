@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ from django.conf import settings
 
 from inference import backpressure, dispatch
 from inference.redis_client import client
-from inference.replies import batch_reply_publish, inbox
+from inference.replies import Signal, batch_reply_publish, inbox
 from inference.selectors import VersionRoute
 from inference.tasks import inference_predict_batch
 from inference.tests.conftest import make_version
@@ -73,8 +74,8 @@ def _fake_send(monkeypatch, fake) -> None:
 
 def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
     rid = uuid.uuid4().hex
-    waiter, _ = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
-    reply = waiter.wait(timeout)
+    pending = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
+    reply = dispatch.wait(pending, timeout)
     if reply is None:
         dispatch.gave_up(route, rid)
     return reply
@@ -154,8 +155,9 @@ def test_it_does_not_send_a_request_whose_deadline_passed_while_it_waited(monkey
     _fake_send(monkeypatch, worker)
     collector = dispatch.collector(_route())
     late = dispatch.Pending("late", {"x": 1}, time.time() - 0.01)
-    collector.submit(late)
-    assert late.sent and late.error is None and worker.messages == []
+    collector.submit(late)  # the first request leads at once: its batch is decided
+    assert late.error is None and worker.messages == []
+    assert late.wait(0.05) is None  # no answer will come: its thread answers 504
 
 
 def test_it_refuses_past_the_queue_bound_at_once(monkeypatch, settings) -> None:
@@ -169,8 +171,14 @@ def test_it_refuses_past_the_queue_bound_at_once(monkeypatch, settings) -> None:
     pendings = [
         dispatch.Pending(f"r{n}-{uuid.uuid4().hex}", {"x": n}, time.time() + 5) for n in range(5)
     ]
+
+    def submit_and_wait(pending: dispatch.Pending) -> None:
+        collector.submit(pending)
+        with contextlib.suppress(backpressure.QueueFull):  # the refusal, also as it waits
+            pending.wait(1.0)  # the silent worker never answers the admitted ones
+
     with ThreadPoolExecutor(max_workers=5) as pool:
-        list(pool.map(collector.submit, pendings))
+        list(pool.map(submit_and_wait, pendings))
     refused = [p for p in pendings if p.error is not None]
     assert len(refused) == 3
     assert all(isinstance(p.error, backpressure.QueueFull) for p in refused)
@@ -265,3 +273,40 @@ def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch
         assert reply is not None and reply["output"] == {"y": 42} and reply["batch_size"] == 1
     assert len(trips) == 1 and trips[0] is not None  # slots and message: one step
     assert backpressure.in_flight(route.queue) == 0
+
+
+def test_a_signal_behaves_as_an_event_set_once() -> None:
+    signal = Signal()
+    assert not signal.is_set() and signal.wait(0.01) is False and signal.wait(-1) is False
+    woken = []
+    threads = [threading.Thread(target=lambda: woken.append(signal.wait(5))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    signal.set()
+    signal.set()  # a second set is harmless
+    for thread in threads:
+        thread.join(5)
+    assert woken == [True, True, True]  # every waiter, as with threading.Event
+    assert signal.is_set() and signal.wait(0) and signal.wait()  # and it stays set
+
+
+def test_a_request_handed_the_turn_leads_before_it_gives_up(monkeypatch) -> None:
+    worker = FakeWorker(silent=True)
+    _fake_send(monkeypatch, worker)
+    route = _route(max_batch_size=1)
+    collector = dispatch.collector(route)
+    first, behind, late = (
+        dispatch.Pending(f"{name}-{uuid.uuid4().hex}", {"x": 1}, time.time() + 5)
+        for name in ("first", "behind", "late")
+    )
+    for pending in (first, behind, late):
+        pending.collector = collector
+    collector._leading, collector._open = True, [first, behind, late]
+    first.turn = True  # handed to it, its wake-up not seen yet
+    assert first.wait(0.05) is None  # it leads its batch, then gives up waiting for an answer
+    assert [[rid for rid, _, _ in m] for m in worker.messages] == [[first.request_id]]
+    assert behind.turn and behind.waiter.event.is_set()  # the turn went on
+    assert collector.withdraw(behind) is True  # giving up now, it would have to lead first
+    assert collector.withdraw(late) is False and collector._open == [behind]  # just leaves
+    backpressure.release_many(route.queue, [first.request_id])
