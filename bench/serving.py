@@ -328,14 +328,7 @@ def in_process_onnx(env: dict[str, str], model: str, hidden: str = "") -> dict[s
         "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
         f"s = ort.InferenceSession({build}, o, providers=['CPUExecutionProvider'])\n"
         f"row = np.asarray({INPUTS[model]!r}.popitem()[1], np.float32)\n"
-        "out = {}\n"
-        "for b in (1, 32):\n"
-        "    x = np.tile(row, (b, 1))\n"
-        "    for _ in range(20): s.run(None, {'X': x})\n"
-        "    n = 0; t = time.perf_counter()\n"
-        "    while time.perf_counter() - t < 3: s.run(None, {'X': x}); n += b\n"
-        "    out[f'batch{b}_items_per_s'] = round(n / (time.perf_counter() - t))\n"
-        "print(json.dumps(out))\n"
+        "run = lambda x: s.run(None, {'X': x})\n"
     )
     return in_process(env, code)
 
@@ -351,14 +344,7 @@ def in_process_torch(env: dict[str, str], device: str, hidden: str = "") -> dict
         f"m = TorchMLP(options={{**MLP_OPTIONS, 'device': {device!r}}},"
         f" artifact=mlp_build({mlp_hidden(hidden)}))\n"
         f"row = np.asarray({INPUTS['mlp']['features']!r}, np.float32)\n"
-        "out = {}\n"
-        "for b in (1, 32):\n"
-        "    x = np.tile(row, (b, 1))\n"
-        "    for _ in range(20): m.forward(x)\n"
-        "    n = 0; t = time.perf_counter()\n"
-        "    while time.perf_counter() - t < 3: m.forward(x); n += b\n"
-        "    out[f'batch{b}_items_per_s'] = round(n / (time.perf_counter() - t))\n"
-        "print(json.dumps(out))\n"
+        "run = m.forward\n"
     )
     return in_process(env, code)
 
@@ -368,9 +354,23 @@ def mlp_hidden(hidden: str) -> str:
     return f"hidden=({hidden},)" if hidden else ""
 
 
-def in_process(env: dict[str, str], code: str) -> dict[str, float]:
+# Appended to an in-process measurement's set-up, which defines ``row`` (one input) and
+# ``run`` (the engine on a batch of rows): items/s at batch 1 and 32, after a warm-up.
+TIME_BATCHES = (
+    "out = {}\n"
+    "for b in (1, 32):\n"
+    "    x = np.tile(row, (b, 1))\n"
+    "    for _ in range(20): run(x)\n"
+    "    n = 0; t = time.perf_counter()\n"
+    "    while time.perf_counter() - t < 3: run(x); n += b\n"
+    "    out[f'batch{b}_items_per_s'] = round(n / (time.perf_counter() - t))\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def in_process(env: dict[str, str], setup: str) -> dict[str, float]:
     res = subprocess.run(
-        [*pin(0), sys.executable, "-c", code],
+        [*pin(0), sys.executable, "-c", setup + TIME_BATCHES],
         cwd=ROOT,
         env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
         capture_output=True,

@@ -124,7 +124,7 @@ def redis_wire(
     )
     if _listened(signals.before_task_publish):  # as Celery sends it (the log-stream header)
         signals.before_task_publish.send(
-            sender=task.name,
+            sender=name,
             body=body,
             exchange="",
             routing_key=queue,

@@ -36,27 +36,8 @@ def queue_bound(queue: str) -> int:
 
 def admit(queue: str, request_id: str, deadline: float) -> None:
     """Take a slot on ``queue`` until ``deadline`` (wall clock) or :func:`release`."""
-    bound = queue_bound(queue)
-    now = time.time()
-    if settings.EMBEDDED:
-        with _lock:
-            slots = _local.setdefault(queue, {})
-            for rid in [r for r, until in slots.items() if until <= now]:
-                del slots[rid]
-            if len(slots) >= bound:
-                raise QueueFull(queue, bound)
-            slots[request_id] = deadline
-        return
-    name = key("inflight", queue)
-    pipe = client().pipeline()  # MULTI/EXEC: sweep, add and count as one step
-    pipe.zremrangebyscore(name, "-inf", now)
-    pipe.zadd(name, {request_id: deadline})
-    pipe.zcard(name)
-    pipe.expire(name, max(60, int(deadline - now) + 60))
-    count = pipe.execute()[2]
-    if count > bound:
-        client().zrem(name, request_id)
-        raise QueueFull(queue, bound)
+    if admit_many(queue, {request_id: deadline}):
+        raise QueueFull(queue, queue_bound(queue))
 
 
 def admit_many(

@@ -90,17 +90,15 @@ class Pending:
             if waiter.event.wait(end - time.monotonic()):
                 waiter.event.clear()
                 continue
-            if self.error is not None:
-                raise self.error
-            if waiter.reply is not None:
-                return waiter.reply
-            if collector is not None and collector.withdraw(self):
-                # Handed the turn as it gives up: it leads the requests behind it first.
-                self.turn = False
-                collector.lead()
-                if self.error is not None:
-                    raise self.error
-            return None
+            # Time is up. An answer or a refusal that came as the wait ended is taken at the
+            # top; so is the turn, if it was handed over just now: the requests behind would
+            # wait for ever otherwise (led with this deadline spent, it gives up after).
+            if (
+                waiter.reply is None
+                and self.error is None
+                and (collector is None or not collector.withdraw(self))
+            ):
+                return None
 
 
 class Collector:
@@ -191,10 +189,10 @@ class Collector:
         items = [(p.request_id, p.payload, p.deadline) for p in live]
         # Expected before anything is sent: the answer may come back at once.
         inbox.expect_batch(batch_id, self._answered, max(p.deadline for p in live))
-        # On Redis the message goes with the queue slots, in their round trip, when every
-        # request of the batch gets one (the common case); else Celery publishes it below.
-        wire = batch_wire(self.version_id, self.queue, items, inbox.address(), batch_id)
         try:
+            # On Redis the message goes with the queue slots, in their round trip, when every
+            # request of the batch gets one (the common case); else Celery publishes it below.
+            wire = batch_wire(self.version_id, self.queue, items, inbox.address(), batch_id)
             refused = set(
                 backpressure.admit_many(
                     self.queue, {p.request_id: p.deadline for p in live}, send=wire

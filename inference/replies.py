@@ -160,11 +160,6 @@ class Waiter:
         self.event = Signal()
         self.reply: dict[str, Any] | None = None
 
-    def wait(self, timeout: float) -> dict[str, Any] | None:
-        if timeout > 0:
-            self.event.wait(timeout)
-        return self.reply
-
 
 class Inbox:
     """This process's reply channel for batches, and the request threads waiting on it."""

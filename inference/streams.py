@@ -133,15 +133,16 @@ def stream_start(
     tenant_id = tenant.pk if tenant else 0
     stream_log = get_log()
     try:
-        wire = redis_wire(inference_stream, **task) if isinstance(stream_log, RedisLog) else None
-        if wire is not None and isinstance(stream_log, RedisLog):
+        redis_log = stream_log if isinstance(stream_log, RedisLog) else None
+        wire = redis_wire(inference_stream, **task) if redis_log is not None else None
+        if redis_log is not None and wire is not None:
             # One round trip: create the stream, take the queue slot (held until the worker
             # is done or the deadline passes) and, if it was taken, queue the task.
             if backpressure.admit_many(
                 chosen.queue,
                 {stream_id: deadline},
                 send=wire,
-                before=lambda pipe: stream_log.create(
+                before=lambda pipe: redis_log.create(
                     stream_id, tenant_id=tenant_id, kind=kind, pipe=pipe
                 ),
             ):

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from inference import backpressure, dispatch
 from inference.redis_client import client
-from inference.replies import Signal, batch_reply_publish, inbox
+from inference.replies import Signal, Waiter, batch_reply_publish, inbox
 from inference.selectors import VersionRoute
 from inference.tasks import inference_predict_batch
 from inference.tests.conftest import make_version
@@ -70,6 +70,13 @@ def _fake_send(monkeypatch, fake) -> None:
     direct push with the queue slots is off)."""
     monkeypatch.setattr(dispatch, "batch_wire", lambda *args: None)
     monkeypatch.setattr(dispatch, "enqueue_batch", fake)
+
+
+def _reply(waiter: Waiter, timeout: float) -> dict[str, Any] | None:
+    """What the reader delivered to ``waiter`` within ``timeout`` (a request thread of the
+    worker-side tests, which have no collector)."""
+    waiter.event.wait(timeout)
+    return waiter.reply
 
 
 def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
@@ -219,10 +226,10 @@ def test_the_worker_answers_a_batch_with_one_message_and_frees_its_slots() -> No
     assert time.monotonic() - started < 0.9  # a collected batch runs at once, no batch window
     assert Doubler.batches == [[0, 1, 2, 3, 4]]  # one run of the model
     for rid, payload, _ in items[:5]:
-        reply = waiters[rid].wait(2)
+        reply = _reply(waiters[rid], 2)
         assert reply is not None and reply["output"] == {"y": payload["x"] * 2}
         assert reply["batch_size"] == 5
-    assert waiters[items[5][0]].wait(0.05) is None
+    assert _reply(waiters[items[5][0]], 0.05) is None
     assert backpressure.in_flight(queue) == 0
 
 
@@ -234,7 +241,7 @@ def test_the_worker_answers_every_item_when_the_engine_is_missing() -> None:
     inference_predict_batch(
         version.pk, "cpu", [[rid, {"x": 1}, time.time() + 10]], inbox.address(), batch_id
     )
-    reply = waiter.wait(5)
+    reply = _reply(waiter, 5)
     assert reply is not None and reply["status"] == 503
     assert "sluice_missing_pkg is not installed" in reply["error"]
 
@@ -310,3 +317,25 @@ def test_a_request_handed_the_turn_leads_before_it_gives_up(monkeypatch) -> None
     assert collector.withdraw(behind) is True  # giving up now, it would have to lead first
     assert collector.withdraw(late) is False and collector._open == [behind]  # just leaves
     backpressure.release_many(route.queue, [first.request_id])
+
+
+def test_admission_reloads_its_script_when_redis_lost_it(monkeypatch) -> None:
+    if not settings.REDIS_URL:
+        pytest.skip("the admission script is the Redis configuration's")
+    real = backpressure._admit_sha
+
+    class Lost:  # the sha of a script Redis no longer has (a restart, a SCRIPT FLUSH)
+        cleared = False
+
+        def __call__(self) -> str:
+            return real() if self.cleared else "0" * 40
+
+        def cache_clear(self) -> None:
+            self.cleared = True
+
+    lost = Lost()
+    monkeypatch.setattr(backpressure, "_admit_sha", lost)
+    queue = f"q{uuid.uuid4().hex[:10]}"
+    assert backpressure.admit_many(queue, {"a": time.time() + 5}) == []
+    assert lost.cleared and backpressure.in_flight(queue) == 1
+    backpressure.release(queue, "a")
