@@ -273,7 +273,10 @@ def test_speech_streams_each_sentence_as_pcm_that_makes_a_valid_wav(
         headers={"Content-Type": "audio/wav"},
     )
     text = next(e["data"]["text"] for e in heard if e["event"] == "result")
-    assert {"open", "door", "weather"} <= _words(text)
+    # piper samples its noise afresh each time (as in production), so the audio differs run to
+    # run and pocketsphinx now and then mishears one word: "door" as "board" in 3 of 30
+    # syntheses here, never two words of the three.
+    assert len({"open", "door", "weather"} & _words(text)) >= 2, text
 
 
 def test_speech_as_a_chunked_wav(stack: dict[str, Any]) -> None:
