@@ -194,6 +194,10 @@ INFERENCE_ROUTING_CACHE_SECONDS = env.float("INFERENCE_ROUTING_CACHE_SECONDS", d
 # The WSGI process serves well-formed POST /v1/models/{name}/infer requests without the
 # middleware stack and DRF's request cycle, with the same answers (inference/express.py).
 INFERENCE_EXPRESS_LANE = env.bool("INFERENCE_EXPRESS_LANE", default=True)
+# With Redis, web processes push unary batches onto a Redis list that every inference worker
+# serves from lane threads of its own, not as Celery task messages (inference/lane.py). Workers
+# serve the lane whatever this says; web processes and workers of one deployment set it alike.
+INFERENCE_BATCH_LANE = env.bool("INFERENCE_BATCH_LANE", default=True)
 
 # --- Streams ----------------------------------------------------------------------------------
 STREAM_MAXLEN = env.int("STREAM_MAXLEN", default=10_000)  # events kept per stream

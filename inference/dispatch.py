@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from config.broker import redis_wire
-from inference import backpressure
+from inference import backpressure, lane
 from inference.replies import Waiter, inbox
 from inference.selectors import VersionRoute
 from tenants.limits import PlanTicket, settle
@@ -289,8 +289,11 @@ def batch_wire(
     reply_to: str,
     batch_id: str,
 ) -> tuple[str, str] | None:
-    """The batch's message as the broker's list key and bytes, for a push in a round trip
-    made anyway (:func:`config.broker.redis_wire`); None where Celery must publish it."""
+    """The batch's message as a list key and bytes, for a push in a round trip made anyway:
+    onto the batch lane (:mod:`inference.lane`) where it runs, else the Celery task's message
+    (:func:`config.broker.redis_wire`); None where Celery must publish it."""
+    if lane.enabled():
+        return lane.wire(version_id, queue, items, reply_to, batch_id)
     from inference.tasks import inference_predict_batch
 
     options = _batch_task(version_id, queue, items, reply_to, batch_id, False)

@@ -99,9 +99,11 @@ def batch_reply_publish(
     *,
     queue: str,
     release: list[str],
+    done: tuple[str, bytes] | None = None,
 ) -> None:
-    """Answer the requests of one batch (``reply_to`` empty: nobody waits, e.g. shadows) and
-    free the queue slots of ``release``, in one round trip."""
+    """Answer the requests of one batch (``reply_to`` empty: nobody waits, e.g. shadows),
+    free the queue slots of ``release`` and take the batch lane's message (``done``: the held
+    list and the message) off its worker's held list, in one round trip."""
     if settings.EMBEDDED:
         backpressure.release_many(queue, release)
         if reply_to:
@@ -113,6 +115,8 @@ def batch_reply_publish(
         pipe.expire(reply_to, settings.INFERENCE_REPLY_TTL_SECONDS)
     if release:
         pipe.zrem(key("inflight", queue), *release)
+    if done is not None:
+        pipe.lrem(done[0], 1, done[1])
     pipe.execute()
 
 

@@ -322,10 +322,12 @@ def predict_batch(
     reply_to: str,
     batch_id: str,
     shadow: bool = False,
+    done: tuple[str, bytes] | None = None,
 ) -> None:
     """Run a web process's batch (``(request_id, payload, deadline)`` each) through the
     version's batcher and answer all of it in one message (worker side). Expired items are
-    dropped, not run; every item's queue slot is freed in the same round trip."""
+    dropped, not run; every item's queue slot is freed in the same round trip, as is the
+    batch lane's held message (``done``: its list and bytes, :mod:`inference.lane`)."""
     started = time.perf_counter()
     now = time.time()
     live = [item for item in items if item[2] > now]
@@ -362,4 +364,5 @@ def predict_batch(
         replies,
         queue=queue,
         release=[rid for rid, _, _ in items],
+        done=done,
     )

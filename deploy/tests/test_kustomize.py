@@ -20,6 +20,7 @@ from deploy.tests.conftest import (
     render,
     settings_variables,
 )
+from inference.lane import lane_key
 
 HTTP_TIERS = ("sluice-web", "sluice-asgi")
 # The oldest Kubernetes still commonly run; every field used here exists there.
@@ -230,9 +231,12 @@ def test_keda_watches_the_redis_list_of_every_queue_a_worker_consumes(overlay: s
         command = container(objects, name)["command"]
         queues = command[command.index("--queues") + 1].split(",")
         triggers = scaled[name]["spec"]["triggers"]
-        # config/settings.py: global_keyprefix "<REDIS_KEY_PREFIX>:celery:" + queue name.
+        # config/settings.py: global_keyprefix "<REDIS_KEY_PREFIX>:celery:" + queue name; an
+        # inference queue's unary batches wait on its batch lane (inference.lane.lane_key).
+        lanes = [q for q in queues if q in settings.INFERENCE_QUEUES]
         assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(
-            f"{prefix}:celery:{q}" for q in queues
+            [f"{prefix}:celery:{q}" for q in queues]
+            + [f"{prefix}:inference:lane:{q}" for q in lanes]
         )
         assert all(
             t["type"] == "redis" and t["authenticationRef"]["name"] in auth for t in triggers
@@ -307,3 +311,14 @@ def test_a_queued_task_lands_in_the_list_keda_watches() -> None:
     finally:
         client.delete(key)
         client.close()
+
+
+def test_the_lane_list_keda_watches_is_where_web_processes_push_batches() -> None:
+    objects = render("gpu")
+    deployed_prefix = config(objects)["REDIS_KEY_PREFIX"]
+    watched = {
+        t["metadata"]["listName"].replace(deployed_prefix, settings.REDIS_KEY_PREFIX, 1)
+        for s in of_kind(objects, "ScaledObject").values()
+        for t in s["spec"]["triggers"]
+    }
+    assert {lane_key("cpu"), lane_key("gpu")} <= watched

@@ -247,11 +247,13 @@ def test_the_worker_answers_every_item_when_the_engine_is_missing() -> None:
 
 
 @pytest.mark.django_db
-def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch) -> None:
-    """The message goes in the round trip that takes the queue slots (no Celery publish),
-    and a worker runs it as it would any task message."""
+def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch, settings) -> None:
+    """Without the batch lane, the Celery task's message goes in the round trip that takes
+    the queue slots (no Celery publish), and a worker runs it as it would any task message.
+    (With the lane: inference/tests/test_lane.py.)"""
     if not settings.REDIS_URL:
         pytest.skip("the direct push needs the Redis broker (PostgreSQL + Redis pass)")
+    settings.INFERENCE_BATCH_LANE = False
 
     def celery_publish(**kwargs):
         raise AssertionError("published through Celery")

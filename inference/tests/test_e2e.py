@@ -54,10 +54,34 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None
     raise AssertionError(f"timed out waiting for {what}")
 
 
+WORKER = [
+    sys.executable,
+    "-m",
+    "celery",
+    "-A",
+    "config",
+    "worker",
+    "--pool",
+    "threads",
+    "--concurrency",
+    "8",
+    "--queues",
+    "celery,cpu",
+    "--loglevel",
+    "INFO",
+    "--without-heartbeat",
+    "--without-mingle",
+    "--without-gossip",
+]
+
+
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT."""
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT.
+    ``@pytest.mark.stack_env(NAME=value)`` adds settings; ``restart_worker()`` kills the worker
+    (SIGKILL, mid-task) and starts another with the same name."""
     port = _free_port()
+    marker = request.node.get_closest_marker("stack_env")
     env = {
         **os.environ,
         "DEBUG": "false",
@@ -70,39 +94,33 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "INFO",
+        **(marker.kwargs if marker else {}),
     }
     worker_log = tmp_path / "worker.log"
     web_log = tmp_path / "web.log"
+    hostname = f"e2e-{os.getpid()}-{port}@localhost"
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with worker_log.open("wb") as wout, web_log.open("wb") as gout:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "config",
-                        "worker",
-                        "--pool",
-                        "threads",
-                        "--concurrency",
-                        "8",
-                        "--queues",
-                        "celery,cpu",
-                        "--loglevel",
-                        "INFO",
-                        "--without-heartbeat",
-                        "--without-mingle",
-                        "--without-gossip",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=wout,
-                    stderr=subprocess.STDOUT,
-                )
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        with worker_log.open("ab") as wout:
+            return subprocess.Popen(
+                [*WORKER, "--hostname", hostname],
+                cwd=ROOT,
+                env=env,
+                stdout=wout,
+                stderr=subprocess.STDOUT,
             )
+
+    def restart_worker() -> None:
+        procs[0].kill()
+        procs[0].wait(10)
+        ready = worker_log.read_text().count("ready.")
+        procs[0] = start_worker()
+        _wait_for(lambda: worker_log.read_text().count("ready.") > ready, "the new worker")
+
+    try:
+        procs.append(start_worker())
+        with web_log.open("wb") as gout:
             procs.append(
                 subprocess.Popen(
                     [
@@ -135,7 +153,12 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
         _wait_for(web_up, f"gunicorn ({web_log.read_text()[-2000:]})")
         _wait_for(lambda: "ready." in worker_log.read_text(), "the celery worker")
-        yield {"base": base, "worker_log": worker_log}
+        yield {
+            "base": base,
+            "worker_log": worker_log,
+            "hostname": hostname,
+            "restart_worker": restart_worker,
+        }
     finally:
         for proc in procs:
             proc.terminate()
@@ -179,7 +202,38 @@ def test_it_serves_digits_through_a_real_worker_and_server(stack, key, digits) -
     assert [a["output"]["label"] for a in answers] == list(data.target[:32])
     print("batch sizes seen:", sorted(a["batch_size"] for a in answers))
     # Concurrent requests for one version are merged by the worker's batcher.
-    assert max(a["batch_size"] for a in answers) > 1, stack["worker_log"].read_text()[-3000:]
+    log = stack["worker_log"].read_text()
+    assert max(a["batch_size"] for a in answers) > 1, log[-3000:]
+    # They travelled on the batch lane, not as Celery task messages.
+    assert "batch lane: 8 thread(s) on ['cpu']" in log
+    assert "Task inference_predict_batch[" not in log  # Celery logs each task it receives
+
+
+def test_a_batch_whose_worker_dies_mid_run_is_answered_by_the_next(stack, key, doubler) -> None:
+    """The batch lane's redelivery: a worker killed while it holds a batch; the worker that
+    takes its place (the same name, as a restarted pod) runs the batch again."""
+    from inference.lane import held_key
+    from inference.models import ModelVersion
+    from inference.redis_client import client
+
+    ModelVersion.objects.filter(pk=doubler.pk).update(
+        runtime_options={"handler": "inference.tests.fakes.Doubler", "sleep": 1.5}
+    )
+    held = held_key("cpu", stack["hostname"])
+
+    def ask() -> httpx.Response:
+        with httpx.Client(base_url=stack["base"], headers={"X-API-Key": key[1]}, timeout=60) as c:
+            return c.post("/v1/models/doubler/infer", json={"input": {"x": 7}, "timeout_ms": 30000})
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asked = pool.submit(ask)
+        _wait_for(lambda: client().llen(held) == 1, "the worker to hold the batch")
+        stack["restart_worker"]()
+        response = asked.result(timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["output"] == {"y": 14}
+    assert "back on the lane" in stack["worker_log"].read_text()
+    assert client().llen(held) == 0
 
 
 def test_it_answers_504_and_drops_work_when_no_worker_is_fast_enough(stack, key, doubler) -> None:
@@ -194,6 +248,7 @@ def test_it_answers_504_and_drops_work_when_no_worker_is_fast_enough(stack, key,
     assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.stack_env(INFERENCE_BATCH_LANE="false")  # requests as Celery task messages
 def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, doubler) -> None:
     """Unbatched requests outnumbering the worker's 8 threads fill its prefetch window; each
     finished task must let the next message in at once (config.celery.WakeLoop), not after

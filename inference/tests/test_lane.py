@@ -1,0 +1,194 @@
+"""The batch lane (inference/lane.py): unary batches off a Redis list, held while they run,
+given back when their worker dies. Real Redis; the worker's half runs in this process."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from inference import backpressure, dispatch, lane
+from inference.lane import Lane, alive_key, held_key, lane_key
+from inference.redis_client import client
+from inference.selectors import VersionRoute
+from inference.tests.conftest import make_version
+from inference.tests.fakes import Doubler
+
+pytestmark = pytest.mark.skipif(
+    not settings.REDIS_URL, reason="the batch lane is the Redis configuration's"
+)
+
+
+def _queue() -> str:
+    return f"q{uuid.uuid4().hex[:10]}"  # a queue of this test only (the server is shared)
+
+
+def _route(version_id: int, queue: str) -> VersionRoute:
+    return VersionRoute(
+        id=version_id,
+        version="1",
+        queue=queue,
+        input_schema={},
+        validator=None,
+        fast_validator=None,
+        max_batch_size=8,
+        max_delay_ms=1000,
+    )
+
+
+def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
+    rid = uuid.uuid4().hex
+    pending = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
+    reply = dispatch.wait(pending, timeout)
+    if reply is None:
+        dispatch.gave_up(route, rid)
+    return reply
+
+
+@pytest.fixture
+def lanes() -> Any:
+    """Lane objects of this test (hostnames of its own), their Redis keys removed after."""
+    made: list[Lane] = []
+    queues: list[str] = []
+
+    def make(queue: str, hostname: str = "", threads: int = 1) -> Lane:
+        queues.append(queue)
+        found = Lane(hostname or f"w{uuid.uuid4().hex[:8]}@test", [queue], threads)
+        made.append(found)
+        return found
+
+    yield make
+    for one in made:
+        one.stop(timeout=5)
+    redis = client()
+    for queue in queues:
+        redis.delete(lane_key(queue))
+        for name in redis.scan_iter(match=held_key(queue, "*")):
+            redis.delete(name)
+    for one in made:
+        redis.delete(alive_key(one.hostname))
+        for queue in one.queues:
+            redis.srem(lane.workers_key(), held_key(queue, one.hostname))
+
+
+def _take(queue: str, worker: Lane) -> bytes:
+    """What a lane thread of ``worker`` does first: the next message, onto its held list."""
+    raw = client(blocking=True).blmove(
+        lane_key(queue), held_key(queue, worker.hostname), 5, "RIGHT", "LEFT"
+    )
+    assert raw is not None
+    return bytes(raw)
+
+
+@pytest.mark.django_db
+def test_a_batch_goes_onto_the_lane_with_its_slots_and_leaves_the_held_list_answered(
+    monkeypatch, lanes
+) -> None:
+    def celery_publish(**kwargs: Any) -> None:
+        raise AssertionError("published through Celery")
+
+    monkeypatch.setattr(dispatch, "enqueue_batch", celery_publish)
+    assert lane.enabled()
+    version = make_version(max_batch_size=8, max_delay_ms=1000)
+    queue = _queue()
+    worker = lanes(queue)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asked = pool.submit(_ask, _route(version.pk, queue), 21)
+        raw = _take(queue, worker)
+        message = json.loads(raw)
+        assert message["version"] == version.pk and len(message["items"]) == 1
+        assert backpressure.in_flight(queue) == 1  # its slot was taken with the push
+        worker.handle(queue, held_key(queue, worker.hostname), raw)  # in this thread (the db)
+        reply = asked.result(timeout=5)
+    assert reply is not None and reply["output"] == {"y": 42} and reply["batch_size"] == 1
+    assert client().llen(held_key(queue, worker.hostname)) == 0  # gone with the answer
+    assert backpressure.in_flight(queue) == 0
+    assert Doubler.batches == [[21]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lane_threads_serve_concurrent_requests_in_batches(lanes) -> None:
+    version = make_version(max_batch_size=8, max_delay_ms=1000)
+    queue = _queue()
+    worker = lanes(queue, threads=2)
+    worker.start()
+    route = _route(version.pk, queue)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        replies = list(pool.map(lambda x: _ask(route, x), range(12)))
+    assert [r["output"] for r in replies if r] == [{"y": 2 * x} for x in range(12)]
+    assert sum(len(b) for b in Doubler.batches) == 12
+    assert len(Doubler.batches) < 12  # requests travelled together
+    assert client().llen(held_key(queue, worker.hostname)) == 0
+    assert backpressure.in_flight(queue) == 0
+
+
+@pytest.mark.django_db
+def test_a_dead_workers_held_batch_is_given_back_and_answered(lanes) -> None:
+    version = make_version(max_batch_size=8, max_delay_ms=1000)
+    queue = _queue()
+    dead, alive, sweeper = lanes(queue), lanes(queue), lanes(queue)
+    for worker in (dead, alive, sweeper):
+        worker._beat()  # registered, alive
+    client().delete(alive_key(dead.hostname))  # its heartbeat expired
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(_ask, _route(version.pk, queue), 1)
+        lost = _take(queue, dead)  # taken, then its worker died: no heartbeat, no answer
+        second = pool.submit(_ask, _route(version.pk, queue), 2)
+        kept = _take(queue, alive)  # the live worker's batch stays where it is
+        assert sweeper.sweep() == 1
+        assert client().llen(held_key(queue, dead.hostname)) == 0
+        assert not client().sismember(lane.workers_key(), held_key(queue, dead.hostname))
+        assert sweeper.sweep() == 0  # nothing twice
+        assert client().lrange(held_key(queue, alive.hostname), 0, -1) == [kept]
+        again = _take(queue, sweeper)
+        assert again == lost  # the same message, redelivered
+        sweeper.handle(queue, held_key(queue, sweeper.hostname), again)
+        alive.handle(queue, held_key(queue, alive.hostname), kept)
+        assert first.result(timeout=5)["output"] == {"y": 2}
+        assert second.result(timeout=5)["output"] == {"y": 4}
+    assert backpressure.in_flight(queue) == 0
+
+
+def test_a_restarted_worker_takes_back_what_it_held_and_a_stopped_one_gives_it_back(
+    lanes,
+) -> None:
+    queue = _queue()
+    name = f"w{uuid.uuid4().hex[:8]}@test"
+    before = lanes(queue, hostname=name)
+    client().lpush(lane_key(queue), b'{"stale": 1}')
+    _take(queue, before)
+    before._beat()
+    # Its next life (the same name, its heartbeat still fresh) takes the message back first.
+    assert lanes(queue, hostname=name).sweep(include_own=True) == 1
+    assert client().llen(lane_key(queue)) == 1
+    # A stopping worker hands back what it still holds.
+    held = _take(queue, before)
+    before.stop(timeout=1)
+    assert client().lrange(lane_key(queue), 0, -1) == [held]
+    assert not client().exists(alive_key(name))
+    assert not client().sismember(lane.workers_key(), held_key(queue, name))
+
+
+def test_a_malformed_message_is_dropped_and_the_lane_goes_on(lanes, caplog) -> None:
+    queue = _queue()
+    worker = lanes(queue)
+    client().lpush(lane_key(queue), b"not json")
+    raw = _take(queue, worker)
+    worker.handle(queue, held_key(queue, worker.hostname), raw)
+    assert client().llen(held_key(queue, worker.hostname)) == 0
+    assert "dropped a malformed message" in caplog.text
+
+
+def test_in_eager_mode_batches_go_through_celery(eager) -> None:
+    assert not lane.enabled()  # the worker's half runs inside apply_async
+
+
+def test_the_setting_turns_the_lane_off(settings) -> None:
+    assert lane.enabled()
+    settings.INFERENCE_BATCH_LANE = False
+    assert not lane.enabled()
