@@ -157,11 +157,15 @@ class Lane:
                     log.exception("batch lane: reading %s failed; retrying in a second", source)
                     self._stop.wait(1.0)
                     continue
-                if raw is not None:
+                if raw is None:
+                    continue
+                try:
                     self.handle(queue, held, raw)
                     # As Celery's Django fixup does around a task: no connection outlives
                     # CONN_MAX_AGE or an error (loading a version reads the registry).
                     close_old_connections()
+                except Exception:  # the thread lives on: the next batch may fare better
+                    log.exception("batch lane: a batch on %s failed", queue)
         finally:
             connections.close_all()  # this thread's
 

@@ -192,3 +192,24 @@ def test_the_setting_turns_the_lane_off(settings) -> None:
     assert lane.enabled()
     settings.INFERENCE_BATCH_LANE = False
     assert not lane.enabled()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lane_thread_outlives_a_batch_that_blew_up(monkeypatch, lanes, caplog) -> None:
+    version = make_version(max_batch_size=8, max_delay_ms=1000)
+    queue = _queue()
+    worker = lanes(queue)
+    real, calls = Lane.handle, []
+
+    def flaky(self: Lane, *args: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise ConnectionError("Redis went away under the batch")
+        real(self, *args)
+
+    monkeypatch.setattr(Lane, "handle", flaky)
+    client().lpush(lane_key(queue), b"{}")  # the batch that blows up
+    worker.start()
+    reply = _ask(_route(version.pk, queue), 4)
+    assert reply is not None and reply["output"] == {"y": 8}
+    assert len(calls) == 2 and "a batch on" in caplog.text
