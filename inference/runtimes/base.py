@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,20 @@ from typing import Any, ClassVar
 INSTALL_HINT = "install with pip install -r requirements-models.txt"
 
 Item = dict[str, Any]
+
+
+log = logging.getLogger(__name__)
+
+
+def torch_device(wanted: str, torch: Any, label: str) -> str:
+    """The device a torch model of ``label`` runs on: ``cuda`` when asked for and torch sees a
+    GPU; else the CPU, with a warning when cuda was asked for (every torch runtime and handler
+    falls back alike, as ONNX Runtime does without its CUDA provider)."""
+    if wanted == "cuda":
+        if torch.cuda.is_available():
+            return "cuda"
+        log.warning("%s asks for cuda; torch sees no GPU, using the CPU", label)
+    return "cpu"
 
 
 class RuntimeUnavailable(Exception):

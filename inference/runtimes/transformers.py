@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
-import logging
 import os
 import queue
 import shutil
@@ -47,9 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from inference.runtimes.base import Item, Runtime, RuntimeUnavailable
-
-log = logging.getLogger(__name__)
+from inference.runtimes.base import Item, Runtime, RuntimeUnavailable, torch_device
 
 EXTRA_HINT = "install with pip install -r requirements-models-extra.txt"
 _DONE = object()
@@ -109,10 +106,7 @@ class TransformersRuntime(Runtime):
             self.model = auto.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise RuntimeUnavailable(f"unavailable: cannot load {directory}: {exc}") from exc
-        device = "cuda" if self.spec.device == "cuda" and torch.cuda.is_available() else "cpu"
-        if self.spec.device == "cuda" and device == "cpu":
-            log.warning("%s asks for cuda; torch sees no GPU, using the CPU", self.spec.label)
-        self.model.to(device)
+        self.model.to(torch_device(self.spec.device, torch, self.spec.label))
         self.model.eval()
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

