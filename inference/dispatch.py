@@ -25,6 +25,7 @@ from typing import Any
 
 from config.broker import redis_wire
 from inference import backpressure, lane
+from inference.redis_client import client
 from inference.replies import Waiter, inbox
 from inference.selectors import VersionRoute
 from tenants.limits import PlanTicket, settle
@@ -191,7 +192,7 @@ class Collector:
         inbox.expect_batch(batch_id, self._answered, max(p.deadline for p in live))
         try:
             # On Redis the message goes with the queue slots, in their round trip, when every
-            # request of the batch gets one (the common case); else Celery publishes it below.
+            # request of the batch gets one (the common case); else it goes below.
             wire = batch_wire(self.version_id, self.queue, items, inbox.address(), batch_id)
             refused = set(
                 backpressure.admit_many(
@@ -215,13 +216,22 @@ class Collector:
                 return True
         if wire is None or refused:
             try:
-                enqueue_batch(
-                    version_id=self.version_id,
-                    queue=self.queue,
-                    items=items,
-                    reply_to=inbox.address(),
-                    batch_id=batch_id,
-                )
+                # The rest of a partly refused batch goes as the whole would have: pushed (onto
+                # the batch lane, or as the task's message) where the script pushes, else by
+                # Celery.
+                rest = None
+                if wire is not None:
+                    rest = batch_wire(self.version_id, self.queue, items, inbox.address(), batch_id)
+                if rest is not None:
+                    client().lpush(*rest)
+                else:
+                    enqueue_batch(
+                        version_id=self.version_id,
+                        queue=self.queue,
+                        items=items,
+                        reply_to=inbox.address(),
+                        batch_id=batch_id,
+                    )
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (503)
                 inbox.forget_batch(batch_id)  # calls _answered
                 for p in live:

@@ -15,6 +15,7 @@ from django.conf import settings
 from inference import backpressure, dispatch, lane
 from inference.lane import Lane, alive_key, held_key, lane_key
 from inference.redis_client import client
+from inference.replies import inbox
 from inference.selectors import VersionRoute
 from inference.tests.conftest import make_version
 from inference.tests.fakes import Doubler
@@ -213,3 +214,29 @@ def test_a_lane_thread_outlives_a_batch_that_blew_up(monkeypatch, lanes, caplog)
     reply = _ask(_route(version.pk, queue), 4)
     assert reply is not None and reply["output"] == {"y": 8}
     assert len(calls) == 2 and "a batch on" in caplog.text
+
+
+def test_the_rest_of_a_partly_refused_batch_goes_onto_the_lane(monkeypatch, lanes, settings):
+    def celery_publish(**kwargs: Any) -> None:
+        raise AssertionError("published through Celery")
+
+    monkeypatch.setattr(dispatch, "enqueue_batch", celery_publish)
+    queue = _queue()
+    worker = lanes(queue)
+    settings.INFERENCE_QUEUE_BOUNDS = {queue: 2}
+    deadline = time.time() + 10
+    backpressure.admit_many(queue, {"someone-else": deadline})  # one slot of two is taken
+    batch = [
+        dispatch.Pending(rid, {"x": n}, deadline, waiter=inbox.expect(rid))
+        for n, rid in enumerate([uuid.uuid4().hex, uuid.uuid4().hex])
+    ]
+    try:
+        assert dispatch.collector(_route(1, queue))._send(batch)
+        assert batch[0].error is None
+        assert isinstance(batch[1].error, backpressure.QueueFull)
+        message = json.loads(_take(queue, worker))
+        assert [rid for rid, _, _ in message["items"]] == [batch[0].request_id]
+    finally:
+        backpressure.release_many(queue, ["someone-else", batch[0].request_id])
+        for pending in batch:
+            inbox.forget(pending.request_id)
