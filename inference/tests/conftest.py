@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import functools
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 from inference import backpressure, dispatch, replies, router, selectors, serving, streams
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.models import Model, ModelVersion
+from inference.selectors import VersionRoute
 from inference.services import version_register
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
 
@@ -98,3 +101,35 @@ def digits(db: None) -> ModelVersion:
 @pytest.fixture
 def digits_onnx() -> bytes:
     return _digits_onnx()
+
+
+def make_route(
+    *,
+    version_id: int | None = None,
+    queue: str = "",
+    max_batch_size: int = 8,
+    max_delay_ms: int = 200,
+) -> VersionRoute:
+    """A version's route without the registry (``version_id`` when the worker's half must
+    find the version in the database)."""
+    return VersionRoute(
+        id=version_id if version_id is not None else int(time.time_ns() % 10**9),
+        version="1",
+        # A queue of this test only (the Redis pass shares the server).
+        queue=queue or f"q{uuid.uuid4().hex[:10]}",
+        input_schema={},
+        validator=None,
+        fast_validator=None,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+    )
+
+
+def ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
+    """One request ``{"x": x}`` through the web side's batching, as the view sends it."""
+    rid = uuid.uuid4().hex
+    pending = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
+    reply = dispatch.wait(pending, timeout)
+    if reply is None:
+        dispatch.gave_up(route, rid)
+    return reply

@@ -17,24 +17,9 @@ from django.conf import settings
 from inference import backpressure, dispatch
 from inference.redis_client import client
 from inference.replies import Signal, Waiter, batch_reply_publish, inbox
-from inference.selectors import VersionRoute
 from inference.tasks import inference_predict_batch
-from inference.tests.conftest import make_version
+from inference.tests.conftest import ask, make_route, make_version
 from inference.tests.fakes import Doubler
-
-
-def _route(*, max_batch_size: int = 8, max_delay_ms: int = 200, queue: str = "") -> VersionRoute:
-    return VersionRoute(
-        id=int(time.time_ns() % 10**9),
-        version="1",
-        # A queue of this test only (the Redis pass shares the server).
-        queue=queue or f"q{uuid.uuid4().hex[:10]}",
-        input_schema={},
-        validator=None,
-        fast_validator=None,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-    )
 
 
 class FakeWorker:
@@ -79,24 +64,15 @@ def _reply(waiter: Waiter, timeout: float) -> dict[str, Any] | None:
     return waiter.reply
 
 
-def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
-    rid = uuid.uuid4().hex
-    pending = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
-    reply = dispatch.wait(pending, timeout)
-    if reply is None:
-        dispatch.gave_up(route, rid)
-    return reply
-
-
 def test_it_sends_concurrent_requests_for_one_version_as_few_messages(monkeypatch) -> None:
     worker = FakeWorker()
     _fake_send(monkeypatch, worker)
-    route = _route(max_batch_size=8)
+    route = make_route(max_batch_size=8)
     barrier = threading.Barrier(24)
 
     def one(x: int) -> dict[str, Any] | None:
         barrier.wait()
-        return _ask(route, x)
+        return ask(route, x)
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         replies = list(pool.map(one, range(24)))
@@ -110,38 +86,38 @@ def test_it_sends_concurrent_requests_for_one_version_as_few_messages(monkeypatc
 
 def test_it_sends_a_lone_request_at_once(monkeypatch) -> None:
     _fake_send(monkeypatch, FakeWorker(delay=0))
-    route = _route(max_batch_size=32, max_delay_ms=2000)
+    route = make_route(max_batch_size=32, max_delay_ms=2000)
     started = time.monotonic()
-    assert _ask(route, 3) == {"ok": True, "output": {"y": 6}, "batch_size": 1}
+    assert ask(route, 3) == {"ok": True, "output": {"y": 6}, "batch_size": 1}
     assert time.monotonic() - started < 1  # no batch window while nothing else is in flight
 
 
 def test_it_sends_one_message_per_request_when_batching_is_off(monkeypatch) -> None:
     worker = FakeWorker(delay=0.02)
     _fake_send(monkeypatch, worker)
-    route = _route(max_batch_size=1)
+    route = make_route(max_batch_size=1)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda x: _ask(route, x), range(8)))
+        list(pool.map(lambda x: ask(route, x), range(8)))
     assert [len(m) for m in worker.messages] == [1] * 8
 
 
 def test_it_honours_each_requests_own_deadline_in_a_batch(monkeypatch) -> None:
     worker = FakeWorker(delay=0.6)  # answers after the short deadline only
     _fake_send(monkeypatch, worker)
-    route = _route(max_batch_size=2, max_delay_ms=500)
+    route = make_route(max_batch_size=2, max_delay_ms=500)
     # Keep a batch in flight, so the next two wait for each other and travel together.
-    first = threading.Thread(target=_ask, args=(route, 0))
+    first = threading.Thread(target=ask, args=(route, 0))
     first.start()
     time.sleep(0.05)
     results: dict[str, Any] = {}
 
     def short() -> None:
         started = time.monotonic()
-        results["short"] = _ask(route, 1, timeout=0.3)
+        results["short"] = ask(route, 1, timeout=0.3)
         results["short_took"] = time.monotonic() - started
 
     def long() -> None:
-        results["long"] = _ask(route, 2, timeout=5)
+        results["long"] = ask(route, 2, timeout=5)
 
     threads = [threading.Thread(target=short), threading.Thread(target=long)]
     for t in threads:
@@ -160,7 +136,7 @@ def test_it_honours_each_requests_own_deadline_in_a_batch(monkeypatch) -> None:
 def test_it_does_not_send_a_request_whose_deadline_passed_while_it_waited(monkeypatch) -> None:
     worker = FakeWorker(silent=True)
     _fake_send(monkeypatch, worker)
-    collector = dispatch.collector(_route())
+    collector = dispatch.collector(make_route())
     late = dispatch.Pending("late", {"x": 1}, time.time() - 0.01)
     collector.submit(late)  # the first request leads at once: its batch is decided
     assert late.error is None and worker.messages == []
@@ -171,7 +147,7 @@ def test_it_refuses_past_the_queue_bound_at_once(monkeypatch, settings) -> None:
     worker = FakeWorker(silent=True)
     _fake_send(monkeypatch, worker)
     settings.INFERENCE_QUEUE_BOUND = 2
-    route = _route(max_batch_size=5, max_delay_ms=300)
+    route = make_route(max_batch_size=5, max_delay_ms=300)
     collector = dispatch.collector(route)
     # One batch in flight holds the collector open, so five requests meet in the next one.
     collector._in_flight = 1
@@ -201,9 +177,9 @@ def test_it_answers_every_refused_request_when_the_broker_is_down(monkeypatch) -
         raise OperationalError("Connection refused")
 
     _fake_send(monkeypatch, down)
-    route = _route()
+    route = make_route()
     with pytest.raises(OperationalError):
-        _ask(route, 1)
+        ask(route, 1)
     assert backpressure.in_flight(route.queue) == 0
     assert dispatch.collector(route)._in_flight == 0
 
@@ -260,8 +236,7 @@ def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch
 
     monkeypatch.setattr(dispatch, "enqueue_batch", celery_publish)
     version = make_version(max_batch_size=8, max_delay_ms=1000)
-    route = _route(queue=f"q{uuid.uuid4().hex[:10]}")
-    route = VersionRoute(**{**route.__dict__, "id": version.pk})
+    route = make_route(version_id=version.pk)
     trips = []
     real_admit = backpressure.admit_many
     monkeypatch.setattr(
@@ -270,7 +245,7 @@ def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch
         lambda *a, **kw: trips.append(kw.get("send")) or real_admit(*a, **kw),
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
-        asked = pool.submit(_ask, route, 21)
+        asked = pool.submit(ask, route, 21)
         prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"]
         popped = client().brpop([f"{prefix}{route.queue}"], timeout=5)
         assert popped is not None
@@ -303,7 +278,7 @@ def test_a_signal_behaves_as_an_event_set_once() -> None:
 def test_a_request_handed_the_turn_leads_before_it_gives_up(monkeypatch) -> None:
     worker = FakeWorker(silent=True)
     _fake_send(monkeypatch, worker)
-    route = _route(max_batch_size=1)
+    route = make_route(max_batch_size=1)
     collector = dispatch.collector(route)
     first, behind, late = (
         dispatch.Pending(f"{name}-{uuid.uuid4().hex}", {"x": 1}, time.time() + 5)

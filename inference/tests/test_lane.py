@@ -16,8 +16,7 @@ from inference import backpressure, dispatch, lane
 from inference.lane import Lane, alive_key, held_key, lane_key
 from inference.redis_client import client
 from inference.replies import inbox
-from inference.selectors import VersionRoute
-from inference.tests.conftest import make_version
+from inference.tests.conftest import ask, make_route, make_version
 from inference.tests.fakes import Doubler
 
 pytestmark = pytest.mark.skipif(
@@ -27,28 +26,6 @@ pytestmark = pytest.mark.skipif(
 
 def _queue() -> str:
     return f"q{uuid.uuid4().hex[:10]}"  # a queue of this test only (the server is shared)
-
-
-def _route(version_id: int, queue: str) -> VersionRoute:
-    return VersionRoute(
-        id=version_id,
-        version="1",
-        queue=queue,
-        input_schema={},
-        validator=None,
-        fast_validator=None,
-        max_batch_size=8,
-        max_delay_ms=1000,
-    )
-
-
-def _ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | None:
-    rid = uuid.uuid4().hex
-    pending = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
-    reply = dispatch.wait(pending, timeout)
-    if reply is None:
-        dispatch.gave_up(route, rid)
-    return reply
 
 
 @pytest.fixture
@@ -99,7 +76,9 @@ def test_a_batch_goes_onto_the_lane_with_its_slots_and_leaves_the_held_list_answ
     queue = _queue()
     worker = lanes(queue)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        asked = pool.submit(_ask, _route(version.pk, queue), 21)
+        asked = pool.submit(
+            ask, make_route(version_id=version.pk, queue=queue, max_delay_ms=1000), 21
+        )
         raw = _take(queue, worker)
         message = json.loads(raw)
         assert message["version"] == version.pk and len(message["items"]) == 1
@@ -118,9 +97,9 @@ def test_lane_threads_serve_concurrent_requests_in_batches(lanes) -> None:
     queue = _queue()
     worker = lanes(queue, threads=2)
     worker.start()
-    route = _route(version.pk, queue)
+    route = make_route(version_id=version.pk, queue=queue, max_delay_ms=1000)
     with ThreadPoolExecutor(max_workers=12) as pool:
-        replies = list(pool.map(lambda x: _ask(route, x), range(12)))
+        replies = list(pool.map(lambda x: ask(route, x), range(12)))
     assert [r["output"] for r in replies if r] == [{"y": 2 * x} for x in range(12)]
     assert sum(len(b) for b in Doubler.batches) == 12
     assert len(Doubler.batches) < 12  # requests travelled together
@@ -136,10 +115,11 @@ def test_a_dead_workers_held_batch_is_given_back_and_answered(lanes) -> None:
     for worker in (dead, alive, sweeper):
         worker._beat()  # registered, alive
     client().delete(alive_key(dead.hostname))  # its heartbeat expired
+    route = make_route(version_id=version.pk, queue=queue, max_delay_ms=1000)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first = pool.submit(_ask, _route(version.pk, queue), 1)
+        first = pool.submit(ask, route, 1)
         lost = _take(queue, dead)  # taken, then its worker died: no heartbeat, no answer
-        second = pool.submit(_ask, _route(version.pk, queue), 2)
+        second = pool.submit(ask, route, 2)
         kept = _take(queue, alive)  # the live worker's batch stays where it is
         assert sweeper.sweep() == 1
         assert client().llen(held_key(queue, dead.hostname)) == 0
@@ -211,7 +191,7 @@ def test_a_lane_thread_outlives_a_batch_that_blew_up(monkeypatch, lanes, caplog)
     monkeypatch.setattr(Lane, "handle", flaky)
     client().lpush(lane_key(queue), b"{}")  # the batch that blows up
     worker.start()
-    reply = _ask(_route(version.pk, queue), 4)
+    reply = ask(make_route(version_id=version.pk, queue=queue, max_delay_ms=1000), 4)
     assert reply is not None and reply["output"] == {"y": 8}
     assert len(calls) == 2 and "a batch on" in caplog.text
 
@@ -231,7 +211,7 @@ def test_the_rest_of_a_partly_refused_batch_goes_onto_the_lane(monkeypatch, lane
         for n, rid in enumerate([uuid.uuid4().hex, uuid.uuid4().hex])
     ]
     try:
-        assert dispatch.collector(_route(1, queue))._send(batch)
+        assert dispatch.collector(make_route(version_id=1, queue=queue))._send(batch)
         assert batch[0].error is None
         assert isinstance(batch[1].error, backpressure.QueueFull)
         message = json.loads(_take(queue, worker))
