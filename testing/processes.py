@@ -151,43 +151,54 @@ def gunicorn(port: int, *, threads: int = 4) -> list[str]:
 
 @contextlib.contextmanager
 def celery_worker(
-    env: dict[str, str], *, queues: str, pool: str = "prefork", concurrency: int = 2
+    env: dict[str, str],
+    *,
+    queues: str,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    hostname: str | None = None,
+    log_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery -A config worker`` until the block ends, once it says it is ready."""
-    log = tempfile.NamedTemporaryFile(suffix=".log")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--queues",
-            queues,
-            "--pool",
-            pool,
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env={**env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "WORKER_METRICS_PORT": "0"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+    """A real ``celery -A config worker`` until the block ends, once it says it is ready.
+    ``log_path``: where its output goes (appended, kept for the test to read); ``hostname``:
+    its node name (a worker started again under the same name is "the same worker")."""
+    with contextlib.ExitStack() as cleanup:
+        if log_path is None:
+            log_path = Path(cleanup.enter_context(tempfile.NamedTemporaryFile(suffix=".log")).name)
+        ready_before = log_path.read_bytes().count(b"ready.") if log_path.exists() else 0
+        name = ["--hostname", hostname] if hostname else []
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "--queues",
+                    queues,
+                    "--pool",
+                    pool,
+                    "--concurrency",
+                    str(concurrency),
+                    *name,
+                    "--loglevel",
+                    "INFO",
+                    "--without-heartbeat",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                cwd=ROOT,
+                env={**env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "WORKER_METRICS_PORT": "0"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        cleanup.callback(stop, proc, grace=15)
         deadline = time.monotonic() + 60
-        while b"ready." not in Path(log.name).read_bytes():
+        while log_path.read_bytes().count(b"ready.") <= ready_before:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker: {Path(log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"celery worker: {log_path.read_text()[-3000:]}")
             time.sleep(0.2)
         yield proc
-    finally:
-        stop(proc, grace=15)
-        log.close()

@@ -3,10 +3,9 @@ and the PostgreSQL test database. Runs in the PostgreSQL + Redis pass of ``make 
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
-import subprocess
-import sys
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,19 +19,14 @@ from django.conf import settings
 from django.db import connection
 from sklearn.datasets import load_digits
 
+from testing.processes import celery_worker, free_port, gunicorn, running, server_env
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.redis,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (PostgreSQL + Redis pass)"),
 ]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _database_url() -> str:
@@ -54,120 +48,49 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None
     raise AssertionError(f"timed out waiting for {what}")
 
 
-WORKER = [
-    sys.executable,
-    "-m",
-    "celery",
-    "-A",
-    "config",
-    "worker",
-    "--pool",
-    "threads",
-    "--concurrency",
-    "8",
-    "--queues",
-    "celery,cpu",
-    "--loglevel",
-    "INFO",
-    "--without-heartbeat",
-    "--without-mingle",
-    "--without-gossip",
-]
-
-
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT.
     ``@pytest.mark.stack_env(NAME=value)`` adds settings; ``restart_worker()`` kills the worker
     (SIGKILL, mid-task) and starts another with the same name."""
-    port = _free_port()
     marker = request.node.get_closest_marker("stack_env")
-    env = {
-        **os.environ,
-        "DEBUG": "false",
-        "SECRET_KEY": "x",
-        "SECURE_SSL_REDIRECT": "false",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "LOG_FORMAT": "text",
-        "LOG_LEVEL": "INFO",
+    env = server_env(
+        _database_url(),
+        REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX,  # the test reads the worker's keys
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
         **(marker.kwargs if marker else {}),
-    }
+    )
+    port = free_port()
     worker_log = tmp_path / "worker.log"
-    web_log = tmp_path / "web.log"
     hostname = f"e2e-{os.getpid()}-{port}@localhost"
-    procs: list[subprocess.Popen[bytes]] = []
 
-    def start_worker() -> subprocess.Popen[bytes]:
-        with worker_log.open("ab") as wout:
-            return subprocess.Popen(
-                [*WORKER, "--hostname", hostname],
-                cwd=ROOT,
-                env=env,
-                stdout=wout,
-                stderr=subprocess.STDOUT,
-            )
+    def start_worker() -> Any:
+        return celery_worker(
+            env,
+            queues="celery,cpu",
+            pool="threads",
+            concurrency=8,
+            hostname=hostname,
+            log_path=worker_log,
+        )
 
-    def restart_worker() -> None:
-        procs[0].kill()
-        procs[0].wait(10)
-        ready = worker_log.read_text().count("ready.")
-        procs[0] = start_worker()
-        _wait_for(lambda: worker_log.read_text().count("ready.") > ready, "the new worker")
+    with contextlib.ExitStack() as processes:
+        worker = processes.enter_context(contextlib.ExitStack())
+        proc = worker.enter_context(start_worker())
+        base = processes.enter_context(running(gunicorn(port, threads=16), env, port=port))
 
-    try:
-        procs.append(start_worker())
-        with web_log.open("wb") as gout:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "gunicorn",
-                        "config.wsgi",
-                        "--bind",
-                        f"127.0.0.1:{port}",
-                        "--workers",
-                        "1",
-                        "--worker-class",
-                        "gthread",
-                        "--threads",
-                        "16",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=gout,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        base = f"http://127.0.0.1:{port}"
+        def restart_worker() -> None:
+            nonlocal proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            worker.close()
+            proc = worker.enter_context(start_worker())
 
-        def web_up() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait_for(web_up, f"gunicorn ({web_log.read_text()[-2000:]})")
-        _wait_for(lambda: "ready." in worker_log.read_text(), "the celery worker")
         yield {
             "base": base,
             "worker_log": worker_log,
             "hostname": hostname,
             "restart_worker": restart_worker,
         }
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def test_it_serves_digits_through_a_real_worker_and_server(stack, key, digits) -> None:
