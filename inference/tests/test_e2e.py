@@ -199,4 +199,9 @@ def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, 
     print(f"32 requests over 8 worker threads: {took:.2f} s, slowest {max(waits):.2f} s")
     # The version's batches run one at a time in the worker: 32 x 0.05 s. A window that stalls
     # until kombu's timer adds 10 s (once per refill).
-    assert took < 8, stack["worker_log"].read_text()[-3000:]
+    log = stack["worker_log"].read_text()
+    assert took < 8, log[-3000:]
+    # The setting is the web side's: the worker serves the lane all the same, so a web process
+    # set otherwise never strands a batch.
+    assert "batch lane: 8 thread(s) on ['cpu']" in log
+    assert "Task inference_predict_batch[" in log  # these requests came as Celery tasks
