@@ -12,7 +12,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/11
 # tests then skip). CI's extra Python 3.13 pass does that: torch's CPU wheel here is for 3.11.
 MODEL_EXTRAS ?= requirements-models-extra.txt
 
-.PHONY: run test test-embedded test-services lint fmt web asgi worker beat check-deploy bench clean worker-jobs
+.PHONY: run test test-embedded test-services lint fmt web unary asgi worker beat check-deploy bench clean worker-jobs
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -66,6 +66,10 @@ fmt: $(VENV)/.installed-dev
 ## Production processes, configured from the environment (as docker-compose.yml runs them)
 web: $(VENV)/.installed-run
 	$(VENV)/bin/gunicorn config.wsgi --config deploy/gunicorn.conf.py
+
+# The unary inference server: POST /v1/models/{name}/infer on one event loop (docs/architecture.md).
+unary: $(VENV)/.installed-run
+	$(VENV)/bin/uvicorn config.unary:application --host 0.0.0.0 --port $(PORT) --http httptools --loop uvloop --no-access-log --lifespan off --proxy-headers
 
 asgi: $(VENV)/.installed-run
 	$(VENV)/bin/python manage.py serve --no-worker --host 0.0.0.0 --port $(PORT) --proxy-headers

@@ -114,7 +114,17 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
+_process: str | None = None
+
+
+def serve_as(process: str) -> None:
+    """Name this process's requests in the metrics (the unary server: ``unary``) instead of
+    by its interface (``web`` for WSGI, ``asgi``)."""
+    global _process  # one name per process, set once at start-up
+    _process = process
+
+
 def observe_request(*, asgi: bool, method: str, status: int, seconds: float) -> None:
-    process = "asgi" if asgi else "web"
+    process = _process or ("asgi" if asgi else "web")
     HTTP_REQUESTS.labels(process, method, str(status)).inc()
     HTTP_DURATION.labels(process, method).observe(seconds)

@@ -17,6 +17,8 @@ The worker's own batcher still merges the batches of several web processes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -26,7 +28,7 @@ from typing import Any
 from config.broker import redis_wire
 from inference import backpressure, lane
 from inference.redis_client import client
-from inference.replies import Waiter, inbox
+from inference.replies import LoopSignal, LoopWaiter, Waiter, inbox
 from inference.selectors import VersionRoute
 from tenants.limits import PlanTicket, settle
 
@@ -272,6 +274,89 @@ class Collector:
                 self._fill.notify()  # the worker is free: send what is open now
 
 
+class LoopCollector(Collector):
+    """The open batch of one version for the requests of an event loop (the ASGI express
+    lane, :mod:`inference.express_asgi`): the same batches, limits and message as
+    :class:`Collector`, with the loop in the leader's place. A request joins the open batch
+    in a loop callback; the batch goes at once while none of the version's is being
+    computed, else when it is full, when its oldest request has waited ``max_delay_ms`` (a
+    loop timer) or when the previous batch is answered. Sending it (one Redis round trip per
+    batch) runs on the loop; the answers wake the requests' futures, not threads."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        version_id: int,
+        queue: str,
+        max_batch_size: int,
+        max_delay_ms: int,
+    ):
+        super().__init__(
+            version_id=version_id,
+            queue=queue,
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+        )
+        self.loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+
+    def submit(self, pending: Pending) -> None:
+        """Put ``pending`` in the open batch (on the loop); refusals land in
+        ``pending.error`` with its signal set."""
+        pending.collector = self
+        self._open.append(pending)
+        if self._in_flight == 0 or len(self._open) >= self.max_batch_size:
+            self._flush()
+        elif self._timer is None:
+            self._arm()
+
+    def withdraw(self, pending: Pending) -> bool:
+        if pending in self._open:
+            self._open.remove(pending)
+        return False
+
+    def _arm(self) -> None:
+        wait = self._open[0].arrived + self.max_delay - time.monotonic()
+        self._timer = self.loop.call_later(max(0.0, wait), self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._open:
+            batch = self._open[: self.max_batch_size]
+            del self._open[: self.max_batch_size]
+            self._in_flight += 1
+            sent = False
+            try:
+                sent = self._send(batch)
+            except Exception as exc:
+                log.exception("sending a batch of version %s failed", self.version_id)
+                for pending in batch:
+                    pending.error = pending.error or exc
+            finally:
+                if not sent:
+                    self._in_flight -= 1
+                for pending in batch:
+                    if pending.error is not None:
+                        pending.waiter.event.set()
+            if self._in_flight > 0 and len(self._open) < self.max_batch_size:
+                break
+        if self._open:
+            self._arm()
+
+    def _answered(self) -> None:
+        # From the reply reader's thread (or the loop, for a batch that could not go).
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits any more
+            self.loop.call_soon_threadsafe(self._freed)
+
+    def _freed(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        if self._in_flight == 0 and self._open:
+            self._flush()
+
+
 def _batch_task(
     version_id: int,
     queue: str,
@@ -388,6 +473,55 @@ def wait(pending: Pending, timeout: float) -> dict[str, Any] | None:
     except BaseException:
         inbox.forget(pending.request_id)
         raise
+
+
+_loop_collectors: dict[tuple[int, str, int, int], LoopCollector] = {}
+
+
+def call_on_loop(
+    route: VersionRoute,
+    payload: dict[str, Any],
+    *,
+    request_id: str,
+    deadline: float,
+    ticket: PlanTicket | None = None,
+) -> Pending:
+    """:func:`call` for a request on the running event loop; await :func:`wait_on_loop`."""
+    loop = asyncio.get_running_loop()
+    name = (route.id, route.queue, route.max_batch_size, route.max_delay_ms)
+    found = _loop_collectors.get(name)
+    if found is None or found.loop is not loop:
+        found = _loop_collectors[name] = LoopCollector(
+            loop=loop,
+            version_id=route.id,
+            queue=route.queue,
+            max_batch_size=route.max_batch_size,
+            max_delay_ms=route.max_delay_ms,
+        )
+    pending = Pending(
+        request_id, payload, deadline, ticket, inbox.expect(request_id, LoopWaiter(loop))
+    )
+    found.submit(pending)
+    return pending
+
+
+async def wait_on_loop(pending: Pending, timeout: float) -> dict[str, Any] | None:
+    """The answer of a request of :func:`call_on_loop`, or None when ``timeout`` seconds
+    pass first; raises what refused it."""
+    signal = pending.waiter.event
+    assert isinstance(signal, LoopSignal)
+    if pending.error is None and pending.waiter.reply is None:
+        timer = signal.future.get_loop().call_later(max(0.0, timeout), signal.resolve)
+        try:
+            await signal.future
+        finally:
+            timer.cancel()
+    if pending.error is not None:
+        inbox.forget(pending.request_id)
+        raise pending.error
+    if pending.waiter.reply is None and pending.collector is not None:
+        pending.collector.withdraw(pending)
+    return pending.waiter.reply
 
 
 def gave_up(route: VersionRoute, request_id: str) -> None:

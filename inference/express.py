@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from django.conf import settings
@@ -50,10 +51,12 @@ from config.middleware import add_ratelimit_headers, begin_request, finish_reque
 from config.net import client_ip
 from config.problems import exception_response
 from inference import selectors, serving
+from inference.selectors import RoutingTable
 from inference.serializers import InferRequestSerializer
 from inference.views import stream_answer
 from tenants.authentication import authenticate_credential, presented_credential
-from tenants.limits import enforce_plan, plan_ticket, settle
+from tenants.limits import PlanTicket, enforce_plan, plan_ticket, settle
+from tenants.selectors import KeyContext
 
 PATH = re.compile(r"^/v1/models/(?P<name>[-a-zA-Z0-9_]+)/infer$")
 SCOPE = "infer"  # InferView.required_scope
@@ -141,49 +144,99 @@ _security = SecurityMiddleware(lambda request: HttpResponse())
 _frames = XFrameOptionsMiddleware(lambda request: HttpResponse())
 
 
-def serve(
-    request: HttpRequest, full: Callable[[HttpRequest], HttpResponseBase]
-) -> HttpResponseBase:
-    """Answer the request as the full stack would, or hand it to ``full``."""
-    assert isinstance(request, WSGIRequest)
+@dataclass(frozen=True)
+class Taken:
+    """A request the lane serves: its credential's context, the model's routing table, the
+    well-formed body and whether it asks for a stream."""
+
+    ctx: KeyContext
+    table: RoutingTable
+    valid: dict[str, Any]
+    stream: bool
+
+
+def take(
+    request: HttpRequest,
+    authenticate: Callable[[str], KeyContext],
+    routing_table: Callable[[str], RoutingTable | None],
+) -> Taken | None:
+    """Whether the lane serves this request (else None: the full stack answers it)."""
     match = PATH.match(request.path_info)
     raw = presented_credential(request)
     if match is None or raw is None:
-        return full(request)
+        return None
     try:
-        ctx = authenticate_credential(raw)  # revoked, expired, inactive tenant: 401
+        ctx = authenticate(raw)  # revoked, expired, inactive tenant: 401
     except exceptions.APIException:
-        return full(request)  # the per-IP limit counts failed credentials first
+        return None  # the per-IP limit counts failed credentials first
     name = match["name"]
     if not ctx.has_scope(SCOPE) or not ctx.tenant.allows_model(name):
-        return full(request)
-    table = selectors.routing_table(name)
+        return None
+    table = routing_table(name)
     if table is None:
-        return full(request)
+        return None
     try:
         body = json.loads(request.body, parse_constant=_reject_constant)
     except ValueError:
-        return full(request)
+        return None
     stream = bool(request.META.get("QUERY_STRING"))  # eligible(): ?stream=true
     # A stream of one input (``inputs``, an analysis of many, is the full stack's) takes the
     # unary body's fields: the same fast check.
     valid = InferRequestSerializer.fast(body) if not (stream and "inputs" in body) else None
     if valid is None:
-        return full(request)
+        return None
+    return Taken(ctx, table, valid, stream)
 
-    # From here the request is the lane's: it is counted, answered and logged here.
+
+def begin(request: HttpRequest, ctx: KeyContext) -> ratelimit.Check:
+    """The request is the lane's from here: its id, clock and tenant; its per-IP limit."""
     begin_request(request)
     log_stream_var.set(None)  # a thread serves one request after another in one context
     request.tenant = ctx.tenant  # type: ignore[attr-defined]
+    return ratelimit.Check("ip", client_ip(request), settings.RATELIMIT_IP_RATE)
+
+
+def refused(
+    request: HttpRequest, ticket: PlanTicket | None, exc: exceptions.APIException
+) -> HttpResponseBase:
+    """The problem for a unary request refused after it was taken."""
+    if ticket is not None and not ticket.counted:
+        # Refused before its batch counted it (the version's input schema, no route, a
+        # deadline that passed in the batch): counted now, as the full stack's throttle
+        # would have before the view — and a limit's refusal comes first, as there.
+        settle([ticket])
+        exc = ticket.refusal or exc
+    return exception_response(request, exc)
+
+
+def answered(answer: serving.Answer) -> HttpResponse:
+    response = HttpResponse(
+        json.dumps(answer.body(), ensure_ascii=False, separators=(",", ":")),
+        content_type="application/json",
+    )
+    response["X-Sluice-Version"] = answer.version
+    return response
+
+
+def serve(
+    request: HttpRequest, full: Callable[[HttpRequest], HttpResponseBase]
+) -> HttpResponseBase:
+    """Answer the request as the full stack would, or hand it to ``full``."""
+    assert isinstance(request, WSGIRequest)
+    taken = take(request, authenticate_credential, selectors.routing_table)
+    if taken is None:
+        return full(request)
+    ctx, table, valid = taken.ctx, taken.table, taken.valid
+    # From here the request is the lane's: it is counted, answered and logged here.
+    ip = begin(request, ctx)
     response: HttpResponseBase
-    ip = ratelimit.Check("ip", client_ip(request), settings.RATELIMIT_IP_RATE)
-    if stream:
+    if taken.stream:
         try:
             enforce_plan(request, ctx, ip=ip)  # one round trip for the four counters
             response = stream_answer(request, ctx.tenant, table, valid)
         except exceptions.APIException as exc:
             response = exception_response(request, exc)
-        return _finish(request, response, ())
+        return finish(request, response, ())
     # On Redis the limits are counted with the request's web-side batch: one round trip for
     # the whole batch (inference.dispatch); elsewhere now, for this request alone.
     ticket = plan_ticket(ctx, ip=ip) if ratelimit.counts_in_batches() else None
@@ -199,27 +252,13 @@ def serve(
             limits=ticket,
         )
     except exceptions.APIException as exc:
-        if ticket is not None and not ticket.counted:
-            # Refused before its batch counted it (the version's input schema, no route, a
-            # deadline that passed in the batch): counted now, as the full stack's throttle
-            # would have before the view — and a limit's refusal comes first, as there.
-            settle([ticket])
-            exc = ticket.refusal or exc
-        response = exception_response(request, exc)
+        response = refused(request, ticket, exc)
     else:
-        response = HttpResponse(
-            json.dumps(
-                answer.body(),
-                ensure_ascii=False,
-                separators=(",", ":"),
-            ),
-            content_type="application/json",
-        )
-        response["X-Sluice-Version"] = answer.version
-    return _finish(request, response, ticket.usages if ticket is not None else ())
+        response = answered(answer)
+    return finish(request, response, ticket.usages if ticket is not None else ())
 
 
-def _finish(
+def finish(
     request: HttpRequest, response: HttpResponseBase, usages: Iterable[Any]
 ) -> HttpResponseBase:
     """What REST framework's view and the skipped middleware would add to any answer."""

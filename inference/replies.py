@@ -16,6 +16,7 @@ costs one round trip on each side instead of N.
 from __future__ import annotations
 
 import _thread
+import asyncio
 import contextlib
 import json
 import logging
@@ -165,6 +166,35 @@ class Waiter:
         self.reply: dict[str, Any] | None = None
 
 
+class LoopSignal:
+    """:class:`Signal`'s ``set`` for a request awaited on an event loop: it resolves
+    :attr:`future` on the loop, from whichever thread sets it (the reader thread, mostly)."""
+
+    __slots__ = ("_loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self.resolve)
+
+    def resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+class LoopWaiter(Waiter):
+    """A request awaiting its answer on an event loop."""
+
+    __slots__ = ()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.event = LoopSignal(loop)  # type: ignore[assignment]
+        self.reply = None
+
+
 class Inbox:
     """This process's reply channel for batches, and the request threads waiting on it."""
 
@@ -196,9 +226,9 @@ class Inbox:
                 self._pid = os.getpid()
         return self._address
 
-    def expect(self, request_id: str) -> Waiter:
+    def expect(self, request_id: str, waiter: Waiter | None = None) -> Waiter:
         self.address()  # a new process starts with an empty inbox, before this is added
-        waiter = Waiter()
+        waiter = waiter if waiter is not None else Waiter()
         with self._lock:
             self._waiters[request_id] = waiter
         return waiter

@@ -177,18 +177,37 @@ def routing_table(name: str) -> RoutingTable | None:
     """The model's routing table from this process's copy (at most
     ``INFERENCE_ROUTING_CACHE_SECONDS`` old; changes made in this process drop it at once,
     see :func:`forget_routes`), else from the database (two queries). None: no such model."""
+    cached = routing_table_cached(name)
+    if cached is not None and not cached[0]:
+        return cached[1]
+    # Not cached, or stale and this thread reloads it (the others route on the old table).
+    return routing_table_reload(name)
+
+
+def routing_table_cached(name: str) -> tuple[bool, RoutingTable | None] | None:
+    """This process's copy of the model's routing table, without a query: None when there is
+    none; else ``(due, table)``, where ``due`` says the copy is stale and the caller is the
+    one to reload it (:func:`routing_table_reload`) — everyone else keeps the copy
+    meanwhile."""
     now = time.monotonic()
     ttl = settings.INFERENCE_ROUTING_CACHE_SECONDS
     hit = _routes.get(name)  # no lock on the hot path: a dict read is atomic
     if hit is not None and now - hit[0] < ttl:
-        return hit[1]
+        return False, hit[1]
     with _routes_lock:
         hit = _routes.get(name)
-        if hit is not None:
-            if now - hit[0] < ttl:
-                return hit[1]
-            # Stale: this thread reloads it; the others route on the old table meanwhile.
-            _routes[name] = (now, hit[1])
+        if hit is None:
+            return None
+        if now - hit[0] >= ttl:
+            _routes[name] = (now, hit[1])  # claimed: nobody else reloads it meanwhile
+            return True, hit[1]
+        return False, hit[1]
+
+
+def routing_table_reload(name: str) -> RoutingTable | None:
+    """Read the model's routing table from the database (two queries) into the process's
+    copy."""
+    now = time.monotonic()
     model = _with_versions(Model.objects.filter(name=name)).first()
     table = None if model is None else routing_table_build(model)
     with _routes_lock:

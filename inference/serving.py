@@ -13,6 +13,7 @@ reply list of its own (``inference_predict`` messages).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -107,19 +108,28 @@ def enqueue(
     )
 
 
-def infer(
-    *,
+@dataclass(frozen=True)
+class _Planned:
+    """A request routed and validated, ready to join its version's next batch."""
+
+    request_id: str
+    table: RoutingTable
+    chosen: selectors.VersionRoute
+    shadows: tuple[selectors.VersionRoute, ...]
+    failed_over: bool
+    payload: dict[str, Any]
+    deadline: float
+    breaker: CircuitBreaker
+    started: float
+
+
+def _plan(
     model: Model | RoutingTable,
     tenant: Tenant | None,
     data: dict[str, Any],
-    version: str | None = None,
-    timeout_ms: int | None = None,
-    limits: PlanTicket | None = None,
-) -> Answer:
-    """Answer one request (web side). ``model`` is a Model row or its routing table; either
-    way routing reads this process's routing table (``INFERENCE_ROUTING_CACHE_SECONDS``).
-    ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
-    they refuse it); None when the caller counted them already."""
+    version: str | None,
+    timeout_ms: int | None,
+) -> _Planned:
     started = time.perf_counter()
     # Always our own id: the reply channel must not be addressable by a client-chosen id.
     request_id = uuid.uuid4().hex
@@ -146,30 +156,45 @@ def infer(
             payload = validate_input(chosen.input_schema, data)
     except exceptions.ValidationError as exc:
         raise exceptions.ValidationError({"input": exc.detail}) from exc
-    deadline = _deadline(timeout_ms)
+    return _Planned(
+        request_id=request_id,
+        table=table,
+        chosen=chosen,
+        shadows=tuple(table.versions[shadow.id] for shadow in plan.shadows),
+        failed_over=plan.failed_over_from is not None,
+        payload=payload,
+        deadline=_deadline(timeout_ms),
+        breaker=breaker,
+        started=started,
+    )
+
+
+def _unreachable(planned: _Planned, exc: BaseException) -> exceptions.APIException:
+    """What a refused or unsendable batch answers: 503 with Retry-After."""
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
-    try:
-        pending = dispatch.call(
-            chosen, payload, request_id=request_id, deadline=deadline, ticket=limits
-        )
-        for shadow in plan.shadows:
-            dispatch.shadow_copy(table.versions[shadow.id], payload, deadline)
-        # Refusals of a batch another thread led come here (the queue's bound, its limits).
-        reply = dispatch.wait(pending, deadline - time.time())
-    except backpressure.QueueFull as exc:
+    if isinstance(exc, backpressure.QueueFull):
         full = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
         full.wait = retry_after  # type: ignore[attr-defined]
-        raise full from exc
-    except (RedisError, KombuError, OSError) as exc:
-        log.exception("inference queue unreachable", extra={"queue": chosen.queue})
-        down = ServiceUnavailable("The inference queue is unreachable; retry later.")
-        down.wait = retry_after  # type: ignore[attr-defined]
-        raise down from exc
+        return full
+    log.error("inference queue unreachable", extra={"queue": planned.chosen.queue}, exc_info=exc)
+    down = ServiceUnavailable("The inference queue is unreachable; retry later.")
+    down.wait = retry_after  # type: ignore[attr-defined]
+    return down
+
+
+_UNREACHABLE = (backpressure.QueueFull, RedisError, KombuError, OSError)
+
+
+def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
+    """The answer for the worker's ``reply`` (None: none came before the deadline)."""
+    chosen, breaker = planned.chosen, planned.breaker
     if reply is None:
-        dispatch.gave_up(chosen, request_id)
-    if reply is None or time.time() > deadline:
+        dispatch.gave_up(chosen, planned.request_id)
+    if reply is None or time.time() > planned.deadline:
         breaker.record(chosen.id, ok=False)
-        raise GatewayTimeout(f"No answer from {table.name}:{chosen.version} before the deadline.")
+        raise GatewayTimeout(
+            f"No answer from {planned.table.name}:{chosen.version} before the deadline."
+        )
     if not reply.get("ok"):
         status = int(reply.get("status", 502))
         if status != 504:  # the deadline is the client's choice, not the version's fault
@@ -185,14 +210,78 @@ def infer(
         raise InferenceFailed(error)
     breaker.record(chosen.id, ok=True)
     return Answer(
-        request_id=request_id,
-        model=table.name,
+        request_id=planned.request_id,
+        model=planned.table.name,
         version=chosen.version,
         output=reply["output"],
         batch_size=int(reply.get("batch_size", 1)),
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        failed_over=plan.failed_over_from is not None,
+        latency_ms=round((time.perf_counter() - planned.started) * 1000, 2),
+        failed_over=planned.failed_over,
     )
+
+
+def infer(
+    *,
+    model: Model | RoutingTable,
+    tenant: Tenant | None,
+    data: dict[str, Any],
+    version: str | None = None,
+    timeout_ms: int | None = None,
+    limits: PlanTicket | None = None,
+) -> Answer:
+    """Answer one request (web side). ``model`` is a Model row or its routing table; either
+    way routing reads this process's routing table (``INFERENCE_ROUTING_CACHE_SECONDS``).
+    ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
+    they refuse it); None when the caller counted them already."""
+    planned = _plan(model, tenant, data, version, timeout_ms)
+    try:
+        pending = dispatch.call(
+            planned.chosen,
+            planned.payload,
+            request_id=planned.request_id,
+            deadline=planned.deadline,
+            ticket=limits,
+        )
+        for shadow in planned.shadows:
+            dispatch.shadow_copy(shadow, planned.payload, planned.deadline)
+        # Refusals of a batch another thread led come here (the queue's bound, its limits).
+        reply = dispatch.wait(pending, planned.deadline - time.time())
+    except _UNREACHABLE as exc:
+        raise _unreachable(planned, exc) from exc
+    return _conclude(planned, reply)
+
+
+async def infer_async(
+    *,
+    model: RoutingTable,
+    tenant: Tenant | None,
+    data: dict[str, Any],
+    version: str | None = None,
+    timeout_ms: int | None = None,
+    limits: PlanTicket | None = None,
+) -> Answer:
+    """:func:`infer` for a request served on an event loop (:mod:`inference.express_asgi`):
+    it joins the version's batch on the loop (:class:`inference.dispatch.LoopCollector`)
+    and awaits its answer instead of blocking a thread; shadow copies go from a thread."""
+    planned = _plan(model, tenant, data, version, timeout_ms)
+    try:
+        pending = dispatch.call_on_loop(
+            planned.chosen,
+            planned.payload,
+            request_id=planned.request_id,
+            deadline=planned.deadline,
+            ticket=limits,
+        )
+        if planned.shadows:
+            loop = asyncio.get_running_loop()
+            for shadow in planned.shadows:
+                loop.run_in_executor(
+                    None, dispatch.shadow_copy, shadow, planned.payload, planned.deadline
+                )
+        reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
+    except _UNREACHABLE as exc:
+        raise _unreachable(planned, exc) from exc
+    return _conclude(planned, reply)
 
 
 # --- worker side ------------------------------------------------------------------------------

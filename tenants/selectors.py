@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -81,11 +84,32 @@ def _load(prefix: str) -> KeyContext | None:
     )
 
 
+class NotCached(Exception):
+    """Verifying this credential needs the database, which :func:`cache_only` forbids."""
+
+
+_cache_only: ContextVar[bool] = ContextVar("tenants_key_cache_only", default=False)
+
+
+@contextmanager
+def cache_only() -> Iterator[None]:
+    """Verify credentials from the process cache alone: where a query would be needed (a key
+    not cached, its ``last_used_at`` due), :class:`NotCached` is raised instead. For code on
+    an event loop, which must not block on the database (``inference.express_asgi``)."""
+    token = _cache_only.set(True)
+    try:
+        yield
+    finally:
+        _cache_only.reset(token)
+
+
 def key_context(prefix: str) -> KeyContext | None:
     """The key with this prefix, from the process cache or one query."""
     with _cache_lock:
         ctx = _cache.get(prefix)
     if ctx is None:
+        if _cache_only.get():
+            raise NotCached(prefix)
         ctx = _load(prefix)
         if ctx is not None:
             with _cache_lock:
@@ -112,6 +136,8 @@ def _touch(ctx: KeyContext) -> None:
     # per request.
     now = timezone.now()
     if ctx.last_used_at is None or now - ctx.last_used_at >= LAST_USED_RESOLUTION:
+        if _cache_only.get():
+            raise NotCached(ctx.prefix)
         ctx.last_used_at = now
         TenantAPIKey.objects.filter(pk=ctx.key_id).update(last_used_at=now)
 

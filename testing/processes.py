@@ -149,6 +149,27 @@ def gunicorn(port: int, *, threads: int = 4) -> list[str]:
     ]
 
 
+def uvicorn(port: int) -> list[str]:
+    """The unary inference server (``config.unary``) as the deployment runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "config.unary:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--lifespan",
+        "off",
+    ]
+
+
 @contextlib.contextmanager
 def celery_worker(
     env: dict[str, str],

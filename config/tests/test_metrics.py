@@ -56,3 +56,23 @@ def test_it_reads_queue_depths_from_the_redis_broker(client):
         assert 'sluice_queue_depth{queue="cpu"}' in text
     finally:
         r.delete(f"{prefix}jobs")
+
+
+def test_a_process_named_at_start_up_labels_its_requests_with_that_name(monkeypatch) -> None:
+    """The unary server (config.unary) counts its requests as ``unary``, not as ``asgi``."""
+    from prometheus_client import REGISTRY
+
+    from config import metrics
+
+    monkeypatch.setattr(metrics, "_process", None)
+    labels = {"process": "unary", "method": "POST", "status": "200"}
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("sluice_http_requests_total", labels) or 0.0
+
+    before = count()
+    metrics.observe_request(asgi=True, method="POST", status=200, seconds=0.01)
+    assert count() == before
+    metrics.serve_as("unary")
+    metrics.observe_request(asgi=True, method="POST", status=200, seconds=0.01)
+    assert count() == before + 1

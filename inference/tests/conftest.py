@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from inference import backpressure, dispatch, replies, router, selectors, serving, streams
+from inference import backpressure, dispatch, lane, replies, router, selectors, serving, streams
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
+from inference.lane import Lane, alive_key, held_key, lane_key
 from inference.models import Model, ModelVersion
+from inference.redis_client import client
 from inference.selectors import VersionRoute
 from inference.services import version_register
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
@@ -28,6 +30,7 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     selectors._forget_all()
     router.forget_breakers()
     dispatch._collectors.clear()
+    dispatch._loop_collectors.clear()
     Doubler.reset()
     yield
     serving.model_cache().clear()
@@ -133,3 +136,33 @@ def ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | Non
     if reply is None:
         dispatch.gave_up(route, rid)
     return reply
+
+
+def lane_queue() -> str:
+    return f"q{uuid.uuid4().hex[:10]}"  # a queue of this test only (the server is shared)
+
+
+@pytest.fixture
+def lanes() -> Any:
+    """Lane objects of this test (hostnames of its own), their Redis keys removed after."""
+    made: list[Lane] = []
+    queues: list[str] = []
+
+    def make(queue: str, hostname: str = "", threads: int = 1) -> Lane:
+        queues.append(queue)
+        found = Lane(hostname or f"w{uuid.uuid4().hex[:8]}@test", [queue], threads)
+        made.append(found)
+        return found
+
+    yield make
+    for one in made:
+        one.stop(timeout=5)
+    redis = client()
+    for queue in queues:
+        redis.delete(lane_key(queue))
+        for name in redis.scan_iter(match=held_key(queue, "*")):
+            redis.delete(name)
+    for one in made:
+        redis.delete(alive_key(one.hostname))
+        for queue in one.queues:
+            redis.srem(lane.workers_key(), held_key(queue, one.hostname))

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from sklearn.datasets import load_digits
 
-from testing.processes import celery_worker, free_port, gunicorn, running, server_env
+from testing.processes import celery_worker, free_port, gunicorn, running, server_env, uvicorn
 
 pytestmark = [
     pytest.mark.e2e,
@@ -87,10 +87,19 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
 
         yield {
             "base": base,
+            "env": env,
             "worker_log": worker_log,
             "hostname": hostname,
             "restart_worker": restart_worker,
         }
+
+
+@pytest.fixture
+def unary(stack: dict[str, Any]) -> Iterator[str]:
+    """The unary inference server (uvicorn, ``config.unary``) beside the stack's gunicorn."""
+    port = free_port()
+    with running(uvicorn(port), stack["env"], port=port) as base:
+        yield base
 
 
 def test_it_serves_digits_through_a_real_worker_and_server(stack, key, digits) -> None:
@@ -205,3 +214,124 @@ def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, 
     # set otherwise never strands a batch.
     assert "batch lane: 8 thread(s) on ['cpu']" in log
     assert "Task inference_predict_batch[" in log  # these requests came as Celery tasks
+
+
+# --- the unary server: the express lane on an event loop (inference/express_asgi.py) ---------
+
+
+def _comparable(response: httpx.Response) -> tuple[Any, ...]:
+    """What must be the same whichever server answered."""
+    kind = response.headers.get("content-type", "")
+    body: Any = None
+    if kind.startswith("application/"):
+        body = response.json()
+        if isinstance(body, dict):
+            body = {k: v for k, v in body.items() if k not in {"id", "latency_ms", "batch_size"}}
+            body.pop("instance", None)
+    elif kind.startswith("text/event-stream"):
+        body = [line.split(":", 1)[0] for line in response.text.splitlines() if line]
+    headers = {
+        name: response.headers.get(name)
+        for name in (
+            "content-type",
+            "x-sluice-version",
+            "ratelimit-limit",
+            "www-authenticate",
+            "x-content-type-options",
+            "x-frame-options",
+            "referrer-policy",
+            "vary",
+            "allow",
+        )
+    }
+    return response.status_code, headers, body, "x-request-id" in response.headers
+
+
+def test_the_unary_server_answers_every_request_as_gunicorn_does(stack, unary, key, digits):
+    """The same requests to gunicorn (the WSGI lane and full stack) and to uvicorn (the loop's
+    lane, handing what it does not serve to Django's ASGI handler) get the same answers."""
+    pixels = load_digits().data[3].tolist()
+    good = {"X-API-Key": key[1]}
+    cases: list[tuple[str, str, dict[str, str], Any]] = [
+        ("POST", "/v1/models/digits/infer", good, {"input": {"pixels": pixels}}),
+        ("POST", "/v1/models/digits/infer", good, {"input": {"pixels": pixels}, "version": "1"}),
+        ("POST", "/v1/models/digits/infer", good, {"input": {"pixels": [1]}}),  # 422
+        ("POST", "/v1/models/digits/infer", good, {"input": {"pixels": pixels}, "version": "9"}),
+        ("POST", "/v1/models/digits/infer", good, b"{not json"),  # 400
+        ("POST", "/v1/models/nope/infer", good, {"input": {}}),  # 404
+        ("POST", "/v1/models/digits/infer", {"X-API-Key": "sk_bad.key"}, {"input": {}}),  # 401
+        ("POST", "/v1/models/digits/infer", {}, {"input": {"pixels": pixels}}),  # no key
+        ("GET", "/v1/models/digits/infer", good, None),  # 405
+        ("POST", "/v1/models/digits/infer?stream=true", good, {"input": {"pixels": pixels}}),
+        ("GET", "/v1/models/digits", good, None),
+    ]
+    for method, path, headers, body in cases:
+        answers = []
+        for base in (stack["base"], unary):
+            with httpx.Client(base_url=base, timeout=30) as client:
+                content = body if isinstance(body, bytes) else None
+                answers.append(
+                    client.request(
+                        method,
+                        path,
+                        headers={**headers, "Content-Type": "application/json"},
+                        content=content,
+                        json=None if content is not None or body is None else body,
+                    )
+                )
+        gunicorn_answer, uvicorn_answer = (_comparable(a) for a in answers)
+        assert uvicorn_answer == gunicorn_answer, (method, path, answers[1].text)
+    assert answers[0].status_code == 200  # the last case, the model's page
+
+
+def test_the_unary_server_batches_concurrent_requests(stack, unary, key, digits) -> None:
+    from inference.models import ModelVersion
+
+    ModelVersion.objects.filter(pk=digits.pk).update(max_delay_ms=50)
+    data = load_digits()
+
+    def one(n: int) -> dict[str, Any]:
+        with httpx.Client(base_url=unary, headers={"X-API-Key": key[1]}, timeout=30) as client:
+            response = client.post(
+                "/v1/models/digits/infer", json={"input": {"pixels": data.data[n].tolist()}}
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["x-sluice-version"] == "1"
+            return dict(response.json())
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, [n % 32 for n in range(64)]))
+    # The first 32 are ones this model gets right (the gunicorn test's).
+    assert [a["output"]["label"] for a in answers] == list(data.target[:32]) * 2
+    assert max(a["batch_size"] for a in answers) > 1
+
+
+@pytest.mark.stack_env(INFERENCE_QUEUE_BOUND="1")
+def test_the_unary_server_answers_503_when_full_and_504_past_the_deadline(
+    stack, unary, key, doubler
+) -> None:
+    from inference.models import ModelVersion
+
+    ModelVersion.objects.filter(pk=doubler.pk).update(
+        runtime_options={"handler": "inference.tests.fakes.Doubler", "sleep": 0.8},
+        max_batch_size=1,
+    )
+
+    def ask(timeout_ms: int) -> httpx.Response:
+        with httpx.Client(base_url=unary, headers={"X-API-Key": key[1]}, timeout=30) as client:
+            return client.post(
+                "/v1/models/doubler/infer", json={"input": {"x": 3}, "timeout_ms": timeout_ms}
+            )
+
+    assert ask(5000).json()["output"] == {"y": 6}  # loaded and warm
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(ask, 5000)
+        time.sleep(0.3)  # it holds the queue's one slot
+        full = ask(5000)
+        assert slow.result().status_code == 200
+    assert full.status_code == 503, full.text
+    assert full.headers["content-type"] == "application/problem+json"
+    assert full.headers["retry-after"]
+    late = ask(200)
+    assert late.status_code == 504, late.text
+    assert late.headers["content-type"] == "application/problem+json"

@@ -16,42 +16,12 @@ from inference import backpressure, dispatch, lane
 from inference.lane import Lane, alive_key, held_key, lane_key
 from inference.redis_client import client
 from inference.replies import inbox
-from inference.tests.conftest import ask, make_route, make_version
+from inference.tests.conftest import ask, lane_queue, make_route, make_version
 from inference.tests.fakes import Doubler
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL, reason="the batch lane is the Redis configuration's"
 )
-
-
-def _queue() -> str:
-    return f"q{uuid.uuid4().hex[:10]}"  # a queue of this test only (the server is shared)
-
-
-@pytest.fixture
-def lanes() -> Any:
-    """Lane objects of this test (hostnames of its own), their Redis keys removed after."""
-    made: list[Lane] = []
-    queues: list[str] = []
-
-    def make(queue: str, hostname: str = "", threads: int = 1) -> Lane:
-        queues.append(queue)
-        found = Lane(hostname or f"w{uuid.uuid4().hex[:8]}@test", [queue], threads)
-        made.append(found)
-        return found
-
-    yield make
-    for one in made:
-        one.stop(timeout=5)
-    redis = client()
-    for queue in queues:
-        redis.delete(lane_key(queue))
-        for name in redis.scan_iter(match=held_key(queue, "*")):
-            redis.delete(name)
-    for one in made:
-        redis.delete(alive_key(one.hostname))
-        for queue in one.queues:
-            redis.srem(lane.workers_key(), held_key(queue, one.hostname))
 
 
 def _take(queue: str, worker: Lane) -> bytes:
@@ -73,7 +43,7 @@ def test_a_batch_goes_onto_the_lane_with_its_slots_and_leaves_the_held_list_answ
     monkeypatch.setattr(dispatch, "enqueue_batch", celery_publish)
     assert lane.enabled()
     version = make_version(max_batch_size=8, max_delay_ms=1000)
-    queue = _queue()
+    queue = lane_queue()
     worker = lanes(queue)
     with ThreadPoolExecutor(max_workers=1) as pool:
         asked = pool.submit(
@@ -94,7 +64,7 @@ def test_a_batch_goes_onto_the_lane_with_its_slots_and_leaves_the_held_list_answ
 @pytest.mark.django_db(transaction=True)
 def test_lane_threads_serve_concurrent_requests_in_batches(lanes) -> None:
     version = make_version(max_batch_size=8, max_delay_ms=1000)
-    queue = _queue()
+    queue = lane_queue()
     worker = lanes(queue, threads=2)
     worker.start()
     route = make_route(version_id=version.pk, queue=queue, max_delay_ms=1000)
@@ -110,7 +80,7 @@ def test_lane_threads_serve_concurrent_requests_in_batches(lanes) -> None:
 @pytest.mark.django_db
 def test_a_dead_workers_held_batch_is_given_back_and_answered(lanes) -> None:
     version = make_version(max_batch_size=8, max_delay_ms=1000)
-    queue = _queue()
+    queue = lane_queue()
     dead, alive, sweeper = lanes(queue), lanes(queue), lanes(queue)
     for worker in (dead, alive, sweeper):
         worker._beat()  # registered, alive
@@ -138,7 +108,7 @@ def test_a_dead_workers_held_batch_is_given_back_and_answered(lanes) -> None:
 def test_a_restarted_worker_takes_back_what_it_held_and_a_stopped_one_gives_it_back(
     lanes,
 ) -> None:
-    queue = _queue()
+    queue = lane_queue()
     name = f"w{uuid.uuid4().hex[:8]}@test"
     before = lanes(queue, hostname=name)
     client().lpush(lane_key(queue), b'{"stale": 1}')
@@ -156,7 +126,7 @@ def test_a_restarted_worker_takes_back_what_it_held_and_a_stopped_one_gives_it_b
 
 
 def test_a_malformed_message_is_dropped_and_the_lane_goes_on(lanes, caplog) -> None:
-    queue = _queue()
+    queue = lane_queue()
     worker = lanes(queue)
     client().lpush(lane_key(queue), b"not json")
     raw = _take(queue, worker)
@@ -178,7 +148,7 @@ def test_the_setting_turns_the_lane_off(settings) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_lane_thread_outlives_a_batch_that_blew_up(monkeypatch, lanes, caplog) -> None:
     version = make_version(max_batch_size=8, max_delay_ms=1000)
-    queue = _queue()
+    queue = lane_queue()
     worker = lanes(queue)
     real, calls = Lane.handle, []
 
@@ -201,7 +171,7 @@ def test_the_rest_of_a_partly_refused_batch_goes_onto_the_lane(monkeypatch, lane
         raise AssertionError("published through Celery")
 
     monkeypatch.setattr(dispatch, "enqueue_batch", celery_publish)
-    queue = _queue()
+    queue = lane_queue()
     worker = lanes(queue)
     settings.INFERENCE_QUEUE_BOUNDS = {queue: 2}
     deadline = time.time() + 10

@@ -1,0 +1,24 @@
+"""ASGI entry point of the unary inference server (uvicorn): the express lane on an event loop
+(``inference.express_asgi``) in front of Django's ASGI handler. nginx sends it
+``POST /v1/models/{name}/infer``; WebSocket and the other streams stay on daphne
+(``config.asgi``), the rest of the API on gunicorn (``config.wsgi``)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_asgi_app = get_asgi_application()
+
+from django.conf import settings  # noqa: E402
+
+from config import metrics  # noqa: E402
+from config.startup import freeze_startup_objects  # noqa: E402
+from inference.express_asgi import Lane  # noqa: E402
+
+metrics.serve_as("unary")  # its requests, served or handed over, are the unary tier's
+application = Lane(django_asgi_app) if settings.INFERENCE_EXPRESS_LANE else django_asgi_app
+
+freeze_startup_objects()

@@ -1,0 +1,158 @@
+"""The express lane on an event loop (inference/express_asgi.py), called in process: what it
+serves itself, what it hands to Django's ASGI handler, and that it never queries on the loop.
+The answers' equality with gunicorn's is the e2e test's (test_e2e, the unary server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+
+from inference import selectors
+from inference.express_asgi import Lane, environ_of
+from inference.tests.conftest import lane_queue, make_version
+from tenants import selectors as key_selectors
+
+pytestmark = [
+    pytest.mark.skipif(not settings.REDIS_URL, reason="its batches travel on the Redis lane"),
+    # The lane verifies keys and reloads routing tables on threads: they must see the rows.
+    pytest.mark.django_db(transaction=True),
+]
+
+
+class Counting(ASGIHandler):
+    """Django's ASGI handler, counting what the lane hands it."""
+
+    handed: int = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.handed += 1
+        await super().__call__(scope, receive, send)
+
+
+def call(app: Lane, body: Any, headers: dict[str, str], path: str) -> tuple[int, dict, Any]:
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    incoming = [{"type": "http.request", "body": raw, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop()
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    heads = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    content = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], heads, json.loads(content)
+
+
+@pytest.fixture
+def served(lanes: Any, key: Any, settings: Any) -> Any:
+    """A doubler on a queue of its own with a lane thread serving it, and the app."""
+    queue = lane_queue()
+    settings.INFERENCE_QUEUES = [*settings.INFERENCE_QUEUES, queue]
+    make_version(queue=queue, max_batch_size=8, max_delay_ms=0)
+    lanes(queue).start()
+    full = Counting()
+    app = Lane(full)
+    yield app, full, {"X-API-Key": key[1]}
+    app.close()
+
+
+def test_it_serves_a_request_without_django_and_hands_over_the_first_of_a_model(
+    served,
+) -> None:
+    app, full, headers = served
+    path = "/v1/models/doubler/infer"
+    # Not in the process's routing copy yet: the full stack reads it (and keeps the copy).
+    status, _, body = call(app, {"input": {"x": 2}}, headers, path)
+    assert (status, body["output"], full.handed) == (200, {"y": 4}, 1)
+    status, heads, body = call(app, {"input": {"x": 5}}, headers, path)
+    assert (status, body["output"], full.handed) == (200, {"y": 10}, 1)
+    assert heads["x-sluice-version"] == "1" and heads["x-request-id"]
+    assert heads["x-frame-options"] == "DENY" and "ratelimit-limit" in heads
+
+
+def test_a_key_not_cached_yet_is_verified_on_a_thread_not_handed_over(served) -> None:
+    app, full, headers = served
+    selectors.routing_table("doubler")
+    key_selectors._cache.clear()
+    status, _, body = call(app, {"input": {"x": 3}}, headers, "/v1/models/doubler/infer")
+    assert (status, body["output"], full.handed) == (200, {"y": 6}, 0)
+
+
+def test_a_stale_routing_table_is_reloaded_on_a_thread_while_the_copy_serves(
+    served, settings
+) -> None:
+    app, full, headers = served
+    settings.INFERENCE_ROUTING_CACHE_SECONDS = 0  # every copy is stale at once
+    selectors.routing_table("doubler")
+    for x in range(3):
+        status, _, body = call(app, {"input": {"x": x}}, headers, "/v1/models/doubler/infer")
+        assert (status, body["output"]) == (200, {"y": 2 * x})
+    assert full.handed == 0
+
+
+def test_what_the_lane_does_not_serve_gets_the_full_stacks_answer(served) -> None:
+    app, full, headers = served
+    selectors.routing_table("doubler")
+    path = "/v1/models/doubler/infer"
+    # The version's input schema refuses it: the lane's own 422, as the WSGI lane's.
+    status, heads, _ = call(app, {"input": {"x": "two"}}, headers, path)
+    assert (status, heads["content-type"], full.handed) == (422, "application/problem+json", 0)
+    # A credential that does not verify: the full stack's 401 (the per-IP limit counts it).
+    status, heads, _ = call(app, {"input": {"x": 1}}, {"X-API-Key": "sk_x.y"}, path)
+    assert (status, heads["content-type"], full.handed) == (401, "application/problem+json", 1)
+    # A body that is not the unary shape (an analysis of many inputs is the full stack's).
+    status, _, _ = call(app, {"inputs": [{"x": 1}]}, headers, path)
+    assert full.handed == 2
+
+
+def test_the_scope_reads_as_the_wsgi_lane_reads_an_environ() -> None:
+    environ = environ_of(
+        {
+            "method": "POST",
+            "path": "/v1/models/m/infer",
+            "query_string": b"stream=true",
+            "scheme": "https",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"12"),
+                (b"x-api-key", b"k"),
+                (b"x-forwarded-for", b"1.2.3.4"),
+                (b"x-forwarded-for", b"5.6.7.8"),
+            ],
+        }
+    )
+    assert environ["CONTENT_TYPE"] == "application/json" and environ["CONTENT_LENGTH"] == "12"
+    assert environ["HTTP_X_API_KEY"] == "k" and environ["QUERY_STRING"] == "stream=true"
+    assert environ["HTTP_X_FORWARDED_FOR"] == "1.2.3.4,5.6.7.8"
+    assert environ["wsgi.url_scheme"] == "https"
