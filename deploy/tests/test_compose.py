@@ -22,7 +22,7 @@ from deploy.tests.conftest import (
 )
 
 YAML_FILES = sorted([COMPOSE_FILE, *DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
-APP_SERVICES = ("web", "asgi", "worker-cpu", "worker-jobs", "beat")
+APP_SERVICES = ("web", "unary", "asgi", "worker-cpu", "worker-jobs", "beat")
 
 
 def compose_schema() -> dict[str, Any]:

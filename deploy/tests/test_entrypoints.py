@@ -27,6 +27,7 @@ KNOWN_QUEUES = {"celery", "cpu", "jobs", "gpu"}
 # compose service -> Makefile target that runs the same process.
 MAKE_TARGETS = {
     "web": "web",
+    "unary": "unary",
     "asgi": "asgi",
     "worker-cpu": "worker",
     "worker-jobs": "worker-jobs",
@@ -47,7 +48,7 @@ TAKES_VALUE = {
     *("--config", "-c", "--bind", "-b", "--port", "-p", "--app", "-A", "--loglevel", "-l"),
     *("--queues", "-Q", "--pool", "-P", "--concurrency", "--schedule", "-s", "--hostname"),
     *("--timeout", "--destination", "-d", "--workers", "-w"),
-    *("--host",),
+    *("--host", "--http", "--loop", "--lifespan"),
 }
 
 
@@ -81,6 +82,11 @@ def check_command(cmd: list[str]) -> None:
         assert callable(getattr(importlib.import_module(module), attr or "application"))
         conf = option(cmd, "--config", "-c")
         assert conf and (REPO / conf).is_file(), f"gunicorn config {conf} does not exist"
+    elif name == "uvicorn":
+        (app,) = positionals(cmd)
+        module, _, attr = app.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+        assert option(cmd, "--http") == "httptools" and option(cmd, "--loop") == "uvloop"
     elif name == "daphne":
         (app,) = positionals(cmd)
         module, _, attr = app.partition(":")

@@ -22,7 +22,7 @@ from deploy.tests.conftest import (
 )
 from inference.lane import lane_key
 
-HTTP_TIERS = ("sluice-web", "sluice-asgi")
+HTTP_TIERS = ("sluice-web", "sluice-unary", "sluice-asgi")
 # The oldest Kubernetes still commonly run; every field used here exists there.
 KUBERNETES_VERSION = "1.30"
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
@@ -187,13 +187,13 @@ def ingress_routes(objects: list[dict[str, Any]]) -> dict[str, tuple[str, dict[s
     return routes
 
 
-def test_streams_and_websockets_reach_daphne_unbuffered() -> None:
+def test_streams_websockets_and_unary_inference_reach_their_servers_unbuffered() -> None:
     routes = ingress_routes(render("production"))
     assert routes["/"][0] == "sluice-web"
     assert routes["/static/"][0] == "sluice-static"
-    for path in ("/ws/", "/v1/streams/", "/.+/events$"):
+    for path in ("/ws/", "/v1/streams/", "/.+/events$", "/v1/models/[^/]+/infer$"):
         service, annotations = routes[path]
-        assert service == "sluice-asgi", path
+        assert service == ("sluice-unary" if "infer" in path else "sluice-asgi"), path
         assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
         assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
 

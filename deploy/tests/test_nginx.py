@@ -75,7 +75,7 @@ def prepare(root: Path, upstreams: dict[str, int], listen: tuple[int, int] | Non
 
 
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
-    root = prepare(tmp_path / "nginx", {"web": 8000, "asgi": 8001, "static": 8080})
+    root = prepare(tmp_path / "nginx", {"web": 8000, "unary": 8002, "asgi": 8001, "static": 8080})
     result = subprocess.run(
         [nginx(), "-p", str(root), "-c", "nginx.conf", "-e", "stderr", "-t"],
         capture_output=True,
@@ -110,7 +110,7 @@ class Stack:
 @pytest.fixture
 def stack(process_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     binary = nginx()
-    ports = {"web": free_port(), "asgi": free_port(), "static": free_port()}
+    ports = {"web": free_port(), "unary": free_port(), "asgi": free_port(), "static": free_port()}
     http, https = free_port(), free_port()
     # nginx (TRUSTED_PROXY_COUNT=1 pairs with it) in front of the compose web and asgi commands.
     env = {**process_env, "TRUSTED_PROXY_COUNT": "1", "PORT": str(ports["web"])}
@@ -119,15 +119,19 @@ def stack(process_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     web_cmd = [compose_default(str(a)) for a in services["web"]["command"]]
     asgi_cmd = [compose_default(str(a)) for a in services["asgi"]["command"]]
     asgi_cmd[asgi_cmd.index("--port") + 1] = str(ports["asgi"])
+    unary_cmd = [compose_default(str(a)) for a in services["unary"]["command"]]
+    unary_cmd[unary_cmd.index("--port") + 1] = str(ports["unary"])
     root = prepare(tmp_path / "nginx", ports, listen=(http, https))
     nginx_cmd = [binary, "-p", str(root), "-c", "nginx.conf", "-e", "stderr", "-g", "daemon off;"]
     with (
         spawn([program(web_cmd[0]), *web_cmd[1:]], env, tmp_path / "web.log") as web,
         spawn([program(asgi_cmd[0]), *asgi_cmd[1:]], env, tmp_path / "asgi.log") as asgi,
+        spawn([program(unary_cmd[0]), *unary_cmd[1:]], env, tmp_path / "unary.log") as unary,
         spawn(nginx_cmd, env, tmp_path / "nginx.log") as proxy,
     ):
         wait_for(answers(f"http://127.0.0.1:{ports['web']}/healthz"), running=web, what="web")
         wait_for(answers(f"http://127.0.0.1:{ports['asgi']}/healthz"), running=asgi, what="asgi")
+        wait_for(answers(f"http://127.0.0.1:{ports['unary']}/healthz"), running=unary, what="unary")
         wait_for(answers(f"http://127.0.0.1:{http}/healthz"), running=proxy, what="nginx")
         yield Stack(f"http://127.0.0.1:{http}", f"https://127.0.0.1:{https}", ports, proxy)
 
@@ -148,6 +152,9 @@ def test_nginx_routes_like_the_design_says(stack: Stack) -> None:
             "/v1/jobs/42/events": "asgi",
             "/ws/v1/streams/abc": "asgi",
             "/v1/media/video/abc/preview": "asgi",
+            "/v1/models/digits/infer": "unary",
+            "/v1/models/digits": "web",
+            "/v1/chat/completions": "web",
         }
         for i, (path, upstream) in enumerate(routes.items()):
             rid = f"route-{i}"

@@ -55,7 +55,7 @@ def test_prometheus_loads_its_rules_and_scrapes_each_tier() -> None:
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file()
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {"sluice-web", "sluice-asgi", "sluice-worker"} <= jobs
+    assert {"sluice-web", "sluice-unary", "sluice-asgi", "sluice-worker"} <= jobs
 
 
 def test_every_annotated_pod_is_scraped_by_exactly_one_job() -> None:
