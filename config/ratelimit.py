@@ -13,6 +13,7 @@ embedded default's local memory) go through django-ratelimit itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import caches
+from django.core.cache import BaseCache, caches
 from django.core.cache.backends.redis import RedisCache
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -84,7 +85,7 @@ def hit_many(
     open; raises LimiterUnavailable when failing closed); per counter its new value (None:
     the store failed — counters always fail open)."""
     active = [c for c in checks if c.rate] if settings.RATELIMIT_ENABLE else []
-    cache = caches[settings.RATELIMIT_USE_CACHE]
+    cache = counter_cache()
     if isinstance(cache, RedisCache):
         counts, values = _count_on_redis(cache, active, counters)
     else:
@@ -125,6 +126,26 @@ return counts
 """
 
 
+# The counters' cache backend, one per thread. Django keeps one per thread and async context:
+# on an event loop (the unary server) every request is a context of its own, and a new Redis
+# cache backend is a new connection pool — a new TCP connection for every request's counting.
+# Counting never awaits, so the requests of a loop can share their thread's backend.
+_threads = threading.local()
+_generation = 0  # bumped when CACHES or the alias changes (tests), so threads build anew
+
+
+def counter_cache() -> BaseCache:
+    """The cache the rate-limit counters live in (``RATELIMIT_USE_CACHE``), for this thread."""
+    found = getattr(_threads, "cache", None)
+    if found is None or found[0] != _generation:
+        found = _threads.cache = (
+            _generation,
+            caches.create_connection(settings.RATELIMIT_USE_CACHE),
+        )
+    backend: BaseCache = found[1]
+    return backend
+
+
 # Counter names by check and window: django-ratelimit's name is a hash of them under
 # settings read each time, about a tenth of the express lane's CPU when built per request.
 # Dropped when a setting changes (tests) and when it grows past a bound (windows move on).
@@ -133,7 +154,9 @@ _names: dict[tuple[str, int, str, str, str, int], str] = {}
 
 @receiver(setting_changed)
 def _forget_names(**kwargs: Any) -> None:
+    global _generation  # one number for the process
     _names.clear()
+    _generation += 1
 
 
 def _key(cache: RedisCache, check: Check) -> tuple[str, int, int]:
@@ -222,7 +245,7 @@ def hit_batch(
     (:func:`remember`)."""
     if not settings.RATELIMIT_ENABLE:
         requests = [([], counters) for _, counters in requests]
-    cache = caches[settings.RATELIMIT_USE_CACHE]
+    cache = counter_cache()
     assert isinstance(cache, RedisCache)
     counted = _count_batch_on_redis(cache, requests)
     if counted is not None:
@@ -236,7 +259,7 @@ def hit_batch(
 
 def counts_in_batches() -> bool:
     """Whether the counters live where :func:`hit_batch` can count them (Redis)."""
-    return isinstance(caches[settings.RATELIMIT_USE_CACHE], RedisCache)
+    return isinstance(counter_cache(), RedisCache)
 
 
 # Django's cache builds a new redis.Redis (with its ~170 response callbacks) for every operation;
@@ -282,7 +305,7 @@ def _count_in_cache(
                 limited=usage["should_limit"],
             )
         )
-    cache = caches[settings.RATELIMIT_USE_CACHE]
+    cache = counter_cache()
     values: list[int | None] = []
     for counter in counters:
         try:
@@ -301,7 +324,7 @@ def _count_in_cache(
 
 def uncount(counters: Sequence[Counter]) -> None:
     """Take back one count of each counter (a request refused after it was counted)."""
-    cache = caches[settings.RATELIMIT_USE_CACHE]
+    cache = counter_cache()
     for counter in counters:
         try:
             cache.decr(counter.key)

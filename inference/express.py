@@ -209,11 +209,11 @@ def refused(
     return exception_response(request, exc)
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def answered(answer: serving.Answer) -> HttpResponse:
-    response = HttpResponse(
-        json.dumps(answer.body(), ensure_ascii=False, separators=(",", ":")),
-        content_type="application/json",
-    )
+    response = HttpResponse(_encode(answer.body()), content_type="application/json")
     response["X-Sluice-Version"] = answer.version
     return response
 

@@ -220,3 +220,33 @@ def test_a_batch_is_counted_as_if_each_request_had_counted_alone(tenant, setting
     )
     assert all(t.counted and t.usages for t in tickets)
     assert caches["default"].get(quota.key) == 5  # 5 + 2 counted, the 2 refused taken back
+
+
+def test_the_counters_cache_is_one_per_thread_also_across_an_event_loops_requests(
+    settings,
+) -> None:
+    """Django hands each async context a cache backend of its own; on the unary server's loop
+    every request is one, and a new Redis backend is a new connection. The counters' backend
+    is the thread's, and a settings change builds it anew."""
+    import asyncio
+    import threading
+
+    from config.ratelimit import counter_cache
+
+    async def one() -> object:
+        await asyncio.sleep(0)
+        return counter_cache()
+
+    async def many() -> list[object]:
+        return list(await asyncio.gather(*(one() for _ in range(5))))
+
+    backends = asyncio.run(many())
+    assert all(b is backends[0] for b in backends)
+    assert counter_cache() is backends[0]  # the same thread
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(counter_cache()))
+    thread.start()
+    thread.join()
+    assert other[0] is not backends[0]
+    settings.RATELIMIT_USE_CACHE = settings.RATELIMIT_USE_CACHE  # any change: built anew
+    assert counter_cache() is not backends[0]
