@@ -90,6 +90,7 @@ check-deploy: $(VENV)/.installed-run
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/auth_overhead.py
+	$(PY) bench/ceiling.py
 	$(PY) bench/serving.py
 
 clean:

@@ -3,7 +3,7 @@ worker batcher → one reply per batch, on the production configuration (Postgre
 gunicorn, a Celery worker), for ``digits`` (tiny: serving overhead dominates) and ``mlp``
 (compute-bound: batching matters), next to in-process ONNX Runtime at batch 1 and 32.
 
-    .venv/bin/python bench/serving.py            # the full run (about 12 minutes), or: make bench
+    .venv/bin/python bench/serving.py            # the full run (about 25 minutes), or: make bench
     .venv/bin/python bench/serving.py --models digits --concurrency 64 --seconds 5 --repeats 1
     # the GPU check, on a machine with one (SQLite, a Redis of its own, PyTorch on cuda):
     python bench/serving.py --models mlp --device cuda --engine torch --database sqlite
@@ -14,8 +14,10 @@ we start (gunicorn, the Celery worker) are pinned to CPU 0 with taskset, the loa
 per run, `--repeats` runs, medians. Redis and PostgreSQL are the machine's own servers and are
 not re-pinned (we do not own them). Each configuration — a model with batching on (the
 version's max_batch_size/max_delay_ms) or off (max_batch_size=1, in the web process and in the
-worker) — gets fresh processes. The server choice for the unary endpoint is measured too:
-daphne (ASGI, `manage.py serve --no-worker`) serving digits with batching on, at the top
+worker) — gets fresh processes, once per unary server (`--servers`): uvicorn serving
+``config.unary`` (the express lane on an event loop) and gunicorn serving ``config.wsgi`` (the
+express lane on threads); the targets are read from the first. daphne (ASGI, `manage.py serve
+--no-worker`, the full stack) serving digits with batching on is measured too, at the top
 concurrency. Besides wrk's figures, each run records the CPU time the web and worker processes
 spent per request (from /proc), which stays meaningful on a busy machine where req/s does not.
 Writes bench/results/serving.json; `--profile` adds py-spy profiles (bench/collapse.py reads
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.auth_overhead import machine  # noqa: E402
-from testing.processes import gunicorn  # noqa: E402
+from testing.processes import gunicorn, uvicorn  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
@@ -72,6 +74,7 @@ class Options:
     profile: bool
     daphne: bool
     worker_threads: int
+    servers: list[str]
     device: str = "cpu"
     engine: str = "onnx"
     hidden: str = ""
@@ -202,6 +205,8 @@ def server_command(server: str, port: int, threads: int) -> list[str]:
     if server == "daphne":
         cmd = [sys.executable, "manage.py", "serve", "--no-worker", "--host", "127.0.0.1"]
         return [*cmd, "--port", str(port)]
+    if server == "uvicorn":
+        return uvicorn(port)
     return gunicorn(port, threads=threads)
 
 
@@ -402,14 +407,16 @@ def lua_script(tmp: Path, model: str) -> Path:
 
 
 def summary(report: dict[str, Any], top: int) -> dict[str, Any]:
-    def point(model: str, batching: str, server: str = "gunicorn") -> dict[str, Any] | None:
+    unary = report["settings"]["servers"][0]
+
+    def point(model: str, batching: str, server: str = unary) -> dict[str, Any] | None:
         for run in report["runs"]:
             if (run["model"], run["batching"], run["server"]) == (model, batching, server):
                 found: dict[str, Any] | None = run.get(f"c{top}")
                 return found
         return None
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"unary_server": unary}
     digits = point("digits", "on")
     if digits:
         out[f"digits_c{top}"] = {
@@ -426,13 +433,13 @@ def summary(report: dict[str, Any], top: int) -> dict[str, Any]:
             "target": "at least 3 times",
             "met": ratio >= 3,
         }
-    daphne = point("digits", "on", "daphne")
-    if digits and daphne:
+    servers = {s: point("digits", "on", s) for s in ("uvicorn", "gunicorn", "daphne")}
+    if sum(1 for found in servers.values() if found) > 1:
         out[f"server_c{top}"] = {
-            "gunicorn_rps": digits["rps"],
-            "daphne_rps": daphne["rps"],
-            "gunicorn_p99_ms": digits["p99_ms"],
-            "daphne_p99_ms": daphne["p99_ms"],
+            f"{server}_{field}": found[field]
+            for server, found in servers.items()
+            if found
+            for field in ("rps", "p99_ms")
         }
     return out
 
@@ -446,6 +453,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--no-daphne", action="store_true", help="skip the ASGI comparison")
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["uvicorn", "gunicorn"],
+        choices=["uvicorn", "gunicorn"],
+        help="unary servers to measure (the first is the one the targets are read from)",
+    )
     parser.add_argument("--worker-threads", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="py-spy the top concurrency")
     parser.add_argument(
@@ -468,6 +482,7 @@ def main() -> None:
         profile=args.profile,
         daphne=not args.no_daphne and "digits" in args.models and "on" in args.batching,
         worker_threads=args.worker_threads,
+        servers=args.servers,
         device=args.device,
         engine=args.engine,
         hidden=args.hidden,
@@ -508,7 +523,12 @@ def main() -> None:
             "repeats": opts.repeats,
             "concurrency": opts.concurrency,
             "worker_threads": opts.worker_threads,
-            "web": "gunicorn gthread, 1 process, max(concurrency)+8 threads",
+            "web": {
+                "uvicorn": "config.unary, 1 process, httptools, uvloop",
+                "gunicorn": "config.wsgi, gthread, 1 process, max(concurrency)+8 threads",
+                "daphne": "manage.py serve --no-worker, 1 process",
+            },
+            "servers": opts.servers,
             "database": "postgresql" if postgres else "sqlite",
             "mlp": {"device": opts.device, "engine": opts.engine, "hidden": opts.hidden or None},
         },
@@ -542,11 +562,12 @@ def main() -> None:
                 script = lua_script(Path(tmp), model)
                 for batching in args.batching:
                     set_batching(env, model, batching == "on")
-                    report["runs"].append(
-                        bench_config(
-                            model, batching, "gunicorn", env, key, opts, script, opts.concurrency
+                    for server in opts.servers:
+                        report["runs"].append(
+                            bench_config(
+                                model, batching, server, env, key, opts, script, opts.concurrency
+                            )
                         )
-                    )
                     if opts.daphne and model == "digits" and batching == "on":
                         report["runs"].append(
                             bench_config(model, "on", "daphne", env, key, opts, script, [top])
