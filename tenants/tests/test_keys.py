@@ -113,6 +113,30 @@ def test_it_records_last_used_at_once_a_minute(client, tenant, django_assert_num
     assert row.last_used_at > first
 
 
+def test_cache_only_verification_asks_for_the_database_instead_of_querying(
+    tenant, django_assert_num_queries
+):
+    """What the unary server's loop relies on (inference.express_asgi): within cache_only()
+    a key is verified from the process's cache or NotCached is raised — never a query."""
+    from tenants.authentication import authenticate_credential
+    from tenants.selectors import NotCached, cache_only, forget_key
+
+    row, raw = make_key(tenant)
+    forget_key(row.prefix)
+    with django_assert_num_queries(0), cache_only(), pytest.raises(NotCached):
+        authenticate_credential(raw)  # not cached yet
+    authenticate_credential(raw)  # cached, and last_used_at written
+    with django_assert_num_queries(0), cache_only():
+        assert authenticate_credential(raw).key_id == row.pk
+    with (
+        freeze_time(timezone.now() + timedelta(seconds=61)),
+        django_assert_num_queries(0),
+        cache_only(),
+        pytest.raises(NotCached),
+    ):
+        authenticate_credential(raw)  # last_used_at is due: an UPDATE
+
+
 def test_rotation_issues_a_new_key_and_keeps_the_old_one_for_the_grace(api, client, tenant):
     row, raw = make_key(tenant, scopes=["infer", "jobs"])
     response = api.post(f"/v1/keys/{row.prefix}/rotate")
