@@ -323,10 +323,12 @@ def test_the_unary_server_answers_503_when_full_and_504_past_the_deadline(
                 "/v1/models/doubler/infer", json={"input": {"x": 3}, "timeout_ms": timeout_ms}
             )
 
+    from inference import backpressure
+
     assert ask(5000).json()["output"] == {"y": 6}  # loaded and warm
     with ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(ask, 5000)
-        time.sleep(0.3)  # it holds the queue's one slot
+        _wait_for(lambda: backpressure.in_flight("cpu") == 1, "the queue's one slot to be taken")
         full = ask(5000)
         assert slow.result().status_code == 200
     assert full.status_code == 503, full.text
