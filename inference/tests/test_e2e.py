@@ -58,6 +58,9 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
         _database_url(),
         REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX,  # the test reads the worker's keys
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        # That prefix is the whole run's: the per-IP counter of 127.0.0.1 is shared by every
+        # test here, and their requests together pass the default 100 a minute.
+        RATELIMIT_IP_RATE="10000/h",
         **(marker.kwargs if marker else {}),
     )
     port = free_port()
