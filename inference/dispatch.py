@@ -420,13 +420,20 @@ def enqueue_batch(
 
 
 _collectors: dict[tuple[int, str, int, int], Collector] = {}
+
+
+def _collector_key(route: VersionRoute) -> tuple[int, str, int, int]:
+    """A version whose queue or batching settings changed gets a new collector."""
+    return (route.id, route.queue, route.max_batch_size, route.max_delay_ms)
+
+
 _collectors_lock = threading.Lock()
 
 
 def collector(route: VersionRoute) -> Collector:
     """The collector of a version; a version whose queue or batching settings changed gets
     a new one."""
-    name = (route.id, route.queue, route.max_batch_size, route.max_delay_ms)
+    name = _collector_key(route)
     found = _collectors.get(name)
     if found is None:
         with _collectors_lock:
@@ -488,7 +495,7 @@ def call_on_loop(
 ) -> Pending:
     """:func:`call` for a request on the running event loop; await :func:`wait_on_loop`."""
     loop = asyncio.get_running_loop()
-    name = (route.id, route.queue, route.max_batch_size, route.max_delay_ms)
+    name = _collector_key(route)
     found = _loop_collectors.get(name)
     if found is None or found.loop is not loop:
         found = _loop_collectors[name] = LoopCollector(

@@ -212,6 +212,18 @@ def refused(
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def infer_arguments(taken: Taken, ticket: PlanTicket | None) -> dict[str, Any]:
+    """The keyword arguments of ``serving.infer`` (or ``infer_async``) for a taken request."""
+    return {
+        "model": taken.table,
+        "tenant": taken.ctx.tenant,
+        "data": taken.valid["input"],
+        "version": taken.valid.get("version"),
+        "timeout_ms": taken.valid.get("timeout_ms"),
+        "limits": ticket,
+    }
+
+
 def answered(answer: serving.Answer) -> HttpResponse:
     response = HttpResponse(_encode(answer.body()), content_type="application/json")
     response["X-Sluice-Version"] = answer.version
@@ -243,14 +255,7 @@ def serve(
     try:
         if ticket is None:
             enforce_plan(request, ctx, ip=ip)
-        answer = serving.infer(
-            model=table,
-            tenant=ctx.tenant,
-            data=valid["input"],
-            version=valid.get("version"),
-            timeout_ms=valid.get("timeout_ms"),
-            limits=ticket,
-        )
+        answer = serving.infer(**infer_arguments(taken, ticket))
     except exceptions.APIException as exc:
         response = refused(request, ticket, exc)
     else:

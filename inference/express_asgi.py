@@ -37,7 +37,7 @@ from rest_framework import exceptions
 
 from config import ratelimit
 from inference import selectors, serving
-from inference.express import answered, begin, eligible, finish, refused, take
+from inference.express import answered, begin, eligible, finish, infer_arguments, refused, take
 from inference.selectors import RoutingTable
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan, plan_ticket
@@ -134,21 +134,13 @@ class Lane:
         taken = take(request, lambda _raw: ctx, self._routing_table)
         if taken is None or taken.stream:
             return None
-        ctx, table, valid = taken.ctx, taken.table, taken.valid
         ip = begin(request, ctx)
         response: HttpResponseBase
         ticket = plan_ticket(ctx, ip=ip) if ratelimit.counts_in_batches() else None
         try:
             if ticket is None:
                 enforce_plan(request, ctx, ip=ip)  # the embedded default's local counters
-            answer = await serving.infer_async(
-                model=table,
-                tenant=ctx.tenant,
-                data=valid["input"],
-                version=valid.get("version"),
-                timeout_ms=valid.get("timeout_ms"),
-                limits=ticket,
-            )
+            answer = await serving.infer_async(**infer_arguments(taken, ticket))
         except exceptions.APIException as exc:
             response = refused(request, ticket, exc)
         else:
