@@ -389,6 +389,11 @@ JOBS_RESULT_INLINE_MAX_BYTES = env.int("JOBS_RESULT_INLINE_MAX_BYTES", default=1
 JOBS_MAX_INPUTS = env.int("JOBS_MAX_INPUTS", default=1_000_000)
 JOBS_INSERT_BATCH = env.int("JOBS_INSERT_BATCH", default=5000)
 JOBS_IDEMPOTENCY_TTL_HOURS = env.int("JOBS_IDEMPOTENCY_TTL_HOURS", default=24)
+# A key whose request is still creating its job is leased to that request's process, which
+# renews it every third of this; after a crash the key is free again within this many seconds.
+JOBS_IDEMPOTENCY_LEASE_SECONDS = env.float("JOBS_IDEMPOTENCY_LEASE_SECONDS", default=10.0)
+if JOBS_IDEMPOTENCY_LEASE_SECONDS <= 0:
+    raise ImproperlyConfigured("JOBS_IDEMPOTENCY_LEASE_SECONDS must be above 0.")
 JOBS_INPUT_PREFIX = env.str("JOBS_INPUT_PREFIX", default="inputs")
 # A follower of a job's results (?follow=true) wakes on the job's progress events; when the
 # event stream is gone (expired, Redis down) it looks at the database this often instead.
