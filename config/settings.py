@@ -9,6 +9,7 @@ Secrets may be given as ``NAME_FILE`` (a path whose content is the value).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,18 @@ INFERENCE_UPSTREAM_KEYS: dict[str, str] = {
         {n.removesuffix("_FILE") for n in os.environ if n.startswith("UPSTREAM_KEY_")}
     )
 }
+
+# Where remote runtimes (kserve, openai) may connect (inference/runtimes/egress.py): host names
+# their url may name (ALLOWED_HOSTS patterns: "*" any, ".example.com" the domain and its
+# subdomains), and networks allowed although not public: loopback, link-local, private and other
+# non-public addresses are refused unless listed (e.g. "10.0.0.0/8,127.0.0.1/32").
+INFERENCE_REMOTE_ALLOWED_HOSTS = env.list("INFERENCE_REMOTE_ALLOWED_HOSTS", default=["*"])
+INFERENCE_REMOTE_ALLOWED_NETWORKS = env.list("INFERENCE_REMOTE_ALLOWED_NETWORKS", default=[])
+for _network in INFERENCE_REMOTE_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"INFERENCE_REMOTE_ALLOWED_NETWORKS: {exc}") from exc
 
 # How long a web process trusts its copy of a model's routing table and circuit states (a change
 # made in another process is seen within this; the process that made it sees it at once).
