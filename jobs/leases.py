@@ -36,18 +36,14 @@ def lease_length() -> timedelta:
 
 def renew(ids: Iterable[int]) -> int:
     """Push the leases of these in-flight rows one lease forward; how many were renewed."""
-    with transaction.atomic():
+    held = IdempotencyKey.objects.filter(pk__in=list(ids), response_status__isnull=True)
+    with transaction.atomic():  # FOR UPDATE needs one, though this is a single statement
         # SKIP LOCKED: a row whose request is writing its answer stays locked until that
         # commit (which checks every task's foreign key: seconds for a big job). It needs no
         # renewal, and waiting for it would hold up every other lease of this process.
-        free = list(
-            IdempotencyKey.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=list(ids), response_status__isnull=True)
-            .values_list("pk", flat=True)
-        )
-        return IdempotencyKey.objects.filter(pk__in=free).update(
-            lease_until=timezone.now() + lease_length()
-        )
+        return IdempotencyKey.objects.filter(
+            pk__in=held.select_for_update(skip_locked=True).values("pk")
+        ).update(lease_until=timezone.now() + lease_length())
 
 
 class LeaseKeeper:
