@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from jobs.models import IdempotencyKey
@@ -83,11 +83,10 @@ class LeaseKeeper:
                         return
                 try:
                     renew(held)
-                except DatabaseError:
-                    # The next tick tries again; a lease that lapses meanwhile is fenced.
-                    log.warning(
-                        "could not renew %d idempotency-key leases", len(held), exc_info=True
-                    )
+                except Exception:
+                    # Whatever failed, the thread lives on: the next tick tries again, and a
+                    # lease that lapses meanwhile is fenced.
+                    log.exception("could not renew %d idempotency-key leases", len(held))
         finally:
             connections.close_all()
 

@@ -180,3 +180,27 @@ def test_a_request_whose_key_was_taken_over_mid_creation_creates_nothing(
     assert b.status == 201 and not b.replayed
     assert answer_a.replayed and answer_a.body == b.body
     assert list(Job.objects.values_list("pk", flat=True)) == [IdempotencyKey.objects.get().job_id]
+
+
+def test_the_keeper_goes_on_renewing_after_a_failed_renewal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[list[int]] = []
+
+    def failing_once(ids: list[int]) -> int:
+        calls.append(list(ids))
+        if len(calls) == 1:
+            raise RuntimeError("a bug, say")
+        return len(ids)
+
+    monkeypatch.setattr(leases, "renew", failing_once)
+    monkeypatch.setattr(leases.settings, "JOBS_IDEMPOTENCY_LEASE_SECONDS", 0.03)
+    keeper = leases.LeaseKeeper()
+    keeper.hold(1)
+    give_up = time.monotonic() + 5
+    while len(calls) < 2:
+        assert time.monotonic() < give_up, calls
+        time.sleep(0.01)
+    keeper.release(1)
+    assert calls[:2] == [[1], [1]]
+    assert "could not renew 1 idempotency-key leases" in caplog.text
