@@ -222,8 +222,11 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> Idempote
             raise IdempotencyKeyReused()
         if found.in_flight:
             # By then the holder has answered, or renewed its lease (still working), or died
-            # and the key is free.
-            left = (found.lease_until - now).total_seconds()
+            # and the key is free. At most one lease: a renewal made after our clock reading
+            # (or another host's clock) may put it a little further.
+            left = min(
+                (found.lease_until - now).total_seconds(), leases.lease_length().total_seconds()
+            )
             raise IdempotencyKeyInFlight(wait=max(1, math.ceil(left)))
         return Submitted(
             status=found.response_status or 200,
