@@ -9,6 +9,7 @@ Secrets may be given as ``NAME_FILE`` (a path whose content is the value).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,18 @@ INFERENCE_UPSTREAM_KEYS: dict[str, str] = {
         {n.removesuffix("_FILE") for n in os.environ if n.startswith("UPSTREAM_KEY_")}
     )
 }
+
+# Where remote runtimes (kserve, openai) may connect (inference/runtimes/egress.py): host names
+# their url may name (ALLOWED_HOSTS patterns: "*" any, ".example.com" the domain and its
+# subdomains), and networks allowed although not public: loopback, link-local, private and other
+# non-public addresses are refused unless listed (e.g. "10.0.0.0/8,127.0.0.1/32").
+INFERENCE_REMOTE_ALLOWED_HOSTS = env.list("INFERENCE_REMOTE_ALLOWED_HOSTS", default=["*"])
+INFERENCE_REMOTE_ALLOWED_NETWORKS = env.list("INFERENCE_REMOTE_ALLOWED_NETWORKS", default=[])
+for _network in INFERENCE_REMOTE_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"INFERENCE_REMOTE_ALLOWED_NETWORKS: {exc}") from exc
 
 # How long a web process trusts its copy of a model's routing table and circuit states (a change
 # made in another process is seen within this; the process that made it sees it at once).
@@ -389,6 +402,11 @@ JOBS_RESULT_INLINE_MAX_BYTES = env.int("JOBS_RESULT_INLINE_MAX_BYTES", default=1
 JOBS_MAX_INPUTS = env.int("JOBS_MAX_INPUTS", default=1_000_000)
 JOBS_INSERT_BATCH = env.int("JOBS_INSERT_BATCH", default=5000)
 JOBS_IDEMPOTENCY_TTL_HOURS = env.int("JOBS_IDEMPOTENCY_TTL_HOURS", default=24)
+# A key whose request is still creating its job is leased to that request's process, which
+# renews it every third of this; after a crash the key is free again within this many seconds.
+JOBS_IDEMPOTENCY_LEASE_SECONDS = env.float("JOBS_IDEMPOTENCY_LEASE_SECONDS", default=10.0)
+if JOBS_IDEMPOTENCY_LEASE_SECONDS <= 0:
+    raise ImproperlyConfigured("JOBS_IDEMPOTENCY_LEASE_SECONDS must be above 0.")
 JOBS_INPUT_PREFIX = env.str("JOBS_INPUT_PREFIX", default="inputs")
 # A follower of a job's results (?follow=true) wakes on the job's progress events; when the
 # event stream is gone (expired, Redis down) it looks at the database this often instead.

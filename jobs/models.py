@@ -177,7 +177,8 @@ class IdempotencyKey(models.Model):
     The row is inserted (committed) before the job is created, so a concurrent request with the
     same key finds it and gets 409 while the first is in flight; the unique constraint makes
     that insert the one race-free decision. When the job exists, the response is stored and
-    replayed to every later request with the same key and the same fingerprint."""
+    replayed to every later request with the same key and the same fingerprint. While in
+    flight the row is leased to the claiming request's process (``jobs.leases``)."""
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
@@ -187,6 +188,9 @@ class IdempotencyKey(models.Model):
     response_body = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)
+    # While in flight: renewed by the claiming request's process; once it has passed, that
+    # process is gone (or stalled) and another request may take the key over.
+    lease_until = models.DateTimeField()
 
     class Meta:
         constraints = [

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
@@ -19,14 +21,12 @@ from inference import selectors as inference_selectors
 from inference.models import Model, ModelVersion
 from inference.router import NoRoute, route
 from inference.serving import ModelUnavailable
-from jobs import bulk, events, runner
+from jobs import bulk, events, leases, runner
 from jobs.inputs import Inputs
 from jobs.models import ACTIVE_JOB, IdempotencyKey, Job, JobStatus, Task, TaskStatus
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
-# An in-flight key whose request died (process killed) is taken over after this long.
-IDEMPOTENCY_ABANDONED_SECONDS = 600
 
 
 class JobConflict(exceptions.APIException):
@@ -41,7 +41,10 @@ class IdempotencyKeyInFlight(exceptions.APIException):
     default_detail = "A request with this Idempotency-Key is still being processed; retry later."
     default_code = "idempotency_key_in_flight"
     problem_slug = "idempotency-key-in-flight"
-    wait = 1
+
+    def __init__(self, wait: int = 1) -> None:
+        super().__init__()
+        self.wait = wait  # seconds: REST framework sends them as Retry-After
 
 
 class IdempotencyKeyReused(exceptions.APIException):
@@ -49,6 +52,10 @@ class IdempotencyKeyReused(exceptions.APIException):
     default_detail = "This Idempotency-Key was used with a different request body."
     default_code = "idempotency_key_reused"
     problem_slug = "idempotency-key-reused"
+
+
+class IdempotencyKeyLost(Exception):
+    """Another request took the key over before this one's job committed."""
 
 
 @dataclass(frozen=True)
@@ -117,50 +124,116 @@ def job_create(*, tenant: Tenant, request: JobRequest) -> Job:
 
 
 @dataclass(frozen=True)
-class Replay:
+class Submitted:
+    """The answer to a submission: a new job's, or (``replayed``) the first answer under its key."""
+
     status: int
     body: dict[str, Any]
+    replayed: bool = False
 
 
-def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> IdempotencyKey | Replay:
-    """Claim the key for this request, or answer from an earlier one: its stored response
-    (same body), 422 (another body) or 409 (still in flight)."""
-    now = timezone.now()
+def job_submit(
+    *,
+    tenant: Tenant,
+    request: JobRequest,
+    key: str | None,
+    describe: Callable[[Job], dict[str, Any]],
+) -> Submitted:
+    """Create the job, or answer from the first request under ``key``. ``describe`` renders a
+    new job as the response body, which is stored under the key in the job's own transaction."""
+    if key is None:
+        with transaction.atomic():
+            job = job_create(tenant=tenant, request=request)
+            return Submitted(status=201, body=describe(job))
+    # A second round only when another request took our key over while we worked (our lease
+    # lapsed): then the key's new owner decides the answer, as for any later request.
+    for _ in range(2):
+        claim = idempotency_begin(tenant=tenant, key=key, fingerprint=request.fingerprint())
+        if isinstance(claim, Submitted):
+            return claim
+        try:
+            return _create_under(claim, tenant=tenant, request=request, describe=describe)
+        except IdempotencyKeyLost:
+            continue
+        except BaseException:
+            idempotency_abandon(claim)
+            raise
+        finally:
+            leases.keeper.release(claim.pk)
+    raise IdempotencyKeyInFlight()
+
+
+def _create_under(
+    claim: IdempotencyKey,
+    *,
+    tenant: Tenant,
+    request: JobRequest,
+    describe: Callable[[Job], dict[str, Any]],
+) -> Submitted:
+    with transaction.atomic():
+        job = job_create(tenant=tenant, request=request)
+        body = describe(job)
+        # The fence: the answer is written under *this* claim (its id) in the job's own
+        # transaction. A request that took the key over deleted the row first, so this
+        # matches nothing and the job is rolled back; if this UPDATE wins, the row is
+        # answered (locked until the commit) and a takeover's conditional DELETE then matches
+        # nothing. Either way one job per key.
+        answered = IdempotencyKey.objects.filter(pk=claim.pk, response_status__isnull=True).update(
+            job=job, response_status=201, response_body=body
+        )
+        if not answered:
+            raise IdempotencyKeyLost()
+    return Submitted(status=201, body=body)
+
+
+def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> IdempotencyKey | Submitted:
+    """Claim the key for this request (leased to this process), or answer from an earlier one:
+    its stored response (same body), 422 (another body) or 409 (still in flight)."""
     ttl = timedelta(hours=settings.JOBS_IDEMPOTENCY_TTL_HOURS)
     for _ in range(3):
+        now = timezone.now()
         try:
             # Its own transaction, committed at once: a concurrent request must see it.
             with transaction.atomic():
-                return IdempotencyKey.objects.create(
+                row = IdempotencyKey.objects.create(
                     tenant=tenant,
                     key=key,
                     fingerprint=fingerprint,
                     created_at=now,
                     expires_at=now + ttl,
+                    lease_until=now + leases.lease_length(),
                 )
+            leases.keeper.hold(row.pk)
+            return row
         except IntegrityError:
             found = IdempotencyKey.objects.filter(tenant=tenant, key=key).first()
         if found is None:
             continue  # deleted (expired or abandoned) between our insert and read
-        abandoned = found.in_flight and found.created_at < now - timedelta(
-            seconds=IDEMPOTENCY_ABANDONED_SECONDS
-        )
-        if found.expires_at <= now or abandoned:
-            # Conditional: two requests taking over the same stale key delete it once.
-            IdempotencyKey.objects.filter(pk=found.pk, created_at=found.created_at).delete()
+        # A lapsed lease means the holder's process stopped renewing it (it died), unless the
+        # holder is a request of this very process (its renewal was only slow).
+        lapsed = found.in_flight and found.lease_until < now and not leases.keeper.holds(found.pk)
+        if found.expires_at <= now or lapsed:
+            # Conditional, re-checked under the row's lock: two requests taking over the same
+            # key delete it once, and a holder that renewed or answered meanwhile keeps it.
+            stale = Q(expires_at__lte=now) | Q(response_status__isnull=True, lease_until__lt=now)
+            IdempotencyKey.objects.filter(stale, pk=found.pk).delete()
             continue
         if found.fingerprint != fingerprint:
             raise IdempotencyKeyReused()
         if found.in_flight:
-            raise IdempotencyKeyInFlight()
-        return Replay(status=found.response_status or 200, body=dict(found.response_body or {}))
+            # By then the holder has answered, or renewed its lease (still working), or died
+            # and the key is free. At most one lease: a renewal made after our clock reading
+            # (or another host's clock) may put it a little further.
+            left = min(
+                (found.lease_until - now).total_seconds(), leases.lease_length().total_seconds()
+            )
+            raise IdempotencyKeyInFlight(wait=max(1, math.ceil(left)))
+        return Submitted(
+            status=found.response_status or 200,
+            body=dict(found.response_body or {}),
+            replayed=True,
+        )
     raise IdempotencyKeyInFlight()
-
-
-def idempotency_complete(row: IdempotencyKey, *, job: Job, status: int, body: Any) -> None:
-    IdempotencyKey.objects.filter(pk=row.pk).update(
-        job=job, response_status=status, response_body=body
-    )
 
 
 def idempotency_abandon(row: IdempotencyKey) -> None:

@@ -30,7 +30,7 @@ from inference import selectors as inference_selectors
 from inference.streams import TooManyStreams
 from jobs import inputs, selectors, services
 from jobs.feed import Feed, lines_async, lines_sync
-from jobs.models import IdempotencyKey, Job, JobStatus, Task
+from jobs.models import Job, JobStatus, Task
 from jobs.selectors import Cursor
 from jobs.serializers import (
     DeadTaskSerializer,
@@ -134,30 +134,16 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
     def post(self, request: Request) -> Response:
         tenant = _tenant(request)
         key = _idempotency_key(request)
-        submission = _submission(request, tenant)
-        claim: IdempotencyKey | None = None
-        if key is not None:
-            begun = services.idempotency_begin(
-                tenant=tenant, key=key, fingerprint=submission.fingerprint()
-            )
-            if isinstance(begun, services.Replay):
-                replayed = Response(begun.body, status=begun.status)
-                replayed["Idempotent-Replayed"] = "true"
-                replayed["Location"] = begun.body.get("urls", {}).get("self", "")
-                return replayed
-            claim = begun
-        try:
-            job = services.job_create(tenant=tenant, request=submission)
-            job = selectors.jobs_all().get(pk=job.pk)
-            body = JobSerializer(job).data
-            if claim is not None:
-                services.idempotency_complete(claim, job=job, status=201, body=body)
-        except BaseException:
-            if claim is not None:
-                services.idempotency_abandon(claim)
-            raise
-        response = Response(body, status=201)
-        response["Location"] = body["urls"]["self"]
+        answer = services.job_submit(
+            tenant=tenant,
+            request=_submission(request, tenant),
+            key=key,
+            describe=lambda job: JobSerializer(selectors.jobs_all().get(pk=job.pk)).data,
+        )
+        response = Response(answer.body, status=answer.status)
+        if answer.replayed:
+            response["Idempotent-Replayed"] = "true"
+        response["Location"] = answer.body.get("urls", {}).get("self", "")
         return response
 
 

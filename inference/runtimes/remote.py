@@ -38,6 +38,7 @@ from django.conf import settings
 
 from config.metrics import UPSTREAM_CALLS, UPSTREAM_DURATION
 from inference.router import CircuitBreaker
+from inference.runtimes import egress
 from inference.runtimes.base import (
     UpstreamError,
     UpstreamTimeout,
@@ -105,12 +106,14 @@ def _refuse_secrets(options: dict[str, Any]) -> None:
 
 
 def refused_option(options: dict[str, Any]) -> str | None:
-    """Why these options must not be saved at all (a secret in them), or None."""
+    """Why these options must not be saved at all (a secret in them, or a ``url`` the egress
+    allow-list refuses: its host resolved now), or None."""
     try:
         _refuse_secrets(options if isinstance(options, dict) else {})
     except InvalidOptions as exc:
         return str(exc)
-    return None
+    url = options.get("url") if isinstance(options, dict) else None
+    return egress.url_refusal(url) if isinstance(url, str) else None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ class RemoteOptions:
             parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError as exc:
             raise InvalidOptions(f"url has an invalid port: {exc}") from exc
+        refused = egress.host_refusal(parts.hostname)
+        if refused:
+            raise InvalidOptions(refused)
         key_env = options.get("api_key_env")
         if key_env is not None:
             if not isinstance(key_env, str) or not _KEY_ENV.match(key_env):
@@ -267,9 +273,11 @@ class Upstream:
             timeout=httpx.Timeout(
                 options.read_timeout, connect=options.connect_timeout, pool=options.read_timeout
             ),
-            limits=httpx.Limits(
-                max_connections=options.max_connections,
-                max_keepalive_connections=options.max_connections,
+            transport=egress.transport(
+                httpx.Limits(
+                    max_connections=options.max_connections,
+                    max_keepalive_connections=options.max_connections,
+                )
             ),
             headers={"Accept": "application/json", **options.auth_headers()},
             follow_redirects=False,
@@ -344,6 +352,16 @@ class Upstream:
         return self._failed(
             UpstreamError(f"the upstream of {self.label} dropped the connection ({name})"),
             retryable=True,
+        )
+
+    def _refused(self, exc: egress.EgressRefused) -> UpstreamError:
+        """No address of the upstream is allowed (the egress allow-list): nothing was sent, so
+        neither a retry nor the breaker; the addresses are in the log, not the message."""
+        log.warning("upstream %s of %s refused: %s", self.options.url, self.label, exc)
+        self._count("refused")
+        return egress.EgressRefused(
+            f"unavailable: the upstream of {self.label} is at an address that "
+            f"{egress.SETTING} does not allow"
         )
 
     def _status_error(self, response: httpx.Response, started: float) -> UpstreamError | None:
@@ -437,6 +455,8 @@ class Upstream:
                     response = self.client.request(method, path, json=body)
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc) from exc
+                except egress.EgressRefused as exc:
+                    raise self._refused(exc) from exc
                 error = self._status_error(response, started)
                 if error is not None:
                     raise error
@@ -460,6 +480,8 @@ class Upstream:
                     opened = self.client.send(request, stream=True)
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc) from exc
+                except egress.EgressRefused as exc:
+                    raise self._refused(exc) from exc
                 if opened.status_code >= 300:
                     try:
                         opened.read()

@@ -41,7 +41,14 @@ DIGITS_REMOTE = {
     "output_tensors": {"label": "predict", "probabilities": "predict_proba"},
     "output_datatypes": {"label": "INT64", "probabilities": "FP32"},
 }
+LOOPBACK = "127.0.0.0/8"
 TEXT_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+@pytest.fixture(autouse=True)
+def _loopback_upstreams(settings: Any) -> None:
+    """MLServer and the live Sluice listen on 127.0.0.1: allowed here, and in the live server."""
+    settings.INFERENCE_REMOTE_ALLOWED_NETWORKS = [LOOPBACK]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +74,7 @@ def sluice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             RATELIMIT_IP_RATE="10000/h",
             MEDIA_ROOT=str(tmp / "media"),
             INFERENCE_PRELOAD="false",
+            INFERENCE_REMOTE_ALLOWED_NETWORKS=LOOPBACK,
         )
         manage(env, "migrate", "--no-input", "-v0")
         manage(env, "createtenant", "e2e")

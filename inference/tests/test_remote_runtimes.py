@@ -29,6 +29,12 @@ FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 _ids = itertools.count(1)
 
 
+@pytest.fixture(autouse=True)
+def _loopback_upstreams(settings: Any) -> None:
+    """The fake upstreams listen on 127.0.0.1, which remote runtimes may reach only when told."""
+    settings.INFERENCE_REMOTE_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+
+
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
     with fake_upstream() as server:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -19,6 +20,12 @@ from testing.processes import free_port
 pytestmark = pytest.mark.django_db
 
 INFER = "/v2/models/model/infer"
+
+
+@pytest.fixture(autouse=True)
+def _loopback_upstreams(settings: Any) -> None:
+    """The fake upstreams listen on 127.0.0.1, which remote runtimes may reach only when told."""
+    settings.INFERENCE_REMOTE_ALLOWED_NETWORKS = ["127.0.0.0/8"]
 
 
 @pytest.fixture

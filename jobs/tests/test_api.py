@@ -146,31 +146,6 @@ def test_the_idempotency_key_replays_the_first_answer(
     assert Job.objects.count() == 1
 
 
-def test_a_key_still_in_flight_is_a_409(api: APIClient, doubler: Any, tenant: Tenant) -> None:
-    from jobs import services
-    from jobs.inputs import from_list
-
-    request = services.JobRequest(
-        model=doubler.model,
-        version=doubler,
-        inputs=from_list([{"x": 1}]),
-        priority=0,
-        chunk_size=500,
-        max_attempts=3,
-        options={},
-    )
-    services.idempotency_begin(tenant=tenant, key="k", fingerprint=request.fingerprint())
-    response = api.post(
-        "/v1/jobs",
-        {"model": "doubler", "inputs": [{"x": 1}]},
-        format="json",
-        HTTP_IDEMPOTENCY_KEY="k",
-    )
-    assert response.status_code == 409
-    assert response.json()["type"] == "urn:sluice:problem:idempotency-key-in-flight"
-    assert response["Retry-After"] == "1"
-
-
 def test_keys_are_per_tenant_and_kept_a_day(
     api: APIClient, other_api: APIClient, doubler: Any, run_jobs: Any
 ) -> None:

@@ -4,6 +4,8 @@ subprocesses, gunicorn, PostgreSQL and Redis. Runs in the PostgreSQL + Redis pas
 - kill -9 a worker mid-job, again and again: no task lost, no result twice, the job ends;
 - an always-failing task is dead after exactly max_attempts and stays dead; replay works;
 - 50 concurrent identical POSTs with one Idempotency-Key make exactly one job;
+- a gunicorn killed (kill -9) or stopped (SIGSTOP) while it creates a job under an
+  Idempotency-Key: the key is free again within its lease, and still makes one job;
 - Redis (a server of the test's own) restarted empty mid-job: the job still completes.
 """
 
@@ -18,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,17 +28,17 @@ from urllib.parse import quote
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from inference.models import ModelVersion
 from inference.tests.conftest import make_version
 from inference.tests.fakes import BROKEN, DOUBLER
 from jobs import services
 from jobs.inputs import from_list
-from jobs.models import Job, Task, TaskStatus
+from jobs.models import IdempotencyKey, Job, Task, TaskStatus
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
-from testing.processes import ROOT, free_port, gunicorn, running
+from testing.processes import ROOT, free_port, gunicorn, running, running_process
 
 pytestmark = [
     pytest.mark.e2e,
@@ -256,13 +258,116 @@ def test_fifty_concurrent_identical_posts_make_one_job(tenant: Tenant, tmp_path:
         assert created and all(c == created[0] for c in created)
         for conflict in (a for a in answers if a.status_code == 409):
             assert conflict.json()["type"] == "urn:sluice:problem:idempotency-key-in-flight"
-            assert conflict.headers["Retry-After"] == "1"
+            assert 1 <= int(conflict.headers["Retry-After"]) <= 10  # the lease's remaining time
         assert Job.objects.count() == 1
         assert Job.objects.get().total == 2000
         # A retry after the fact gets the same job again.
         late = httpx.post(f"{base}/v1/jobs", json=body, headers=headers, timeout=60)
         assert (late.status_code, late.json()["id"]) == (201, created[0]["id"])
         assert late.headers["Idempotent-Replayed"] == "true"
+
+
+LEASE = 3  # JOBS_IDEMPOTENCY_LEASE_SECONDS of the servers below
+
+
+@contextlib.contextmanager
+def _two_gunicorns() -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """The base URLs of two gunicorns on the test's database, and the first one's process."""
+    env = {**_env(), "JOBS_IDEMPOTENCY_LEASE_SECONDS": str(LEASE)}
+    first_port, second_port = free_port(), free_port()
+    with (
+        running(gunicorn(second_port), env, port=second_port) as second,
+        running_process(gunicorn(first_port), env, port=first_port) as (first, proc),
+    ):
+        yield first, second, proc
+
+
+def _start_creating(
+    pool: ThreadPoolExecutor, base: str, body: dict[str, Any], headers: dict[str, str]
+) -> Future[httpx.Response]:
+    """POST the job; return once the request has claimed its key. The request then waits in
+    the middle of creating the job (its job row written, its tasks not) until the caller's
+    transaction ends: a SHARE lock on the task table holds up the tasks' COPY."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {Task._meta.db_table} IN SHARE MODE")
+    pending = pool.submit(httpx.post, f"{base}/v1/jobs", json=body, headers=headers, timeout=60)
+    give_up = time.monotonic() + 30
+    while not IdempotencyKey.objects.exists():
+        assert time.monotonic() < give_up, "the request never claimed its key"
+        time.sleep(0.05)
+    return pending
+
+
+def _post_until_created(
+    base: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[httpx.Response, list[int]]:
+    """POST, and after each 409 wait exactly its Retry-After; the answer and the waits."""
+    waits: list[int] = []
+    while True:
+        answer = httpx.post(f"{base}/v1/jobs", json=body, headers=headers, timeout=30)
+        if answer.status_code != 409 or len(waits) > LEASE + 2:
+            return answer, waits
+        waits.append(int(answer.headers["Retry-After"]))
+        time.sleep(waits[-1])
+
+
+def test_a_key_whose_creating_process_was_killed_is_free_within_its_lease(
+    tenant: Tenant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_version("doubler", options=DOUBLER)
+    body = {"model": "doubler", "inputs": [{"x": i} for i in range(10)]}
+    headers = {"X-API-Key": make_key(tenant, scopes=["jobs"])[1], "Idempotency-Key": '"crash"'}
+    with _two_gunicorns() as (first, other, victim), ThreadPoolExecutor(1) as pool:
+        with transaction.atomic():
+            pending = _start_creating(pool, first, body, headers)
+            time.sleep(LEASE * 1.5)  # past its first lease: the live request's process renews it
+            live = httpx.post(f"{other}/v1/jobs", json=body, headers=headers, timeout=10)
+            assert live.status_code == 409, live.text
+            assert 1 <= int(live.headers["Retry-After"]) <= LEASE
+            os.killpg(victim.pid, signal.SIGKILL)  # mid-creation: no cleanup of any kind
+            victim.wait()
+            killed = time.monotonic()
+        with pytest.raises(httpx.HTTPError):
+            pending.result(10)
+        created, waits = _post_until_created(other, body, headers)
+        locked_for = time.monotonic() - killed
+    assert created.status_code == 201, (created.status_code, created.text, waits)
+    # Retry-After told the truth: the one wait it asked for was enough.
+    assert len(waits) <= 1 and locked_for <= 2 * LEASE, (waits, locked_for)
+    assert Job.objects.count() == 1 and created.json()["total"] == 10
+    with capsys.disabled():
+        print(f"\nkey locked {locked_for:.2f} s after kill -9 (lease {LEASE} s, waits {waits})")
+
+
+def test_a_stalled_creation_that_lost_its_key_answers_with_the_job_of_the_key(
+    tenant: Tenant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The holder is alive but stopped past its lease: another request takes the key over and
+    creates the job; the holder, resumed, finds it lost the key and creates nothing."""
+    make_version("doubler", options=DOUBLER)
+    body = {"model": "doubler", "inputs": [{"x": i} for i in range(10)]}
+    headers = {"X-API-Key": make_key(tenant, scopes=["jobs"])[1], "Idempotency-Key": '"pause"'}
+    with _two_gunicorns() as (first, other, holder), ThreadPoolExecutor(1) as pool:
+        with transaction.atomic():
+            pending = _start_creating(pool, first, body, headers)
+            os.killpg(holder.pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+        try:
+            created, waits = _post_until_created(other, body, headers)
+            taken_after = time.monotonic() - stopped
+        finally:
+            os.killpg(holder.pid, signal.SIGCONT)
+        assert created.status_code == 201, (created.status_code, created.text, waits)
+        assert len(waits) <= 1 and taken_after <= 2 * LEASE, (waits, taken_after)
+        first_answer = pending.result(60)
+    assert first_answer.status_code == 201, first_answer.text
+    assert list(Job.objects.values_list("pk", flat=True)) == [uuid.UUID(created.json()["id"])]
+    assert first_answer.json()["id"] == created.json()["id"]
+    assert first_answer.headers.get("Idempotent-Replayed") == "true"
+    with capsys.disabled():
+        print(
+            f"\nkey taken over {taken_after:.2f} s after SIGSTOP (lease {LEASE} s, waits {waits})"
+        )
 
 
 @contextlib.contextmanager
