@@ -1,19 +1,28 @@
-"""A streaming answer lives no longer than its credential: a key revoked (or expired, or its
-tenant deactivated) while its stream is open ends the answer with an ``error`` event
-``unauthenticated`` (OpenAI's error chunk on the OpenAI endpoints) within a re-check; the work
-is cancelled and the slot given back.
+"""How long a streaming answer lives: as long as its client and its credential.
+
+- A client that leaves while the view is still starting its stream, through the project's
+  real ASGI application (``config.asgi``): Django cancels the request, but the sync view runs
+  on to its end on its thread — the stream it started must be cancelled and its slot given
+  back when it returns, not left running for nobody.
+- A key revoked (or a tenant deactivated) while its stream is open: the answer ends with an
+  ``error`` event ``unauthenticated`` (OpenAI's error chunk on the OpenAI endpoints) within a
+  re-check, the work is cancelled and the slot given back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from inference import streams
 from inference.models import Model
 from inference.tests.conftest import make_version
 from streaming.log import get_log
@@ -24,6 +33,74 @@ from tenants.services import apikey_revoke
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _wait_for(check: Any, what: str, timeout: float = 5) -> None:
+    give_up = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_stream_started_for_a_client_that_left_is_cancelled_and_frees_its_slot(
+    tenant: Any, key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.asgi import application  # imported late: the test settings must apply first
+
+    make_version()  # not eager: nothing consumes the task, the stream stays open
+    started: list[streams.Started] = []
+    stream_made, client_gone = threading.Event(), threading.Event()
+    real_start = streams.stream_start
+
+    def start(**kwargs: Any) -> streams.Started:
+        """The view's start, held until the client has gone."""
+        started.append(real_start(**kwargs))
+        stream_made.set()
+        client_gone.wait(5)
+        return started[-1]
+
+    monkeypatch.setattr(streams, "stream_start", start)
+    body = json.dumps({"input": {"x": 1}}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/models/doubler/infer",
+        "raw_path": b"/v1/models/doubler/infer",
+        "query_string": b"stream=true",
+        "root_path": "",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-api-key", key[1].encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    received = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        if received == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        # The client goes away once the view has started the stream, before it answers.
+        await asyncio.to_thread(stream_made.wait, 5)
+        asyncio.get_running_loop().call_later(0.05, client_gone.set)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async_to_sync(application)(scope, receive, send)
+    assert not sent  # nothing was answered: the client had gone
+    _wait_for(lambda: started, "the view to start the stream")
+    _wait_for(lambda: get_log().is_cancelled(started[0].stream_id), "the stream's cancel")
+    _wait_for(lambda: stream_slots_held(tenant.pk) == 0, "the slot to come back")
 
 
 def _until_end(pieces: Any, seconds: float) -> tuple[bool, bytes]:
