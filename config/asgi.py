@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+from streaming.handler import asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-django_asgi_app = get_asgi_application()
+django_asgi_app = asgi_application()  # Django's handler, closing what a client leaves behind
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

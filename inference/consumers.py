@@ -38,7 +38,6 @@ from streaming.consumers import (
     StreamConsumer,
     _bearer,
     _redis_call,
-    key_watch,
 )
 from streaming.log import END, StreamNotFound
 from tenants.authentication import authenticate_credential
@@ -79,11 +78,7 @@ class InferConsumer(StreamConsumer):
         if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
-        self.ctx, self.raw = ctx, raw
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
-        key_watch().add(raw, self)  # revoked: closed with 4401 like a stream socket
+        self.ready(ctx, raw)  # revoked: closed with 4401 like a stream socket
         await self.send_json({"type": "ready", "model": self.model_name})
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:

@@ -53,12 +53,6 @@ KINDS = (TEXT, CHAT, ANALYSIS)
 MAX_ITEMS = 1024
 
 
-class TooManyStreams(exceptions.Throttled):
-    default_detail = "All of this tenant's concurrent streams are in use."
-    default_code = "too_many_streams"
-    problem_slug = "too-many-streams"
-
-
 @dataclass(frozen=True)
 class Started:
     stream_id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
@@ -22,8 +22,8 @@ from inference.serializers import (
     ModelListSerializer,
     StreamInferRequestSerializer,
 )
-from streaming import services as stream_slots
-from streaming.views import sse_response
+from streaming.responses import Hold, LiveResponse, event_response, hold_release, hold_take
+from tenants.authentication import presented_credential
 from tenants.models import Tenant
 from tenants.selectors import KeyContext
 
@@ -59,6 +59,7 @@ def wants_stream(request: Request) -> bool:
 
 
 def start_streaming(
+    request: HttpRequest,
     tenant: Tenant | None,
     model: Model | RoutingTable,
     *,
@@ -66,14 +67,13 @@ def start_streaming(
     items: list[dict],
     version: str | None = None,
     timeout_ms: int | None = None,
-) -> tuple[streams.Started, Callable[[bool], None]]:
-    """Take one of the tenant's stream slots (429 when all are in use), start the stream, and
-    return it with the ``on_close`` callback for :func:`sse_response`: it gives the slot back
-    and, when the client left before the end, cancels the producing work. ``tenant``: None
-    for a staff session (no slots)."""
-    lease = stream_slots.stream_slot_take(tenant) if tenant is not None else None
-    if tenant is not None and lease is None:
-        raise streams.TooManyStreams()
+) -> tuple[streams.Started, Hold, Callable[[bool], None]]:
+    """Take one of the tenant's stream slots (429 when all are in use) and start the stream;
+    return it with what the answer (:func:`streaming.responses.event_response`) holds — the
+    slot and the request's credential — and its ``on_close``, which cancels the producing
+    work when the client left before the end. ``tenant``: None for a staff session (no
+    slots)."""
+    hold = hold_take(tenant, presented_credential(request))
     try:
         started = streams.stream_start(
             model=model,
@@ -84,17 +84,14 @@ def start_streaming(
             timeout_ms=timeout_ms,
         )
     except BaseException:
-        if lease is not None:
-            stream_slots.stream_slot_release(lease)
+        hold_release(hold)
         raise
 
     def on_close(abandoned: bool) -> None:
         if abandoned:
             streams.stream_cancel(started.stream_id)
-        if lease is not None:
-            stream_slots.stream_slot_release(lease)
 
-    return started, on_close
+    return started, hold, on_close
 
 
 class InferView(APIView):
@@ -152,7 +149,7 @@ class InferView(APIView):
 
 def stream_answer(
     request: HttpRequest, tenant: Tenant | None, model: RoutingTable, data: dict[str, Any]
-) -> StreamingHttpResponse:
+) -> LiveResponse:
     """Start the stream of a validated ``?stream=true`` body and answer with its events
     (the view's and the express lane's answer)."""
     if "inputs" in data:
@@ -160,7 +157,8 @@ def stream_answer(
     else:
         kind = streams.TEXT if model.task == Model.Task.TEXT else streams.ANALYSIS
         items = [data["input"]]
-    started, on_close = start_streaming(
+    started, hold, on_close = start_streaming(
+        request,
         tenant,
         model,
         kind=kind,
@@ -168,9 +166,10 @@ def stream_answer(
         version=data.get("version"),
         timeout_ms=data.get("timeout_ms"),
     )
-    return sse_response(
+    return event_response(
         request,
         started.stream_id,
+        hold=hold,
         on_close=on_close,
         headers={
             "X-Sluice-Stream": started.stream_id,

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, MutableMapping
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
@@ -34,6 +34,7 @@ from jobs import selectors
 from jobs.selectors import Cursor
 from streaming import fanout, flow
 from streaming.log import GAP, Event, StreamLog, StreamNotFound, get_log
+from streaming.responses import TICK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -88,26 +89,43 @@ def _moved(events: list[Event], after: str | None) -> str | None:
     return str(events[-1].data.get("last_dropped") or after) if events else after
 
 
-def _wait_sync(stream_log: StreamLog, stream: str, after: str | None, seconds: float) -> str | None:
+def _wait_sync(
+    stream_log: StreamLog, stream: str, after: str | None, seconds: float
+) -> Generator[bytes, None, str | None]:
     """Until the job's stream has an event after ``after``, or ``seconds`` pass; returns the
     new position. A closed or missing stream answers at once: then wait up to the poll
-    interval instead of spinning."""
-    started = time.monotonic()
-    events: list[Event] = []
-    try:
-        events = stream_log.read(
-            stream, after, block_ms=max(1, int(seconds * 1000)), count=EVENTS_PER_READ
-        )
-    except StreamNotFound:
-        pass
-    except (RedisError, OSError):
-        log.warning("stream %s: read failed; polling the database", stream, exc_info=True)
-    if events:
-        return _moved(events, after)
-    left = seconds - (time.monotonic() - started)
-    if left > 0:
-        time.sleep(min(left, settings.JOBS_FOLLOW_POLL_SECONDS))
+    interval instead of spinning. It waits in steps of at most ``TICK_SECONDS`` and yields an
+    empty piece after each, so the response notices a lost credential (streaming.responses)."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        step = min(left, TICK_SECONDS)
+        asked = time.monotonic()
+        events: list[Event] = []
+        try:
+            events = stream_log.read(
+                stream, after, block_ms=max(1, int(step * 1000)), count=EVENTS_PER_READ
+            )
+        except StreamNotFound:
+            pass
+        except (RedisError, OSError):
+            log.warning("stream %s: read failed; polling the database", stream, exc_info=True)
+        if events:
+            return _moved(events, after)
+        if time.monotonic() - asked < step / 2:  # answered at once
+            yield from _nap(min(left, settings.JOBS_FOLLOW_POLL_SECONDS))
+            return after
+        yield b""
     return after
+
+
+def _nap(seconds: float) -> Iterator[bytes]:
+    """Sleep, in steps of at most ``TICK_SECONDS``, an empty piece after each."""
+    napped = 0.0
+    while napped < seconds:
+        nap = min(TICK_SECONDS, seconds - napped)
+        time.sleep(nap)
+        napped += nap
+        yield b""
 
 
 def lines_sync(feed: Feed) -> Iterator[bytes]:
@@ -132,7 +150,7 @@ def lines_sync(feed: Feed) -> Iterator[bytes]:
             sent = time.monotonic()
             yield HEARTBEAT
         quiet_left = max(0.01, beat - (time.monotonic() - sent))
-        position = _wait_sync(stream_log, feed.stream_id, position, quiet_left)
+        position = yield from _wait_sync(stream_log, feed.stream_id, position, quiet_left)
 
 
 async def _wakeups(stream: str) -> AsyncGenerator[None, None]:

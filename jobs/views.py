@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -27,7 +29,6 @@ from rest_framework.views import APIView
 
 from config.problems import problem_response
 from inference import selectors as inference_selectors
-from inference.streams import TooManyStreams
 from jobs import inputs, selectors, services
 from jobs.feed import Feed, lines_async, lines_sync
 from jobs.models import Job, JobStatus, Task
@@ -41,8 +42,17 @@ from jobs.serializers import (
     TaskResultSerializer,
 )
 from streaming.log import END, Event, get_log
-from streaming.services import stream_slot_release, stream_slot_take
-from streaming.views import authenticate_sse, refusal, resume_after, sse_frame, sse_response
+from streaming.responses import (
+    LiveResponse,
+    TooManyStreams,
+    event_response,
+    hold_release,
+    hold_take,
+    hold_take_async,
+    sse_frame,
+)
+from streaming.views import authenticate_sse, refusal, resume_after
+from tenants.authentication import presented_credential
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedMixin, for_request
 from tenants.selectors import KeyContext
@@ -255,26 +265,17 @@ class JobResultsView(APIView):
 
 
 def _follow(request: Request, job: Job, *, after: Cursor, status: str | None) -> HttpResponseBase:
-    """A follower holds one of the tenant's concurrent-stream slots (a staff session none),
-    given back when the response is closed, whether it ended or the client left."""
-    lease = None
-    if isinstance(request.auth, KeyContext):
-        lease = stream_slot_take(request.auth.tenant)
-        if lease is None:
-            raise TooManyStreams(wait=1)
+    """A follower is a long-lived response (streaming.responses): it holds one of the
+    tenant's concurrent-stream slots (a staff session none) until it is closed, and ends when
+    its credential stops verifying."""
+    tenant = request.auth.tenant if isinstance(request.auth, KeyContext) else None
+    hold = hold_take(tenant, presented_credential(request._request))
     feed = Feed(job.pk, job.stream_id, after=after, status=status)
     raw = request._request
-    asgi = isinstance(raw, ASGIRequest)
-    content = lines_async(feed, getattr(raw, "scope", {})) if asgi else lines_sync(feed)
-    response = StreamingHttpResponse(content, content_type=NDJSON)
-    if lease is not None:
-        held = lease
-        response._resource_closers.append(  # type: ignore[attr-defined]
-            lambda: stream_slot_release(held)
-        )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx passes each line on at once
-    return response
+    if isinstance(raw, ASGIRequest):
+        scope = getattr(raw, "scope", {})
+        return LiveResponse(lines_async(feed, scope), hold=hold, content_type=NDJSON)
+    return LiveResponse(lines_sync(feed), hold=hold, content_type=NDJSON)
 
 
 class DeadTaskListView(TenantScopedMixin, generics.ListAPIView):
@@ -318,7 +319,7 @@ def _owned_job(ctx: KeyContext, job_id: str) -> Job | None:
         return None
 
 
-async def _final_frames(job: Job) -> Any:
+async def _final_frames(job: Job) -> AsyncIterator[str]:
     """The job ended long ago and its stream expired: its summary from the database."""
     data = {"job": str(job.pk), **job.counts()}
     yield sse_frame(Event(id="0-0", event="progress", data=data))
@@ -326,7 +327,8 @@ async def _final_frames(job: Job) -> Any:
 
 
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
-    """``GET /v1/jobs/{id}/events``: the job's progress stream as Server-Sent Events."""
+    """``GET /v1/jobs/{id}/events``: the job's progress stream as Server-Sent Events, a
+    long-lived response (a stream slot, the credential re-checked)."""
     try:
         ctx = await sync_to_async(authenticate_sse)(request, "jobs")
     except exceptions.APIException as exc:
@@ -337,13 +339,19 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     job = await sync_to_async(_owned_job)(ctx, job_id)
     if job is None:
         return problem_response(404, slug="not-found", instance=request.path)
-    meta = await sync_to_async(get_log().meta)(job.stream_id)
-    if meta is None and job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-        response = StreamingHttpResponse(_final_frames(job), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        return response
-    if meta is None:
-        from jobs.events import stream_open
+    try:
+        hold = await hold_take_async(ctx.tenant, presented_credential(request))
+    except TooManyStreams as exc:
+        return refusal(request, exc)
+    try:
+        meta = await sync_to_async(get_log().meta)(job.stream_id)
+        if meta is None and job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return LiveResponse(_final_frames(job), hold=hold, content_type="text/event-stream")
+        if meta is None:
+            from jobs.events import stream_open
 
-        await sync_to_async(stream_open)(job)
-    return sse_response(request, job.stream_id, after=after)
+            await sync_to_async(stream_open)(job)
+    except BaseException:
+        await asyncio.to_thread(hold_release, hold)
+        raise
+    return event_response(request, job.stream_id, hold=hold, after=after)

@@ -9,15 +9,14 @@ Protocol (JSON text frames; close codes in docs/streams.md):
    ``{"type": "event", "id", "event", "data"}``; after ``end`` the server closes with 1000.
 3. ``{"type": "cancel"}``: asks the producer to stop (it polls the stream's cancel flag).
 
-The key is checked again every ``WS_REAUTH_SECONDS``: a revoked key's socket closes with 4401.
+The key is checked again every ``WS_REAUTH_SECONDS`` (streaming.credentials): a socket whose
+key is revoked or expires, or whose tenant is deactivated, closes with 4401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,11 +27,11 @@ from django.conf import settings
 from rest_framework import exceptions
 
 from streaming import fanout, flow, services
+from streaming.credentials import Binding, bind_on_loop, unbind
 from streaming.log import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Close codes (one table in docs/streams.md).
@@ -54,10 +53,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
     # Events come from the stream log, never the channel layer: no channel per socket.
     channel_layer_alias = "__none__"
     ctx: KeyContext | None = None
-    raw: str | None = None
     forwarder: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
     lease: services.Lease | None = None
+    binding: Binding | None = None
     bad_frames = 0
     operator = False
 
@@ -111,12 +110,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
-        self.ctx, self.raw = ctx, raw
+        self.ready(ctx, raw)
+        await self.send_json({"type": "ready", "stream": self.stream_id})
+
+    def ready(self, ctx: KeyContext, raw: str) -> None:
+        """Authenticated: the socket is bound to its credential (closed with 4401 when that
+        stops verifying) and the authentication deadline is off."""
+        self.ctx = ctx
+        self.binding = bind_on_loop(raw, lambda: self.close(code=CLOSE_UNAUTHENTICATED))
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
-        key_watch().add(raw, self)
-        await self.send_json({"type": "ready", "stream": self.stream_id})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
@@ -196,61 +200,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if self.lease is not None:
             lease, self.lease = self.lease, None
             await _redis_call(services.stream_slot_release, lease)
-        if self.raw is not None:
-            key_watch().remove(self.raw, self)
+        if self.binding is not None:
+            unbind(self.binding)
 
 
 async def _redis_call(fn: Callable[..., T], *args: Any) -> T:
     """A blocking Redis (or in-memory) call off the event loop, in parallel with others: not
     on the one thread Django's database calls share."""
     return await sync_to_async(fn, thread_sensitive=False)(*args)
-
-
-class KeyWatch:
-    """Re-checks each credential held by this process's open sockets every
-    ``WS_REAUTH_SECONDS`` — once per credential, not once per socket (10,000 sockets on one
-    key cost one check) — and closes the sockets of a revoked or expired one with 4401."""
-
-    def __init__(self) -> None:
-        self.sockets: dict[str, set[StreamConsumer]] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    def add(self, raw: str, consumer: StreamConsumer) -> None:
-        self.sockets.setdefault(raw, set()).add(consumer)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="ws-key-watch")
-
-    def remove(self, raw: str, consumer: StreamConsumer) -> None:
-        held = self.sockets.get(raw)
-        if held is not None:
-            held.discard(consumer)
-            if not held:
-                del self.sockets[raw]
-
-    async def _run(self) -> None:
-        while self.sockets:
-            await asyncio.sleep(settings.WS_REAUTH_SECONDS)
-            for raw in list(self.sockets):
-                try:
-                    await database_sync_to_async(authenticate_credential)(raw)
-                except exceptions.AuthenticationFailed:
-                    for consumer in list(self.sockets.pop(raw, ())):
-                        await consumer.close(code=CLOSE_UNAUTHENTICATED)
-                except Exception:  # noqa: BLE001 - a database hiccup: check again next round
-                    log.warning("re-checking a stream credential failed", exc_info=True)
-
-
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyWatch] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def key_watch() -> KeyWatch:
-    loop = asyncio.get_running_loop()
-    found = _watches.get(loop)
-    if found is None:
-        found = _watches[loop] = KeyWatch()
-    return found
 
 
 def _bearer(value: str) -> str | None:

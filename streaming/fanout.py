@@ -93,7 +93,10 @@ class Tail:
         """Until the tail has news; False on timeout."""
         changed = self._changed
         try:
-            await asyncio.wait_for(changed.wait(), timeout)
+            # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+            # event is set, and a reader whose client left would then read on to the end.
+            async with asyncio.timeout(timeout):
+                await changed.wait()
         except TimeoutError:
             return False
         return True

@@ -252,7 +252,8 @@ class MemoryLog:
                     return events
                 self._waiters.setdefault(stream, []).append((loop, waiter))
             try:
-                await asyncio.wait_for(waiter, deadline - loop.time())
+                async with asyncio.timeout_at(deadline):  # not wait_for: see fanout.Tail.wait
+                    await waiter
             except TimeoutError:
                 pass
             finally:

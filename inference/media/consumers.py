@@ -2,8 +2,10 @@
 
 1. Authenticate like every socket (docs/streams.md): an ``X-API-Key``/``Authorization`` header
    on the handshake, or a first message ``{"type": "auth", "token": "<key or JWT>"}`` within
-   ``WS_AUTH_TIMEOUT_SECONDS``. The key needs the ``infer`` scope. ``?model=`` picks another
-   transcription model than the built-in one.
+   ``WS_AUTH_TIMEOUT_SECONDS``. The key needs the ``infer`` scope; the socket holds one of the
+   tenant's stream slots and is closed with 4401 when the key stops verifying (re-checked
+   every ``WS_REAUTH_SECONDS``). ``?model=`` picks another transcription model than the
+   built-in one.
 2. The server starts a worker session and answers ``{"type": "ready", "stream", "format"}``.
 3. The client sends binary frames of 16 kHz mono 16-bit little-endian PCM (any length up to
    ``WS_MAX_FRAME_BYTES``, whole samples) as the audio arrives; partial and final transcripts
@@ -45,6 +47,7 @@ from streaming.consumers import (
     CLOSE_UNAUTHENTICATED,
     MAX_BAD_FRAMES,
 )
+from streaming.credentials import Binding, bind_on_loop, unbind
 from streaming.log import END, GAP, StreamNotFound, get_log
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
@@ -63,7 +66,8 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
     started: services.Started | None = None
     forwarder: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
-    holds_slot = False
+    lease: stream_services.Lease | None = None
+    binding: Binding | None = None
     input_done = False
     finished = False
     bad_frames = 0
@@ -98,11 +102,13 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         if not ctx.has_scope("infer"):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        if not await database_sync_to_async(stream_services.stream_slot_take)(ctx.tenant):
+        self.lease = await asyncio.to_thread(stream_services.stream_slot_take, ctx.tenant)
+        if self.lease is None:
             await self.close(code=CLOSE_TOO_MANY)
             return
-        self.holds_slot = True
         self.ctx = ctx
+        # Like every socket: closed with 4401 once the credential stops verifying.
+        self.binding = bind_on_loop(raw, lambda: self.close(code=CLOSE_UNAUTHENTICATED))
         if self.watchdog is not None:
             self.watchdog.cancel()
         try:
@@ -243,9 +249,11 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         if self.started is not None and not self.finished:
             # Nobody is listening any more: stop the worker's session.
             await asyncio.to_thread(_stop_session, self.started)
-        if self.holds_slot and self.ctx is not None:
-            self.holds_slot = False
-            await database_sync_to_async(stream_services.stream_slot_release)(self.ctx.tenant)
+        if self.binding is not None:
+            unbind(self.binding)
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            await asyncio.to_thread(stream_services.stream_slot_release, lease)
 
 
 def _stop_session(started: services.Started) -> None:

@@ -1,12 +1,13 @@
 """``/v1/media/…``: start a media stream and watch it (docs/media.md).
 
 Async views on daphne: validate what the web tier can (format, size, text) and answer a
-problem+json at once; queue the producer; wait for its first event, so an input only the
-engine can judge (an undecodable or truncated video) still gets a problem+json; then stream the
-events as Server-Sent Events (or, for speech with ``Accept: audio/wav``, a chunked WAV). With
-``Prefer: respond-async`` the answer is a 202 naming the stream, to read through
-``/v1/streams/{id}/events`` or ``/ws/v1/streams/{id}``. A client that goes away before the end
-cancels the work (the worker checks the cancel flag between chunks).
+problem+json at once; take a stream slot; queue the producer; wait for its first event, so an
+input only the engine can judge (an undecodable or truncated video) still gets a problem+json;
+then stream the events as Server-Sent Events (or, for speech with ``Accept: audio/wav``, a
+chunked WAV) — a long-lived response (streaming.responses: the slot held until it closes, the
+credential re-checked). With ``Prefer: respond-async`` the answer is a 202 naming the stream,
+to read through ``/v1/streams/{id}/events`` or ``/ws/v1/streams/{id}``. A client that goes
+away before the end cancels the work (the worker checks the cancel flag between chunks).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
@@ -30,13 +32,21 @@ from config.problems import exception_response, problem_response
 from inference.engines import MediaInputError
 from inference.engines.audio import UNKNOWN_SIZE, read_wav, wav_header
 from inference.media import services
-from streaming.log import END, GAP, Event, StreamNotFound, get_log
-from streaming.views import authenticate_sse, sse_frame
+from streaming.log import END, Event, StreamNotFound, get_log
+from streaming.responses import (
+    Hold,
+    TooManyStreams,
+    event_response,
+    hold_release,
+    hold_take_async,
+    unless_abandoned,
+)
+from streaming.views import authenticate_sse
+from tenants.authentication import presented_credential
 from tenants.selectors import KeyContext
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK_MS = 1000
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
 VIDEO_SUFFIXES = {
     "video/mp4": ".mp4",
@@ -188,63 +198,41 @@ def _cancel(stream_id: str) -> None:
         log.exception("could not cancel media stream %s", stream_id)
 
 
-async def _events(
-    stream_id: str, first: list[Event], *, owner: bool = True
-) -> AsyncIterator[Event | None]:
-    """The stream's events from the start, and None when a heartbeat is due (quiet for
-    SSE_HEARTBEAT_SECONDS). An ``owner`` (the client that started the work) leaving before the
-    end cancels the producer; a bystander (an MJPEG viewer) leaving does not."""
-    stream_log = get_log()
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    after: str | None = None
-    pending = first
-    ended = False
-    try:
-        while True:
-            for event in pending:
-                yield event
-                if event.event != GAP:
-                    after = event.id
-                if event.event == END:
-                    ended = True
-                    return
-            if pending:
-                quiet_since = loop.time()
-            elif loop.time() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
-                quiet_since = loop.time()
-                yield None
-            pending = await asyncio.to_thread(
-                stream_log.read, stream_id, after, block_ms=READ_BLOCK_MS, count=500
-            )
-    except StreamNotFound:
-        ended = True
-        yield Event(id="", event="error", data={"code": "stream_expired"})
-    finally:
-        if owner and not ended:
+def _cancel_abandoned(stream_id: str) -> Callable[[bool], None]:
+    """``on_close`` of the answer of the client that started the work: leaving before the
+    end cancels the producer (the worker checks the flag between chunks)."""
+
+    def on_close(abandoned: bool) -> None:
+        if abandoned:
             _cancel(stream_id)
 
-
-async def _sse(stream_id: str, first: list[Event]) -> AsyncIterator[str]:
-    yield ": connected\n\n"
-    async for event in _events(stream_id, first):
-        yield ": heartbeat\n\n" if event is None else sse_frame(event)
+    return on_close
 
 
-async def _wav(stream_id: str, first: list[Event]) -> AsyncIterator[bytes]:
+class _Wav:
     """Speech as one WAV of unknown length (RIFF sizes 0xFFFFFFFF), PCM as each sentence is
-    ready; the header goes out with the first sentence (it carries the sample rate)."""
-    header_sent = False
-    async for event in _events(stream_id, first):
-        if event is None:
-            continue
-        if event.event == "chunk" and "pcm" in event.data:
-            if not header_sent:
-                header_sent = True
-                yield wav_header(int(event.data["sample_rate"]), UNKNOWN_SIZE)
-            yield base64.b64decode(event.data["pcm"])
-        elif event.event == "error":
-            log.warning("speech stream %s failed: %s", stream_id, event.data)
+    ready; the header goes out with the first sentence (it carries the sample rate). Other
+    events (the producer's ``error`` included) have no place in a WAV: nothing is sent."""
+
+    def __init__(self) -> None:
+        self.header_sent = False
+
+    def __call__(self, event: Event) -> bytes | None:
+        if event.event != "chunk" or "pcm" not in event.data:
+            return None
+        pcm = base64.b64decode(event.data["pcm"])
+        if self.header_sent:
+            return pcm
+        self.header_sent = True
+        return wav_header(int(event.data["sample_rate"]), UNKNOWN_SIZE) + pcm
+
+
+def _mjpeg(event: Event) -> bytes | None:
+    if event.event != "chunk" or "jpeg" not in event.data:
+        return None
+    jpeg = base64.b64decode(event.data["jpeg"])
+    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+    return head.encode() + jpeg + b"\r\n"
 
 
 def _started_body(request: HttpRequest, kind: str, started: services.Started) -> dict[str, Any]:
@@ -270,27 +258,39 @@ async def _respond(
     *,
     wav: bool = False,
 ) -> HttpResponseBase:
+    respond_async = "respond-async" in request.headers.get("Prefer", "")
+    hold = Hold()
     try:
         ctx = await sync_to_async(authenticate_sse)(request, "infer")
-        started = await sync_to_async(start)(ctx)
+        if not respond_async:  # a 202 holds nothing: its reader takes a slot of its own
+            hold = await hold_take_async(ctx.tenant, presented_credential(request))
+        started = await unless_abandoned(
+            sync_to_async(start)(ctx), lambda made: _cancel(made.stream_id)
+        )
     except (exceptions.APIException, MediaInputError) as exc:
+        await asyncio.to_thread(hold_release, hold)
         return _problem(request, exc)
     except Http404:
+        await asyncio.to_thread(hold_release, hold)
         return problem_response(
             404, slug="not-found", detail="No such model.", instance=request.path
         )
+    except BaseException:  # cancelled: the client left (the work it started is undone)
+        threading.Thread(target=hold_release, args=(hold,), daemon=True).start()
+        raise
     body = _started_body(request, kind, started)
-    if "respond-async" in request.headers.get("Prefer", ""):
+    if respond_async:
         response: HttpResponseBase = JsonResponse(body, status=202)
         response["Location"] = body["stream_url"]
         return response
     try:
         first = await _first(started.stream_id)
-    except asyncio.CancelledError:
-        _cancel(started.stream_id)
+    except BaseException:
+        threading.Thread(target=_discard, args=(started, hold), daemon=True).start()
         raise
     errors = [e for e in first if e.event == "error"]
     if errors and not any(e.event not in ("error", END) for e in first):
+        await asyncio.to_thread(hold_release, hold)
         data = errors[0].data
         problem = _input_problem(
             request,
@@ -299,17 +299,28 @@ async def _respond(
             int(data.get("status", 502)),
         )
         return _with_stream(problem, started.stream_id)
+    on_close = _cancel_abandoned(started.stream_id)
+    headers = {"X-Stream-Id": started.stream_id, "Location": body["stream_url"]}
     if wav:
-        response = StreamingHttpResponse(_wav(started.stream_id, first), content_type="audio/wav")
-    else:
-        response = StreamingHttpResponse(
-            _sse(started.stream_id, first), content_type="text/event-stream"
+        return event_response(
+            request,
+            started.stream_id,
+            hold=hold,
+            render=_Wav(),
+            content_type="audio/wav",
+            first=None,
+            heartbeat=None,
+            on_close=on_close,
+            headers=headers,
         )
-        response["X-Accel-Buffering"] = "no"
-    response["Cache-Control"] = "no-cache"
-    response["X-Stream-Id"] = started.stream_id
-    response["Location"] = body["stream_url"]
-    return response
+    return event_response(request, started.stream_id, hold=hold, on_close=on_close, headers=headers)
+
+
+def _discard(started: services.Started, hold: Hold) -> None:
+    """The client left (or the first read failed) before its answer: nothing reads the
+    stream, so its work stops and its slot is free."""
+    _cancel(started.stream_id)
+    hold_release(hold)
 
 
 def _method(request: HttpRequest, allowed: str) -> HttpResponseBase | None:
@@ -419,14 +430,6 @@ async def video(request: HttpRequest) -> HttpResponseBase:
     return await _respond(request, "video", start)
 
 
-async def _mjpeg(stream_id: str) -> AsyncIterator[bytes]:
-    async for event in _events(stream_id, [], owner=False):
-        if event is not None and event.event == "chunk" and "jpeg" in event.data:
-            jpeg = base64.b64decode(event.data["jpeg"])
-            head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-            yield head.encode() + jpeg + b"\r\n"
-
-
 async def video_preview(request: HttpRequest, stream_id: str) -> HttpResponseBase:
     """``GET /v1/media/video/{id}/preview``: the annotated frames of a video stream started
     with ``preview=true``, as MJPEG (``multipart/x-mixed-replace``; an ``<img>`` shows it)."""
@@ -439,9 +442,17 @@ async def video_preview(request: HttpRequest, stream_id: str) -> HttpResponseBas
     meta = await asyncio.to_thread(get_log().meta, stream_id)
     if meta is None or meta.tenant_id != ctx.tenant.pk or meta.kind != "video":
         return problem_response(404, slug="not-found", instance=request.path)
-    response = StreamingHttpResponse(
-        _mjpeg(stream_id), content_type="multipart/x-mixed-replace; boundary=frame"
+    try:
+        hold = await hold_take_async(ctx.tenant, presented_credential(request))
+    except TooManyStreams as exc:
+        return _problem(request, exc)
+    # A bystander: leaving does not cancel the video's work (its starter may still read).
+    return event_response(
+        request,
+        stream_id,
+        hold=hold,
+        render=_mjpeg,
+        content_type="multipart/x-mixed-replace; boundary=frame",
+        first=None,
+        heartbeat=None,
     )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response

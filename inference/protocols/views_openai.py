@@ -27,7 +27,7 @@ from inference import selectors, serving, streams
 from inference.models import Model
 from inference.views import _tenant, start_streaming
 from streaming.log import Event
-from streaming.views import sse_response
+from streaming.responses import event_response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
 _TYPES |= {404: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -282,8 +282,12 @@ class _TextView(OpenAIView):
     def _stream(
         self, request: Request, model: Model, row: dict[str, Any], data: dict[str, Any]
     ) -> HttpResponseBase:
-        started, on_close = start_streaming(
-            _tenant(request), model, kind=streams.CHAT if self.chat else streams.TEXT, items=[row]
+        started, hold, on_close = start_streaming(
+            request._request,
+            _tenant(request),
+            model,
+            kind=streams.CHAT if self.chat else streams.TEXT,
+            items=[row],
         )
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         render = _ChunkRenderer(
@@ -293,9 +297,10 @@ class _TextView(OpenAIView):
             row=row,
             usage=self._usage if include_usage else None,
         )
-        return sse_response(
+        return event_response(
             request._request,
             started.stream_id,
+            hold=hold,
             render=render,
             last="data: [DONE]\n\n",
             on_close=on_close,

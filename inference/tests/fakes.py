@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 
@@ -34,6 +35,23 @@ class Doubler:
     @classmethod
     def reset(cls) -> None:
         cls.batches, cls.warmed, cls.closed = [], 0, 0
+
+
+class Typist:
+    """``{"x": n}`` → ``n`` tokens ``{"text": "t<i> "}``, one every ``sleep`` seconds when
+    streamed: a text model that keeps streaming for a while (cancellation tests)."""
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        self.sleep = float(options.get("sleep", 0))
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"text": "".join(f"t{i} " for i in range(item["x"]))} for item in batch]
+
+    def stream(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for i in range(item["x"]):
+            if self.sleep:
+                time.sleep(self.sleep)
+            yield {"text": f"t{i} "}
 
 
 class Broken:
@@ -67,4 +85,5 @@ X_SCHEMA: dict[str, Any] = {
     "required": ["x"],
 }
 DOUBLER = {"handler": "inference.tests.fakes.Doubler"}
+TYPIST = {"handler": "inference.tests.fakes.Typist"}
 BROKEN = {"handler": "inference.tests.fakes.Broken"}

@@ -13,6 +13,7 @@ from django.test import AsyncClient
 from jobs import services
 from jobs.inputs import from_list
 from jobs.models import Job
+from streaming.services import stream_slots_held
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
 
@@ -100,3 +101,47 @@ def test_events_need_the_jobs_scope_and_the_owner(
     assert _get(f"/v1/jobs/{job.pk}/events", x_api_key=infer_only)[0] == 403
     stranger = make_key(other_tenant, scopes=["jobs"])[1]
     assert _get(f"/v1/jobs/{job.pk}/events", x_api_key=stranger)[0] == 404
+
+
+def _open(url: str, raw: str) -> Any:
+    """The response of an SSE request, not read yet (its slot is taken)."""
+
+    async def run() -> Any:
+        return await AsyncClient().get(url, headers={"X-API-Key": raw})
+
+    return async_to_sync(run)()
+
+
+def test_each_events_response_holds_one_of_the_tenants_stream_slots(
+    tenant: Tenant, doubler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import runner
+
+    monkeypatch.setattr(runner, "_send", lambda *a, **kw: None)  # the job stays queued
+    tenant.concurrent_streams = 3
+    tenant.save(update_fields=["concurrent_streams"])
+    job = services.job_create(
+        tenant=tenant,
+        request=services.JobRequest(
+            model=doubler.model,
+            version=doubler,
+            inputs=from_list([{"x": 1}]),
+            priority=0,
+            chunk_size=1,
+            max_attempts=1,
+            options={},
+        ),
+    )
+    raw = make_key(tenant, scopes=["jobs"])[1]
+    url = f"/v1/jobs/{job.pk}/events"
+    opened = [_open(url, raw) for _ in range(6)]
+    statuses = [response.status_code for response in opened]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    refused = opened[3]
+    assert json.loads(refused.content)["type"] == "urn:sluice:problem:too-many-streams"
+    assert refused["Retry-After"] == "1"
+    assert stream_slots_held(tenant.pk) == 3
+    for response in opened[:3]:
+        response.close()  # the server drops them: the slots come back
+    assert stream_slots_held(tenant.pk) == 0
+    assert _open(url, raw).status_code == 200

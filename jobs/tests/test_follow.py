@@ -28,6 +28,7 @@ from jobs.models import Job, Task, TaskStatus
 from jobs.selectors import Cursor
 from streaming.services import stream_slots_held
 from tenants.models import Tenant
+from tenants.services import apikey_revoke
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db
@@ -215,8 +216,9 @@ def test_a_wsgi_follower_gets_lines_as_tasks_finish_and_ends_with_the_job(
     job = _job(tenant, doubler, 6)
     order = iter((1, 2, 0))
 
-    def wait(stream_log: Any, stream: str, after: str | None, seconds: float) -> str | None:
+    def wait(stream_log: Any, stream: str, after: str | None, seconds: float) -> Any:
         _run(job, next(order))  # the next chunk finishes while the follower waits
+        yield b""  # a tick, as feed._wait_sync's
         return after
 
     monkeypatch.setattr(feed, "_wait_sync", wait)
@@ -291,10 +293,11 @@ def test_a_quiet_follower_sends_blank_lines(
     job = _job(tenant, doubler, 2)
     waits: list[int] = []
 
-    def wait(stream_log: Any, stream: str, after: str | None, seconds: float) -> str | None:
+    def wait(stream_log: Any, stream: str, after: str | None, seconds: float) -> Any:
         waits.append(1)
         if len(waits) == 3:
             _run(job, 0)
+        yield b""  # a tick, as feed._wait_sync's
         return after
 
     monkeypatch.setattr(feed, "_wait_sync", wait)
@@ -486,3 +489,71 @@ def test_the_lines_are_those_of_the_plain_ndjson_plus_a_cursor(
     by_index = sorted(followed, key=lambda x: int(x["index"]))
     assert [{k: v for k, v in x.items() if k != "cursor"} for x in by_index] == plain
     assert all(x["status"] == TaskStatus.SUCCEEDED for x in plain)
+
+
+# --- the view: bound to its credential --------------------------------------------------------
+
+
+def _ends(pieces: Any, seconds: float) -> bool:
+    """Whether a response body ends within ``seconds`` (read on a thread: one that never ends
+    is left behind, not waited for)."""
+    done = threading.Event()
+
+    def read() -> None:
+        for _ in pieces:
+            pass
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return done.wait(seconds)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wsgi_followers_response_ends_when_its_key_is_revoked(
+    tenant: Tenant, doubler: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.WS_REAUTH_SECONDS = 0.2
+    _no_dispatch(monkeypatch)
+    job = _job(tenant, doubler, 4)  # never runs: the follower would wait for ever
+    row, raw = make_key(tenant, scopes=["jobs"])
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=raw)
+    response = client.get(_url(job))
+    pieces = iter(response.streaming_content)
+    assert next(pieces) == b"\n"
+    assert stream_slots_held(tenant.pk) == 1
+    apikey_revoke(key=row)
+    # A check within WS_REAUTH_SECONDS, a blocked read within a tick (and room for a loaded
+    # machine).
+    assert _ends(pieces, 0.2 + 0.25 + 2)
+    assert stream_slots_held(tenant.pk) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_asgi_followers_response_ends_when_its_key_is_revoked(
+    tenant: Tenant, doubler: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.WS_REAUTH_SECONDS = 0.2
+    _no_dispatch(monkeypatch)
+    job = _job(tenant, doubler, 4)
+    row, raw = make_key(tenant, scopes=["jobs"])
+    from config.asgi import application
+
+    async def session() -> tuple[float, dict[str, Any], int]:
+        client = ApplicationCommunicator(application, _http_scope(job, raw))
+        await client.send_input({"type": "http.request", "body": b""})
+        assert (await client.receive_output(5))["status"] == 200
+        assert (await client.receive_output(5))["body"] == b"\n"
+        await sync_to_async(apikey_revoke)(key=row)
+        revoked = time.monotonic()
+        last = await client.receive_output(3)
+        while last.get("more_body"):
+            last = await client.receive_output(3)
+        took = time.monotonic() - revoked
+        await client.wait(5)
+        return took, last, await sync_to_async(stream_slots_held)(tenant.pk)
+
+    took, last, held = async_to_sync(session)()
+    assert last == {"type": "http.response.body"}  # a complete body, ended
+    assert took < 0.2 + 2
+    assert held == 0

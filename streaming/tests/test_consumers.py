@@ -37,9 +37,12 @@ def _communicator(stream: str, headers=(), origin: str | None = None) -> Websock
 
 
 async def _closed_with(ws: WebsocketCommunicator) -> int:
+    """The close code; then the disconnect daphne sends after a close, so the consumer's
+    cleanup runs (its slot and its credential binding are given back)."""
     while True:
         out = await ws.receive_output(timeout=5)
         if out["type"] == "websocket.close":
+            await ws.disconnect()
             return int(out["code"])
 
 

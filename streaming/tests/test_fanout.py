@@ -120,3 +120,19 @@ def test_a_missing_stream_raises(log):
 
     with pytest.raises(StreamNotFound):
         asyncio.run(run())
+
+
+def test_a_reader_cancelled_just_as_news_arrives_stays_cancelled() -> None:
+    """A client leaving (its task cancelled) as the stream moves must stop the reader. With
+    ``asyncio.wait_for`` on Python 3.11 the cancellation was lost and the reader went on."""
+
+    async def run() -> None:
+        tail = fanout.Tail(MemoryLog(), "s", None)
+        waiter = asyncio.ensure_future(tail.wait(5))
+        await asyncio.sleep(0)  # it waits
+        tail._notify()  # news ...
+        waiter.cancel()  # ... and the client leaves, in the same turn of the loop
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -136,3 +137,20 @@ def test_a_stream_can_be_given_to_a_tenant_while_it_lives(log, stream):
     with pytest.raises(StreamNotFound):
         log.adopt("no-such-stream", 42)
     assert log.meta("no-such-stream") is None
+
+
+def test_an_async_read_cancelled_just_as_an_event_arrives_stays_cancelled():
+    """A reader whose client left (its task cancelled) as an event came must stop. With
+    ``asyncio.wait_for`` on Python 3.11 the cancellation was lost and the read returned."""
+    log = MemoryLog()
+    log.create("s", tenant_id=1, kind="text")
+
+    async def run() -> None:
+        reader = asyncio.ensure_future(log.aread("s", block_ms=5000))
+        await asyncio.sleep(0)  # it waits
+        log.append("s", "token", {})  # an event ...
+        reader.cancel()  # ... and the client leaves, in the same turn of the loop
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+
+    asyncio.run(run())

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.signals import request_finished
+from django.db import close_old_connections
 from django.test import AsyncClient
 
 from inference import backpressure, serving
@@ -19,6 +21,7 @@ from inference.media.tests.samples import wav
 from inference.models import ModelVersion
 from inference.services import version_register
 from streaming.log import get_log
+from streaming.services import stream_slots_held
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
 
@@ -111,6 +114,41 @@ def test_it_streams_a_translation_as_sse(translator: ModelVersion, key: tuple) -
     meta = get_log().meta(response["X-Stream-Id"])
     assert meta is not None and meta.kind == "translation" and meta.closed
     assert _observed("sluice_media_first_event_seconds") == before + 1
+
+
+def _server_close(response: Any) -> None:
+    """What a server does with a response it is done with; without Django's connection
+    cleanup, which would close the test's own database connection."""
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+
+
+def test_a_media_answer_holds_a_stream_slot_until_it_is_over(
+    translator: ModelVersion, tenant: Tenant, key: tuple, settings: Any
+) -> None:
+    from config.celery import app
+
+    app.conf.task_always_eager = False  # nothing produces: the answers stay open
+    settings.MEDIA_FIRST_EVENT_TIMEOUT_SECONDS = 0.05
+    tenant.concurrent_streams = 1
+    tenant.save(update_fields=["concurrent_streams"])
+
+    async def go() -> tuple[int, int, str, int]:
+        client = AsyncClient()
+        post = {"data": json.dumps({"text": "Hello."}), "content_type": "application/json"}
+        headers = {"X-API-Key": key[1]}
+        first = await client.post("/v1/media/translations", headers=headers, **post)
+        second = await client.post("/v1/media/translations", headers=headers, **post)
+        await sync_to_async(_server_close)(first)  # the server is done: the slot comes back
+        third = await client.post("/v1/media/translations", headers=headers, **post)
+        await sync_to_async(_server_close)(third)
+        return first.status_code, second.status_code, second["Retry-After"], third.status_code
+
+    assert async_to_sync(go)() == (200, 429, "1", 200)
+    assert stream_slots_held(tenant.pk) == 0
 
 
 def test_respond_async_names_the_stream(translator: ModelVersion, key: tuple, api: Any) -> None:
