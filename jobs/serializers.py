@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from jobs.models import FINISHED_TASK, Job, Task
+from jobs.models import FINISHED_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor
 
 
@@ -104,7 +104,7 @@ class ResultsQuerySerializer(serializers.Serializer):
 
     follow = serializers.BooleanField(default=False)
     after = serializers.CharField(required=False)
-    status = serializers.CharField(required=False, allow_blank=True)
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False, allow_blank=True)
 
     def validate_after(self, value: str) -> Cursor:
         try:
@@ -129,6 +129,18 @@ class ResultsQuerySerializer(serializers.Serializer):
                 }
             )
         return attrs
+
+
+class JobListQuerySerializer(serializers.Serializer):
+    """The query of ``GET /v1/jobs``: ``status`` filters (blank: every job)."""
+
+    status = serializers.ChoiceField(choices=JobStatus.choices, required=False, allow_blank=True)
+
+
+class DeadTaskQuerySerializer(serializers.Serializer):
+    """The query of ``GET /v1/dead-tasks``: ``job`` filters."""
+
+    job = serializers.UUIDField(required=False)
 
 
 class DeadTaskSerializer(serializers.ModelSerializer):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,22 +18,24 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import exceptions, generics, serializers
-from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config import untrusted
+from config.pagination import IntegerCursorPagination
 from config.problems import problem_response
 from inference import selectors as inference_selectors
 from inference.streams import TooManyStreams
 from jobs import inputs, selectors, services
 from jobs.feed import Feed, lines_async, lines_sync
-from jobs.models import IdempotencyKey, Job, JobStatus, Task
+from jobs.models import IdempotencyKey, Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor
 from jobs.serializers import (
+    DeadTaskQuerySerializer,
     DeadTaskSerializer,
     JobCreateSerializer,
+    JobListQuerySerializer,
     JobSerializer,
     ReplaySerializer,
     ResultsQuerySerializer,
@@ -84,7 +85,9 @@ def _submission(request: Request, tenant: Tenant) -> services.JobRequest:
         data = {k: data[k] for k in data}
         if isinstance(data.get("options"), str):
             try:
-                data["options"] = json.loads(data["options"])
+                data["options"] = untrusted.loads(data["options"], path="options")
+            except untrusted.Refused as exc:
+                raise exc.validation_error() from None
             except ValueError:
                 raise exceptions.ValidationError({"options": ["Not a JSON object."]}) from None
     body = JobCreateSerializer(data=data)
@@ -115,14 +118,19 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
 
     required_scope = "jobs"
     serializer_class = JobSerializer
-    parser_classes = (JSONParser, MultiPartParser, FormParser)
 
     def get_queryset(self) -> Any:
         queryset = super().get_queryset()
-        status = self.request.query_params.get("status")
+        query = JobListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        status = query.validated_data.get("status")
         return queryset.filter(status=status) if status else queryset
 
     queryset = selectors.jobs_all()
+
+    @extend_schema(parameters=[JobListQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
         request=JobCreateSerializer,
@@ -180,11 +188,9 @@ class JobCancelView(APIView):
         return Response(JobSerializer(selectors.jobs_all().get(pk=job.pk)).data)
 
 
-class ResultsPagination(CursorPagination):
+class ResultsPagination(IntegerCursorPagination):
     ordering = "index"
     page_size = 100
-    page_size_query_param = "limit"
-    max_page_size = 1000
 
 
 class JobResultsView(APIView):
@@ -211,6 +217,7 @@ class JobResultsView(APIView):
                 "status",
                 str,
                 required=False,
+                enum=TaskStatus.values,
                 description="Only tasks of this status (with follow: succeeded, dead or "
                 "cancelled).",
             ),
@@ -299,9 +306,15 @@ class DeadTaskListView(TenantScopedMixin, generics.ListAPIView):
     queryset = selectors.dead_tasks()
     tenant_field = "job__tenant"
 
+    @extend_schema(parameters=[DeadTaskQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self) -> Any:
         queryset = super().get_queryset()
-        job = self.request.query_params.get("job")
+        query = DeadTaskQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        job = query.validated_data.get("job")
         return queryset.filter(job_id=job) if job else queryset
 
 

@@ -27,6 +27,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
+from config import untrusted
 from streaming import fanout, flow, services
 from streaming.log import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
@@ -124,11 +125,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_BIG)
             return
         try:
-            message = json.loads(text_data if text_data is not None else (bytes_data or b""))
-            kind = message["type"] if isinstance(message, dict) else None
-        except (ValueError, KeyError):
-            kind = None
-            message = {}
+            message = untrusted.loads(text_data if text_data is not None else (bytes_data or b""))
+        except (untrusted.Refused, untrusted.TooDeep) as exc:  # JSON, but not the API's
+            await self.refuse("bad_message", str(exc))
+            return
+        except ValueError:
+            message = None
+        kind = message.get("type") if isinstance(message, dict) else None
         handler = getattr(self, f"on_{kind}", None) if isinstance(kind, str) else None
         if handler is None:
             await self.refuse("bad_message", "Expected a JSON object with a known 'type'.")
