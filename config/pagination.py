@@ -40,6 +40,16 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     def get_offset(self, request: Request) -> int:
         return query_int(request.query_params, self.offset_query_param) or 0
 
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.limit_query_param:
+                parameter["schema"]["minimum"] = 1
+                parameter["description"] += f" At most {self.max_limit}; more is clamped."
+            elif parameter["name"] == self.offset_query_param:
+                parameter["schema"]["minimum"] = 0
+        return parameters
+
 
 class IntegerCursorPagination(pagination.CursorPagination):
     """Cursor pagination over an integer ordering: ``?limit=`` as above, and a ``?cursor=``

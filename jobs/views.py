@@ -136,7 +136,14 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
         request=JobCreateSerializer,
         responses={201: JobSerializer},
         parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)
+            OpenApiParameter(
+                "Idempotency-Key",
+                {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                OpenApiParameter.HEADER,
+                required=False,
+                description="1-255 printable characters; a retry with the same key and body "
+                "gets the first answer again.",
+            )
         ],
     )
     def post(self, request: Request) -> Response:
@@ -222,6 +229,18 @@ class JobResultsView(APIView):
                 "cancelled).",
             ),
             OpenApiParameter("format", str, required=False, enum=["json", "ndjson"]),
+            OpenApiParameter(
+                "limit",
+                OpenApiTypes.INT,
+                required=False,
+                description="JSON: results per page, at most 1000 (more is clamped).",
+            ),
+            OpenApiParameter(
+                "cursor",
+                str,
+                required=False,
+                description="JSON: the page to read, from a page's `next` or `previous` link.",
+            ),
             OpenApiParameter(
                 "follow",
                 OpenApiTypes.BOOL,

@@ -1,6 +1,7 @@
 """Hostile input to inference never reaches a 5xx: a body nested 50,000 deep through the full
-stack and both express lanes, a stream request whose body is not an object, unstorable strings
-in a media request's ``model``, a malformed multipart upload, and over WebSocket."""
+stack and both express lanes, a stream request whose body is not an object, a pinned version
+the model does not serve, unstorable strings in a media request's ``model``, a malformed
+multipart upload, and over WebSocket."""
 
 from __future__ import annotations
 
@@ -71,6 +72,26 @@ def test_a_stream_request_whose_body_is_no_object_is_a_422_on_the_lane(
     )
     assert answer.status_code == 422, answer.body
     assert answer.json()["type"] == "urn:sluice:problem:validation-error"
+
+
+@pytest.mark.django_db
+def test_pinning_a_version_the_model_does_not_serve_is_a_422_naming_it(
+    api: APIClient, doubler: ModelVersion
+) -> None:
+    for path, body in (
+        ("/v1/models/doubler/infer", {"input": {"x": 1}, "version": "7"}),
+        ("/v1/models/doubler/infer?stream=true", {"input": {"x": 1}, "version": "7"}),
+        ("/v1/jobs", {"model": "doubler", "inputs": [{"x": 1}], "version": "7"}),
+    ):
+        response = api.post(path, body, format="json")
+        assert response.status_code == 422, (path, response.content)
+        assert response.json()["errors"] == [
+            {
+                "field": "version",
+                "detail": "doubler has no active version 7.",
+                "code": "invalid",
+            }
+        ]
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the loop's lane serves batches on Redis")

@@ -106,6 +106,13 @@ def test_integers_past_64_bits_are_refused_where_they_would_reach_a_bigint(
     assert response.json()["errors"][0]["field"] == "tasks[0]"
 
 
+def test_integers_of_a_form_are_bounded_by_their_field(api: APIClient, doubler: Any) -> None:
+    form = {"job": "7c0e5b9e-4c4f-4a53-9a8f-3f2f3a1f9a11", "tasks": ["99999999999999999999"]}
+    response = api.post("/v1/dead-tasks/replay", form)  # multipart: the parser sees text
+    assert response.status_code == 422, response.content
+    assert response.json()["errors"][0]["field"] == "tasks[0]"
+
+
 def test_options_of_a_multipart_job_go_through_the_same_policy(
     api: APIClient, doubler: Any
 ) -> None:
