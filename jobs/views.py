@@ -117,6 +117,7 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
     ``Idempotency-Key`` a retry gets the first answer again instead of a second job."""
 
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_job",)}  # staff submit no jobs: no tenant
     serializer_class = JobSerializer
 
     def get_queryset(self) -> Any:
@@ -178,6 +179,7 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
 
 class JobDetailView(APIView):
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_job",)}
 
     @extend_schema(responses=JobSerializer)
     def get(self, request: Request, job_id: str) -> Response:
@@ -188,6 +190,7 @@ class JobCancelView(APIView):
     """Queued tasks never run; the job is cancelled at once (409 if it already finished)."""
 
     required_scope = "jobs"
+    staff_permissions = {"POST": ("jobs.view_job", "jobs.change_job")}
 
     @extend_schema(request=None, responses=JobSerializer)
     def post(self, request: Request, job_id: str) -> Response:
@@ -207,6 +210,7 @@ class JobResultsView(APIView):
     finishes, in commit order, until the job is no longer active (jobs.feed)."""
 
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_job", "jobs.view_task")}  # results are tasks'
 
     @extend_schema(
         responses={
@@ -321,6 +325,7 @@ class DeadTaskListView(TenantScopedMixin, generics.ListAPIView):
     """The dead-letter queue: tasks that exhausted their attempts (``?job=``)."""
 
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_task",)}
     serializer_class = DeadTaskSerializer
     queryset = selectors.dead_tasks()
     tenant_field = "job__tenant"
@@ -341,6 +346,7 @@ class DeadTaskReplayView(APIView):
     """Replay a job's dead tasks: all of them, or those listed in ``tasks``."""
 
     required_scope = "jobs"
+    staff_permissions = {"POST": ("jobs.view_job", "jobs.change_task")}
 
     @extend_schema(
         request=ReplaySerializer,

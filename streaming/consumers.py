@@ -29,6 +29,7 @@ from rest_framework import exceptions
 
 from config import untrusted
 from streaming import fanout, flow, services
+from streaming.access import staff_may_read
 from streaming.log import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
@@ -75,15 +76,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.watchdog = asyncio.create_task(self._auth_deadline())
 
     async def _staff(self) -> bool:
-        """An admin session (browser, same origin): an operator follows any stream, platform
-        streams included, and holds no tenant slot."""
+        """An admin session (browser, same origin): an operator follows platform streams, and
+        a tenant's stream with the permissions to read it (streaming.access); no tenant slot."""
         user = self.scope.get("user")
         if user is None or not (user.is_active and user.is_staff):
             return False
-        if await _redis_call(get_log().meta, self.stream_id) is None:
+        meta = await _redis_call(get_log().meta, self.stream_id)
+        if meta is None:
             await self.close(code=CLOSE_NOT_FOUND)
-            return True
-        self.operator = True
+        elif not await database_sync_to_async(staff_may_read)(user, meta):
+            await self.close(code=CLOSE_FORBIDDEN)
+        else:
+            self.operator = True
         return True
 
     @property

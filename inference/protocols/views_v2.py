@@ -46,6 +46,10 @@ class V2View(APIView):
     """Adds the protocol's ``{"error": "..."}`` member to every problem body."""
 
     content_negotiation_class = _JSONWhateverTheType
+    staff_permissions = {
+        "GET": ("inference.view_model",),
+        "POST": ("inference.view_model",),
+    }
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from tenants.models import KEY_BRAND, TenantAPIKey
 from tenants.services import apikey_revoke
-from tenants.tests.factories import make_key
+from tenants.tests.factories import grant, make_key
 
 pytestmark = pytest.mark.django_db
 
@@ -189,6 +189,7 @@ def test_a_tenant_lists_only_its_own_keys(api, other_api, key):
     assert key[0].prefix in mine and not mine & theirs
 
 
-def test_staff_browse_the_api_with_a_session(staff_client, key):
+def test_staff_browse_the_api_with_a_session(staff_client, staff_user, key):
+    grant(staff_user, "tenants.view_tenantapikey")
     response = staff_client.get("/v1/keys", HTTP_ACCEPT="text/html")
     assert response.status_code == 200 and b"Api Key List" in response.content
