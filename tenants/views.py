@@ -69,6 +69,8 @@ class APIKeyViewSet(
     serializer_class = APIKeySerializer
     queryset = TenantAPIKey.objects.select_related("tenant").order_by("-created")
     lookup_field = "prefix"
+    # The shape every prefix has: anything else (a NUL PostgreSQL cannot even compare) is no key.
+    lookup_value_regex = "[A-Za-z0-9]{8}"
     required_scope = "admin"
     # Staff create keys in the admin (a key is shown once, to its tenant); through the API
     # they read, revoke (a change: the row stays) and rotate (a new key, the old one changed).

@@ -193,3 +193,10 @@ def test_staff_browse_the_api_with_a_session(staff_client, staff_user, key):
     grant(staff_user, "tenants.view_tenantapikey")
     response = staff_client.get("/v1/keys", HTTP_ACCEPT="text/html")
     assert response.status_code == 200 and b"Api Key List" in response.content
+
+
+@pytest.mark.parametrize("prefix", ["a%00bcdefg", "abc", "abcdefghij", "abcd%C3%A9fgh"])
+def test_a_prefix_no_key_can_have_is_a_404(api, prefix):
+    for response in (api.get(f"/v1/keys/{prefix}"), api.delete(f"/v1/keys/{prefix}")):
+        assert response.status_code == 404
+        assert response["Content-Type"] == "application/problem+json"
