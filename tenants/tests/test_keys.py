@@ -200,3 +200,11 @@ def test_a_prefix_no_key_can_have_is_a_404(api, prefix):
     for response in (api.get(f"/v1/keys/{prefix}"), api.delete(f"/v1/keys/{prefix}")):
         assert response.status_code == 404
         assert response["Content-Type"] == "application/problem+json"
+
+
+def test_a_presented_key_with_a_nul_is_refused_not_looked_up(key):
+    client = APIClient()
+    for header in ("sk_live_a\x00bcdefg.secret", f"{key[1][:-1]}\x00"):
+        response = client.get("/v1/tenant", HTTP_X_API_KEY=header)
+        assert response.status_code == 401, response.content
+        assert response.json()["type"] == "urn:sluice:problem:authentication-failed"
