@@ -230,9 +230,12 @@ def run(
             command += ["--seed", str(seed_value)]
         done = subprocess.run(
             command,
-            cwd=ROOT,
+            cwd=workdir,  # hypothesis keeps its caches in the working directory
             env={
                 **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))
+                ),
                 "SCHEMATHESIS_HOOKS": "testing.fuzz_hooks",
                 "SLUICE_FUZZ_OWN_PREFIX": own_prefix,
             },
