@@ -11,8 +11,10 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/11
 # Heavy model runtimes for the dev install; empty it to test the platform without them (their
 # tests then skip). CI's extra Python 3.13 pass does that: torch's CPU wheel here is for 3.11.
 MODEL_EXTRAS ?= requirements-models-extra.txt
+# Generated cases per operation of `make fuzz` (schemathesis' fuzzing phase).
+FUZZ_EXAMPLES ?= 50
 
-.PHONY: run test test-embedded test-services lint fmt web unary asgi worker beat check-deploy bench clean worker-jobs
+.PHONY: run test test-embedded test-services lint fmt web unary asgi worker beat check-deploy bench clean worker-jobs fuzz
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -87,6 +89,13 @@ beat: $(VENV)/.installed-run
 ## check-deploy: Django's deployment checklist with the documented production variables
 check-deploy: $(VENV)/.installed-run
 	$(PY) scripts/check_deploy.py
+
+## fuzz: schemathesis against /api/schema/ of a real stack: no generated request may get a 5xx
+fuzz: $(VENV)/.installed-dev
+	@if $(PY) scripts/services_up.py "$(TEST_DATABASE_URL)" "$(TEST_REDIS_URL)"; then \
+		DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
+		REDIS_KEY_PREFIX="sluice-fuzz-$$$$" $(PY) -m testing.fuzz --examples $(FUZZ_EXAMPLES); \
+	else $(PY) -m testing.fuzz --examples $(FUZZ_EXAMPLES); fi
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/auth_overhead.py

@@ -93,10 +93,16 @@ def other_api(other_tenant: Tenant, client_for: Callable[[str], APIClient]) -> A
 
 
 @pytest.fixture
-def staff_client(db: None, django_user_model: Any) -> APIClient:
-    user = django_user_model.objects.create_user("ops", is_staff=True)
+def staff_user(db: None, django_user_model: Any) -> Any:
+    """A staff user with no model permissions (``tenants.tests.factories.grant`` adds some)."""
+    return django_user_model.objects.create_user("ops", is_staff=True)
+
+
+@pytest.fixture
+def staff_client(staff_user: Any) -> APIClient:
+    """A browser session of ``staff_user`` (the browsable API)."""
     client = APIClient()
-    client.force_login(user)
+    client.force_login(staff_user)
     return client
 
 

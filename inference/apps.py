@@ -28,6 +28,13 @@ class InferenceConfig(AppConfig):
             post_delete.connect(selectors.forget_routes, sender=sender, weak=False)
         # Celery's autodiscovery finds ``inference.tasks`` only; the media producer lives apart.
         from inference.media import tasks as _media_tasks  # noqa: F401
+        from inference.media.services import DEFAULT_MODELS
+        from inference.streams import KINDS
+        from streaming.access import stream_kind_permissions
+
+        # A model's output streams, read with a staff session (streaming.access).
+        for kind in (*KINDS, *DEFAULT_MODELS):
+            stream_kind_permissions(kind, "inference.view_model")
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

@@ -45,7 +45,7 @@ from django.middleware.security import SecurityMiddleware
 from django.utils.cache import patch_vary_headers
 from rest_framework import exceptions
 
-from config import ratelimit
+from config import ratelimit, untrusted
 from config.log import log_stream_var
 from config.middleware import add_ratelimit_headers, begin_request, finish_request
 from config.net import client_ip
@@ -102,10 +102,6 @@ def _secure(environ: dict[str, Any]) -> bool:
         if name in environ:
             return str(environ[name]).split(",")[0].strip() == value
     return environ.get("wsgi.url_scheme") == "https"
-
-
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not valid JSON")  # as REST framework's strict JSON parser
 
 
 class ExpressHandler(WSGIHandler):
@@ -176,13 +172,14 @@ def take(
     if table is None:
         return None
     try:
-        body = json.loads(request.body, parse_constant=_reject_constant)
+        body = untrusted.loads(request.body)  # the parser policy of the full stack's view
     except ValueError:
-        return None
+        return None  # the full stack answers it: 400 or 422, as for any other body
     stream = bool(request.META.get("QUERY_STRING"))  # eligible(): ?stream=true
     # A stream of one input (``inputs``, an analysis of many, is the full stack's) takes the
     # unary body's fields: the same fast check.
-    valid = InferRequestSerializer.fast(body) if not (stream and "inputs" in body) else None
+    many = stream and isinstance(body, dict) and "inputs" in body
+    valid = InferRequestSerializer.fast(body) if not many else None
     if valid is None:
         return None
     return Taken(ctx, table, valid, stream)

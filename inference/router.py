@@ -32,6 +32,11 @@ class NoRoute(Exception):
     """No version can take the request; the message says why."""
 
 
+class NotServed(NoRoute):
+    """The request pins a version the model does not serve: the request's fault, not an
+    outage (answered 422 naming ``version``)."""
+
+
 @dataclass(frozen=True)
 class Route:
     primary: Candidate
@@ -78,7 +83,7 @@ def route(
     if version is not None:
         pinned = next((c for c in candidates if c.version == version), None)
         if pinned is None:
-            raise NoRoute(f"version {version} is not active")
+            raise NotServed(f"{model} has no active version {version}.")
         if pinned.unavailable:
             raise NoRoute(pinned.unavailable)
         if not breaker.allow(pinned.id):

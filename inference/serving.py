@@ -37,7 +37,7 @@ from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
 from inference.replies import batch_reply_publish, reply_publish
-from inference.router import CircuitBreaker, NoRoute, route
+from inference.router import CircuitBreaker, NoRoute, NotServed, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import UpstreamError
 from inference.schema import validate_input, validate_with
@@ -56,6 +56,14 @@ class QueueFull(ServiceUnavailable):
 class ModelUnavailable(ServiceUnavailable):
     default_detail = "No version of this model can serve now."
     problem_slug = "model-unavailable"
+
+
+def unroutable(exc: NoRoute) -> exceptions.APIException:
+    """The answer when no version takes a request: 422 naming ``version`` when it pinned one
+    the model does not serve, else 503 ``model-unavailable``."""
+    if isinstance(exc, NotServed):
+        return exceptions.ValidationError({"version": [str(exc)]})
+    return ModelUnavailable(str(exc))
 
 
 class InferenceFailed(exceptions.APIException):
@@ -147,7 +155,7 @@ def _plan(
             breaker=breaker,
         )
     except NoRoute as exc:
-        raise ModelUnavailable(str(exc)) from exc
+        raise unroutable(exc) from exc
     chosen = table.versions[plan.primary.id]
     try:
         if chosen.validator is not None and isinstance(data, dict):

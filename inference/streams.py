@@ -98,7 +98,7 @@ def stream_start(
             breaker=CircuitBreaker(),
         )
     except NoRoute as exc:
-        raise serving.ModelUnavailable(str(exc)) from exc
+        raise serving.unroutable(exc) from exc
     chosen = table.versions[plan.primary.id]
     payloads = []
     field = "input" if kind != ANALYSIS or len(items) == 1 else "inputs"

@@ -37,6 +37,7 @@ class ModelListView(APIView):
     """Models the caller's plan allows (OpenAI ``GET /v1/models`` shape)."""
 
     required_scope = "infer"
+    staff_permissions = {"GET": ("inference.view_model",)}
 
     @extend_schema(operation_id="models_list", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
@@ -46,6 +47,7 @@ class ModelListView(APIView):
 
 class ModelDetailView(APIView):
     required_scope = "infer"
+    staff_permissions = {"GET": ("inference.view_model",)}
 
     @extend_schema(operation_id="models_retrieve", responses=ModelInfoSerializer)
     def get(self, request: Request, name: str) -> Response:
@@ -103,6 +105,8 @@ class InferView(APIView):
     ``end`` (docs/streams.md). Closing the connection cancels the work."""
 
     required_scope = "infer"
+    # A staff session may try a model it may see (the browsable API); no tenant, no quota.
+    staff_permissions = {"POST": ("inference.view_model",)}
 
     @extend_schema(
         request=InferRequestSerializer,

@@ -3,7 +3,11 @@ or an object in storage (Django's storage API: the file system or S3 through dja
 
 Every input is a JSON object (the model's schema is checked per task by the worker, so one bad
 line costs one dead task, not the whole job). CSV: a header row names the fields; a cell that
-is a number becomes one, a cell that holds a JSON array or object (``"[0, 1, …]"``) is parsed.
+is a number becomes one (a whole number within 64 bits, or a finite decimal; others stay
+text), a cell that holds a JSON array or object (``"[0, 1, …]"``) is parsed. Every source is
+read under the platform's JSON policy (``config.untrusted``): a value PostgreSQL could not
+store, an integer past 64 bits or nesting past ``API_JSON_MAX_DEPTH`` is a 422 naming the line
+and field, never a row that fails to insert.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +25,8 @@ from urllib.parse import urlparse
 from django.conf import settings
 from django.core.files.storage import default_storage
 from rest_framework import exceptions
+
+from config import untrusted
 
 
 @dataclass(frozen=True)
@@ -51,19 +58,34 @@ def from_list(items: Any) -> Inputs:
     return Inputs(items=items, source="inline", digest=hashlib.sha256(canonical).hexdigest())
 
 
+def _refused(field: str, where: str, errors: dict[str, Any]) -> exceptions.ValidationError:
+    """A 422 naming ``field``, with where in it (a line) and which values were refused."""
+    detail = "; ".join(
+        f"{path}: {reason}" if path else str(reason) for path, reason in errors.items()
+    )
+    return _invalid(field, f"{where}{detail}")
+
+
 def _cell(value: str) -> Any:
     text = value.strip()
     if text[:1] in ("[", "{"):
         try:
-            return json.loads(text)
+            return untrusted.loads(text)
+        except (untrusted.Refused, untrusted.TooDeep):
+            raise
         except ValueError:
             return value
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            continue
-    return value
+    try:
+        whole = int(text)
+    except ValueError:
+        pass
+    else:
+        return whole if untrusted.INT64_MIN <= whole <= untrusted.INT64_MAX else value
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value  # "nan", "inf", "1e999": text
 
 
 def _jsonl(lines: Iterable[str], field: str) -> Iterator[dict[str, Any]]:
@@ -71,7 +93,11 @@ def _jsonl(lines: Iterable[str], field: str) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = untrusted.loads(line)
+        except untrusted.Refused as exc:
+            raise _refused(field, f"line {number}: ", exc.errors) from exc
+        except untrusted.TooDeep as exc:
+            raise _invalid(field, f"line {number}: {exc}") from exc
         except ValueError as exc:
             raise _invalid(field, f"line {number}: not JSON ({exc.args[0]}).") from exc
         if not isinstance(item, dict):
@@ -81,12 +107,25 @@ def _jsonl(lines: Iterable[str], field: str) -> Iterator[dict[str, Any]]:
 
 def _csv(text: str, field: str) -> Iterator[dict[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        raise _invalid(field, "The CSV file has no header row.")
-    for row in reader:
-        if None in row:
-            raise _invalid(field, f"line {reader.line_num}: more cells than header fields.")
-        yield {key: _cell(value) for key, value in row.items() if value is not None}
+    try:
+        if not reader.fieldnames:
+            raise _invalid(field, "The CSV file has no header row.")
+        for row in reader:
+            where = f"line {reader.line_num}: "
+            if None in row:
+                raise _invalid(field, f"{where}more cells than header fields.")
+            try:
+                item = {key: _cell(value) for key, value in row.items() if value is not None}
+            except untrusted.Refused as exc:
+                raise _refused(field, where, exc.errors) from exc
+            except untrusted.TooDeep as exc:
+                raise _invalid(field, f"{where}{exc}") from exc
+            refused = untrusted.refusals(item)
+            if refused:
+                raise _refused(field, where, refused)
+            yield item
+    except csv.Error as exc:  # a cell past csv's field size limit, a stray quote
+        raise _invalid(field, f"line {reader.line_num}: not CSV ({exc}).") from exc
 
 
 def parse_bytes(raw: bytes, *, name: str, content_type: str, field: str) -> list[dict[str, Any]]:
@@ -100,8 +139,16 @@ def parse_bytes(raw: bytes, *, name: str, content_type: str, field: str) -> list
         items = list(_csv(text, field))
     elif lowered.endswith(".json") or content_type == "application/json":
         try:
-            items = from_list(json.loads(text)).items
+            document = untrusted.loads(text)
+        except untrusted.Refused as exc:
+            raise _refused(field, "", exc.errors) from exc
+        except untrusted.TooDeep as exc:
+            raise _invalid(field, str(exc)) from exc
         except ValueError as exc:
+            raise _invalid(field, "Not a JSON list of objects.") from exc
+        try:
+            items = from_list(document).items
+        except exceptions.ValidationError as exc:
             raise _invalid(field, "Not a JSON list of objects.") from exc
     else:
         items = list(_jsonl(text.splitlines(), field))

@@ -3,9 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs.models import FINISHED_TASK, Job, Task
+from config.untrusted import INT64_MAX
+from jobs.models import FINISHED_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor
 
 
@@ -14,13 +16,19 @@ class JobOptionsSerializer(serializers.Serializer):
     max_attempts = serializers.IntegerField(min_value=1, max_value=100, required=False)
 
 
+@extend_schema_field({"type": "array", "items": {"type": "object"}, "minItems": 1})
+class InputsField(serializers.JSONField):
+    """Any JSON here (``jobs.inputs.from_list`` checks it is a list of objects, naming the
+    item that is not), documented as what it must be."""
+
+
 class JobCreateSerializer(serializers.Serializer):
     """``inputs`` (a JSON list of objects), ``file`` (JSONL or CSV upload) or ``input_uri``
     (``storage://…`` / ``s3://…``): exactly one."""
 
     model = serializers.SlugField(max_length=64)
     version = serializers.CharField(max_length=32, required=False)
-    inputs = serializers.JSONField(required=False)
+    inputs = InputsField(required=False)
     file = serializers.FileField(required=False)
     input_uri = serializers.CharField(max_length=1000, required=False)
     priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
@@ -104,7 +112,7 @@ class ResultsQuerySerializer(serializers.Serializer):
 
     follow = serializers.BooleanField(default=False)
     after = serializers.CharField(required=False)
-    status = serializers.CharField(required=False, allow_blank=True)
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False, allow_blank=True)
 
     def validate_after(self, value: str) -> Cursor:
         try:
@@ -131,6 +139,18 @@ class ResultsQuerySerializer(serializers.Serializer):
         return attrs
 
 
+class JobListQuerySerializer(serializers.Serializer):
+    """The query of ``GET /v1/jobs``: ``status`` filters (blank: every job)."""
+
+    status = serializers.ChoiceField(choices=JobStatus.choices, required=False, allow_blank=True)
+
+
+class DeadTaskQuerySerializer(serializers.Serializer):
+    """The query of ``GET /v1/dead-tasks``: ``job`` filters."""
+
+    job = serializers.UUIDField(required=False)
+
+
 class DeadTaskSerializer(serializers.ModelSerializer):
     task = serializers.IntegerField(source="id")
     job = serializers.UUIDField(source="job_id")
@@ -144,5 +164,9 @@ class DeadTaskSerializer(serializers.ModelSerializer):
 class ReplaySerializer(serializers.Serializer):
     job = serializers.UUIDField()
     tasks = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+        # A task id is a bigint: a larger number (a form field, unlike JSON, is not bounded
+        # by the parser) must be a 422, not an overflow in the query.
+        child=serializers.IntegerField(min_value=1, max_value=INT64_MAX),
+        required=False,
+        max_length=10_000,
     )

@@ -20,7 +20,7 @@ from rest_framework import exceptions
 from inference import selectors as inference_selectors
 from inference.models import Model, ModelVersion
 from inference.router import NoRoute, route
-from inference.serving import ModelUnavailable
+from inference.serving import unroutable
 from jobs import bulk, events, leases, runner
 from jobs.inputs import Inputs
 from jobs.models import ACTIVE_JOB, IdempotencyKey, Job, JobStatus, Task, TaskStatus
@@ -90,7 +90,7 @@ def job_version(model: Model, version: str | None) -> ModelVersion:
     try:
         plan = route(model.name, inference_selectors.candidates(model), version=version)
     except NoRoute as exc:
-        raise ModelUnavailable(str(exc)) from exc
+        raise unroutable(exc) from exc
     return inference_selectors.version_of(model, plan.primary.id)
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,21 +20,23 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import exceptions, generics, serializers
-from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config import untrusted
+from config.pagination import IntegerCursorPagination
 from config.problems import problem_response
 from inference import selectors as inference_selectors
 from jobs import inputs, selectors, services
 from jobs.feed import Feed, lines_async, lines_sync
-from jobs.models import Job, JobStatus, Task
+from jobs.models import Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor
 from jobs.serializers import (
+    DeadTaskQuerySerializer,
     DeadTaskSerializer,
     JobCreateSerializer,
+    JobListQuerySerializer,
     JobSerializer,
     ReplaySerializer,
     ResultsQuerySerializer,
@@ -94,7 +95,9 @@ def _submission(request: Request, tenant: Tenant) -> services.JobRequest:
         data = {k: data[k] for k in data}
         if isinstance(data.get("options"), str):
             try:
-                data["options"] = json.loads(data["options"])
+                data["options"] = untrusted.loads(data["options"], path="options")
+            except untrusted.Refused as exc:
+                raise exc.validation_error() from None
             except ValueError:
                 raise exceptions.ValidationError({"options": ["Not a JSON object."]}) from None
     body = JobCreateSerializer(data=data)
@@ -124,21 +127,34 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
     ``Idempotency-Key`` a retry gets the first answer again instead of a second job."""
 
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_job",)}  # staff submit no jobs: no tenant
     serializer_class = JobSerializer
-    parser_classes = (JSONParser, MultiPartParser, FormParser)
 
     def get_queryset(self) -> Any:
         queryset = super().get_queryset()
-        status = self.request.query_params.get("status")
+        query = JobListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        status = query.validated_data.get("status")
         return queryset.filter(status=status) if status else queryset
 
     queryset = selectors.jobs_all()
+
+    @extend_schema(parameters=[JobListQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
         request=JobCreateSerializer,
         responses={201: JobSerializer},
         parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)
+            OpenApiParameter(
+                "Idempotency-Key",
+                {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                OpenApiParameter.HEADER,
+                required=False,
+                description="1-255 printable characters; a retry with the same key and body "
+                "gets the first answer again.",
+            )
         ],
     )
     def post(self, request: Request) -> Response:
@@ -159,6 +175,7 @@ class JobListView(TenantScopedMixin, generics.ListAPIView):
 
 class JobDetailView(APIView):
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_job",)}
 
     @extend_schema(responses=JobSerializer)
     def get(self, request: Request, job_id: str) -> Response:
@@ -169,6 +186,7 @@ class JobCancelView(APIView):
     """Queued tasks never run; the job is cancelled at once (409 if it already finished)."""
 
     required_scope = "jobs"
+    staff_permissions = {"POST": ("jobs.view_job", "jobs.change_job")}
 
     @extend_schema(request=None, responses=JobSerializer)
     def post(self, request: Request, job_id: str) -> Response:
@@ -176,11 +194,9 @@ class JobCancelView(APIView):
         return Response(JobSerializer(selectors.jobs_all().get(pk=job.pk)).data)
 
 
-class ResultsPagination(CursorPagination):
+class ResultsPagination(IntegerCursorPagination):
     ordering = "index"
     page_size = 100
-    page_size_query_param = "limit"
-    max_page_size = 1000
 
 
 class JobResultsView(APIView):
@@ -190,6 +206,7 @@ class JobResultsView(APIView):
     finishes, in commit order, until the job is no longer active (jobs.feed)."""
 
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_job", "jobs.view_task")}  # results are tasks'
 
     @extend_schema(
         responses={
@@ -207,10 +224,23 @@ class JobResultsView(APIView):
                 "status",
                 str,
                 required=False,
+                enum=TaskStatus.values,
                 description="Only tasks of this status (with follow: succeeded, dead or "
                 "cancelled).",
             ),
             OpenApiParameter("format", str, required=False, enum=["json", "ndjson"]),
+            OpenApiParameter(
+                "limit",
+                OpenApiTypes.INT,
+                required=False,
+                description="JSON: results per page, at most 1000 (more is clamped).",
+            ),
+            OpenApiParameter(
+                "cursor",
+                str,
+                required=False,
+                description="JSON: the page to read, from a page's `next` or `previous` link.",
+            ),
             OpenApiParameter(
                 "follow",
                 OpenApiTypes.BOOL,
@@ -282,13 +312,20 @@ class DeadTaskListView(TenantScopedMixin, generics.ListAPIView):
     """The dead-letter queue: tasks that exhausted their attempts (``?job=``)."""
 
     required_scope = "jobs"
+    staff_permissions = {"GET": ("jobs.view_task",)}
     serializer_class = DeadTaskSerializer
     queryset = selectors.dead_tasks()
     tenant_field = "job__tenant"
 
+    @extend_schema(parameters=[DeadTaskQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self) -> Any:
         queryset = super().get_queryset()
-        job = self.request.query_params.get("job")
+        query = DeadTaskQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        job = query.validated_data.get("job")
         return queryset.filter(job_id=job) if job else queryset
 
 
@@ -296,6 +333,7 @@ class DeadTaskReplayView(APIView):
     """Replay a job's dead tasks: all of them, or those listed in ``tasks``."""
 
     required_scope = "jobs"
+    staff_permissions = {"POST": ("jobs.view_job", "jobs.change_task")}
 
     @extend_schema(
         request=ReplaySerializer,

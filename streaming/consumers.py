@@ -26,7 +26,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
+from config import untrusted
 from streaming import fanout, flow, services
+from streaming.access import staff_may_read
 from streaming.credentials import Binding, bind_on_loop, unbind
 from streaming.log import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
@@ -73,15 +75,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.watchdog = asyncio.create_task(self._auth_deadline())
 
     async def _staff(self) -> bool:
-        """An admin session (browser, same origin): an operator follows any stream, platform
-        streams included, and holds no tenant slot."""
+        """An admin session (browser, same origin): an operator follows platform streams, and
+        a tenant's stream with the permissions to read it (streaming.access); no tenant slot."""
         user = self.scope.get("user")
         if user is None or not (user.is_active and user.is_staff):
             return False
-        if await _redis_call(get_log().meta, self.stream_id) is None:
+        meta = await _redis_call(get_log().meta, self.stream_id)
+        if meta is None:
             await self.close(code=CLOSE_NOT_FOUND)
-            return True
-        self.operator = True
+        elif not await database_sync_to_async(staff_may_read)(user, meta):
+            await self.close(code=CLOSE_FORBIDDEN)
+        else:
+            self.operator = True
         return True
 
     @property
@@ -128,11 +133,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_BIG)
             return
         try:
-            message = json.loads(text_data if text_data is not None else (bytes_data or b""))
-            kind = message["type"] if isinstance(message, dict) else None
-        except (ValueError, KeyError):
-            kind = None
-            message = {}
+            message = untrusted.loads(text_data if text_data is not None else (bytes_data or b""))
+        except (untrusted.Refused, untrusted.TooDeep) as exc:  # JSON, but not the API's
+            await self.refuse("bad_message", str(exc))
+            return
+        except ValueError:
+            message = None
+        kind = message.get("type") if isinstance(message, dict) else None
         handler = getattr(self, f"on_{kind}", None) if isinstance(kind, str) else None
         if handler is None:
             await self.refuse("bad_message", "Expected a JSON object with a known 'type'.")

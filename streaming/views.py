@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.problems import exception_response, problem_response
+from streaming.access import staff_may_read, staff_permissions_for
 from streaming.log import StreamMeta, get_log, valid_id
 from streaming.responses import TooManyStreams, event_response, hold_take_async
 from tenants.authentication import authenticate_credential, presented_credential
@@ -65,6 +66,11 @@ def resume_after(request: HttpRequest) -> tuple[str | None, HttpResponseBase | N
     return after, None
 
 
+def _staff_refused(meta: StreamMeta) -> exceptions.PermissionDenied:
+    needed = ", ".join(staff_permissions_for(meta))
+    return exceptions.PermissionDenied(f"Your staff account lacks the permission {needed}.")
+
+
 async def is_staff(request: HttpRequest) -> bool:
     """A logged-in operator (admin session): may follow any stream, platform streams
     (metrics, worker logs) included, and holds no tenant slot."""
@@ -88,8 +94,11 @@ async def stream_events(request: HttpRequest, stream_id: str) -> HttpResponseBas
     if invalid is not None:
         return invalid
     if ctx is None:  # staff
-        if await sync_to_async(get_log().meta)(stream_id) is None:
+        meta = await sync_to_async(get_log().meta)(stream_id)
+        if meta is None:
             return problem_response(404, slug="not-found", instance=request.path)
+        if not await sync_to_async(staff_may_read)(await request.auser(), meta):
+            return refusal(request, _staff_refused(meta))
     elif await sync_to_async(owned_stream)(ctx, stream_id) is None:
         return problem_response(404, slug="not-found", instance=request.path)
     try:
@@ -103,6 +112,8 @@ class StreamView(APIView):
     """A stream's metadata: kind, bounds, whether it has ended."""
 
     required_scope = "streams"
+    # A staff session passes here; what it may read is decided per stream (streaming.access).
+    staff_permissions: dict[str, tuple[str, ...]] = {"GET": ()}
 
     @extend_schema(
         responses=inline_serializer(
@@ -122,7 +133,9 @@ class StreamView(APIView):
         if isinstance(ctx, KeyContext):
             meta = owned_stream(ctx, stream_id)
         else:  # a staff session (IsTenant lets no one else in)
-            meta = get_log().meta(stream_id) if request.user.is_staff else None
+            meta = get_log().meta(stream_id)
+            if meta is not None and not staff_may_read(request.user, meta):
+                raise _staff_refused(meta)
         if meta is None:
             raise exceptions.NotFound()
         return Response(

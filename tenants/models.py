@@ -61,7 +61,9 @@ def parse_key(raw: str) -> str | None:
     if not raw.startswith(KEY_BRAND):
         return None
     prefix, dot, secret = raw[len(KEY_BRAND) :].partition(".")
-    if not dot or len(prefix) != 8 or not secret:
+    # Letters and digits, as generated: anything else is no key, never a lookup (with a NUL,
+    # one PostgreSQL cannot run; gunicorn, daphne and uvicorn refuse NUL in headers anyway).
+    if not dot or len(prefix) != 8 or not secret or not (prefix.isascii() and prefix.isalnum()):
         return None
     return prefix
 

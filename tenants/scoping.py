@@ -7,18 +7,19 @@ from typing import Any, TypeVar
 from django.db.models import Model, QuerySet
 from rest_framework.request import Request
 
-from tenants.permissions import is_staff_session
+from tenants.permissions import is_staff_session, may_view
 from tenants.selectors import KeyContext
 
 M = TypeVar("M", bound=Model)
 
 
 def for_request(queryset: QuerySet[M], request: Request, *, field: str = "tenant") -> QuerySet[M]:
-    """Rows of the request's tenant only; staff sessions see every tenant's rows. Anything
-    else sees nothing, so a forgotten permission class cannot leak rows."""
+    """Rows of the request's tenant only; a staff session sees every tenant's rows if it
+    holds the model's ``view`` permission. Anything else sees nothing, so a forgotten
+    permission class (or a view that declares too little) cannot leak rows."""
     if isinstance(request.auth, KeyContext):
         return queryset.filter(**{f"{field}_id": request.auth.tenant.pk})
-    if is_staff_session(request):
+    if is_staff_session(request) and may_view(request.user, queryset.model):
         return queryset
     return queryset.none()
 

@@ -13,7 +13,6 @@ from rest_framework.views import APIView
 
 from tenants import services
 from tenants.models import TenantAPIKey
-from tenants.permissions import is_staff_session
 from tenants.scoping import TenantScopedMixin
 from tenants.selectors import KeyContext
 from tenants.serializers import (
@@ -70,12 +69,24 @@ class APIKeyViewSet(
     serializer_class = APIKeySerializer
     queryset = TenantAPIKey.objects.select_related("tenant").order_by("-created")
     lookup_field = "prefix"
+    # The shape every prefix has: anything else (a NUL PostgreSQL cannot even compare) is no key.
+    lookup_value_regex = "[A-Za-z0-9]{8}"
     required_scope = "admin"
+    # Staff create keys in the admin (a key is shown once, to its tenant); through the API
+    # they read, revoke (a change: the row stays) and rotate (a new key, the old one changed).
+    staff_permissions = {
+        "list": ("tenants.view_tenantapikey",),
+        "retrieve": ("tenants.view_tenantapikey",),
+        "destroy": ("tenants.view_tenantapikey", "tenants.change_tenantapikey"),
+        "rotate": (
+            "tenants.view_tenantapikey",
+            "tenants.add_tenantapikey",
+            "tenants.change_tenantapikey",
+        ),
+    }
 
     @extend_schema(responses={201: CreatedAPIKeySerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        if is_staff_session(request):
-            raise exceptions.PermissionDenied("Staff create keys in the admin.")
         body = APIKeySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         key, raw = services.apikey_create(

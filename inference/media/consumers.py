@@ -33,6 +33,7 @@ from django.conf import settings
 from django.http import Http404
 from rest_framework import exceptions
 
+from config import untrusted
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH
 from inference.media import services
 from streaming import services as stream_services
@@ -154,10 +155,13 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
             await self.on_audio(bytes_data)
             return
         try:
-            message = json.loads(text_data or "")
-            kind = message["type"] if isinstance(message, dict) else None
-        except (ValueError, KeyError):
-            kind, message = None, {}
+            message = untrusted.loads(text_data or "")
+        except (untrusted.Refused, untrusted.TooDeep) as exc:  # JSON, but not the API's
+            await self.refuse("bad_message", str(exc))
+            return
+        except ValueError:
+            message = None
+        kind = message.get("type") if isinstance(message, dict) else None
         handler = getattr(self, f"on_{kind}", None) if isinstance(kind, str) else None
         if handler is None or kind == "audio":
             await self.refuse("bad_message", "Expected a JSON object with a known 'type'.")

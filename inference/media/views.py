@@ -23,10 +23,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import Http404, HttpRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
+from config import untrusted
 from config.exceptions import PayloadTooLarge
 from config.problems import exception_response, problem_response
 from inference.engines import MediaInputError
@@ -122,7 +124,10 @@ def _upload(
     _declared_size(request, limit, what)
     content_type = request.content_type or ""
     if content_type == "multipart/form-data":
-        upload = request.FILES.get("file")
+        try:
+            upload = request.FILES.get("file")
+        except MultiPartParserError as exc:  # no boundary, a truncated part: the body's fault
+            raise exceptions.ParseError(f"Malformed multipart body: {exc}") from exc
         if upload is None:
             raise exceptions.ValidationError({"file": ["Upload the media in the 'file' field."]})
         if upload.size is not None and upload.size > limit:
@@ -152,9 +157,9 @@ def _json(request: HttpRequest) -> dict[str, Any]:
             request.content_type or "(none)", detail="Send a JSON object (application/json)."
         )
     try:
-        body = json.loads(request.body or b"null")
+        body = untrusted.loads(request.body or b"null")  # the API's one JSON policy
     except ValueError as exc:
-        raise exceptions.ParseError(f"Malformed JSON: {exc}") from exc
+        raise untrusted.api_error(exc) from exc
     if not isinstance(body, dict):
         raise exceptions.ParseError("Expected a JSON object.")
     return body
@@ -176,7 +181,7 @@ def _model(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise exceptions.ValidationError({"model": ["A model name is required."]})
-    return value
+    return untrusted.text(value, "model")  # a query parameter is not checked by a parser
 
 
 def _flag(request: HttpRequest, name: str) -> bool:
@@ -405,12 +410,7 @@ async def video(request: HttpRequest) -> HttpResponseBase:
         return refused
 
     def start(ctx: KeyContext) -> services.Started:
-        try:
-            every = int(request.GET.get("every") or 1)
-        except ValueError:
-            every = 0
-        if every < 1:
-            raise exceptions.ValidationError({"every": ["A positive integer is required."]})
+        every = untrusted.query_int(request.GET, "every", minimum=1) or 1
         blob, origin = _upload(
             request, settings.MEDIA_MAX_VIDEO_BYTES, "video", tuple(VIDEO_SUFFIXES)
         )

@@ -43,6 +43,7 @@ class OpenAIView(APIView):
     """Adds ``error: {message, type, code}`` to every problem body."""
 
     required_scope = "infer"
+    staff_permissions = {"POST": ("inference.view_model",)}
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)

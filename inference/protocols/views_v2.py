@@ -17,12 +17,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import NotFound
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.untrusted import JSONParser
 from inference import selectors, serving
 from inference.models import Model, ModelVersion
 from inference.protocols import v2
@@ -46,6 +46,10 @@ class V2View(APIView):
     """Adds the protocol's ``{"error": "..."}`` member to every problem body."""
 
     content_negotiation_class = _JSONWhateverTheType
+    staff_permissions = {
+        "GET": ("inference.view_model",),
+        "POST": ("inference.view_model",),
+    }
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)

@@ -34,8 +34,11 @@ class Counting(ASGIHandler):
         await super().__call__(scope, receive, send)
 
 
-def call(app: Lane, body: Any, headers: dict[str, str], path: str) -> tuple[int, dict, Any]:
-    raw = json.dumps(body).encode()
+def call(
+    app: Lane, body: Any, headers: dict[str, str], path: str, *, raw: bytes | None = None
+) -> tuple[int, dict, Any]:
+    """``body`` as JSON (or ``raw`` as it is) through ``app``: status, headers, answer."""
+    raw = raw if raw is not None else json.dumps(body).encode()
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},

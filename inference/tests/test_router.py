@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from inference.router import Candidate, CircuitBreaker, NoRoute, route, sticky_point
+from inference.router import Candidate, CircuitBreaker, NoRoute, NotServed, route, sticky_point
 
 pytestmark = pytest.mark.django_db  # the breaker keeps its state in the cache
 
@@ -90,7 +90,7 @@ def test_it_spreads_sticky_tenants_by_weight() -> None:
 
 def test_it_pins_a_requested_version() -> None:
     assert route("m", [STABLE, CANARY], version="2").primary == CANARY
-    with pytest.raises(NoRoute, match="not active"):
+    with pytest.raises(NotServed, match="no active version 9"):
         route("m", [STABLE, CANARY], version="9")
 
 

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import factory
+from django.contrib.auth.models import Permission
 
 from tenants.models import Tenant, TenantAPIKey
 from tenants.services import apikey_create
@@ -33,3 +35,14 @@ def make_key(
         expires_at=expires_at,
         requests_per_minute=requests_per_minute,
     )
+
+
+def grant(user: Any, *permissions: str) -> Any:
+    """Give ``user`` these ``app_label.codename`` permissions; the user as read again (Django
+    caches a user object's permissions)."""
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return type(user).objects.get(pk=user.pk)

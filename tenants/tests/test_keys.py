@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from tenants.models import KEY_BRAND, TenantAPIKey
 from tenants.services import apikey_revoke
-from tenants.tests.factories import make_key
+from tenants.tests.factories import grant, make_key
 
 pytestmark = pytest.mark.django_db
 
@@ -189,6 +189,22 @@ def test_a_tenant_lists_only_its_own_keys(api, other_api, key):
     assert key[0].prefix in mine and not mine & theirs
 
 
-def test_staff_browse_the_api_with_a_session(staff_client, key):
+def test_staff_browse_the_api_with_a_session(staff_client, staff_user, key):
+    grant(staff_user, "tenants.view_tenantapikey")
     response = staff_client.get("/v1/keys", HTTP_ACCEPT="text/html")
     assert response.status_code == 200 and b"Api Key List" in response.content
+
+
+@pytest.mark.parametrize("prefix", ["a%00bcdefg", "abc", "abcdefghij", "abcd%C3%A9fgh"])
+def test_a_prefix_no_key_can_have_is_a_404(api, prefix):
+    for response in (api.get(f"/v1/keys/{prefix}"), api.delete(f"/v1/keys/{prefix}")):
+        assert response.status_code == 404
+        assert response["Content-Type"] == "application/problem+json"
+
+
+def test_a_presented_key_with_a_nul_is_refused_not_looked_up(key):
+    client = APIClient()
+    for header in ("sk_live_a\x00bcdefg.secret", f"{key[1][:-1]}\x00"):
+        response = client.get("/v1/tenant", HTTP_X_API_KEY=header)
+        assert response.status_code == 401, response.content
+        assert response.json()["type"] == "urn:sluice:problem:authentication-failed"
