@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from inference import backpressure, dispatch, lane, replies, router, selectors, serving, streams
+from inference import (
+    backpressure,
+    dispatch,
+    lane,
+    replies,
+    router,
+    selectors,
+    serving,
+    streams,
+    version_health,
+)
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.lane import Lane, alive_key, held_key, lane_key
 from inference.models import Model, ModelVersion
@@ -32,7 +42,9 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     dispatch._collectors.clear()
     dispatch._loop_collectors.clear()
     Doubler.reset()
+    version_health.discard()
     yield
+    version_health.discard()
     serving.model_cache().clear()
     serving._specs.clear()
     streams._specs.clear()
