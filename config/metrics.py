@@ -111,9 +111,12 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    queues = CollectorRegistry()
-    queues.register(QueueDepthCollector())
-    return generate_latest(registry) + generate_latest(queues)
+    from inference.health_metrics import VersionHealthCollector
+
+    shared = CollectorRegistry()  # read at scrape time from what every process shares
+    shared.register(QueueDepthCollector())
+    shared.register(VersionHealthCollector())
+    return generate_latest(registry) + generate_latest(shared)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
