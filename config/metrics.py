@@ -58,7 +58,7 @@ UPSTREAM_DURATION = Histogram(
 INFERENCE_OUTCOMES = Counter(
     "sluice_inference_outcomes_total",
     "Unary inference requests by outcome (inference.version_health's: ok, input_error, "
-    "engine_error, timeout, worker_lost, unavailable).",
+    "engine_error, timeout, worker_lost, unavailable); counted within a second.",
     ["model", "version", "outcome"],
 )
 MEDIA_FIRST_EVENT = Histogram(
@@ -151,18 +151,3 @@ def observe_request(*, asgi: bool, method: str, status: int, seconds: float) -> 
         )
     found[0].inc()
     found[1].observe(seconds)
-
-
-_outcomes: dict[tuple[str, str, str], Any] = {}
-
-
-def observe_outcome(model: str, version: str, outcome: str) -> None:
-    """Count one unary request's outcome (children cached as in :func:`observe_request`)."""
-    child = _outcomes.get((model, version, outcome))
-    if child is None:
-        if len(_outcomes) >= 10_000:  # versions come and go; the counters stay exported
-            _outcomes.clear()
-        child = _outcomes[(model, version, outcome)] = INFERENCE_OUTCOMES.labels(
-            model, version, outcome
-        )
-    child.inc()

@@ -34,7 +34,6 @@ from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
 from config.log import request_id_var
-from config.metrics import observe_outcome
 from inference import backpressure, dispatch, selectors, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import Loaded, ModelCache
@@ -220,17 +219,21 @@ _UNREACHABLE = (backpressure.QueueFull, RedisError, KombuError, OSError)
 def _outcome(
     planned: _Planned, outcome: str, *, latency_ms: float | None = None, error: str | None = None
 ) -> None:
-    """Record what happened to the request: the version's breaker, its health stats and the
-    outcome metric (in process, but for the breaker's write after a failure)."""
+    """Record what happened to the request: the version's breaker and its health stats (and
+    with them the outcome metric); in process, but for the breaker's write after a failure."""
     chosen = planned.chosen
     if outcome == version_health.OK:
         planned.breaker.record(chosen.id, ok=True)
     else:
         planned.breaker.record(chosen.id, ok=False, outcome=outcome, caller=planned.caller)
     version_health.record(
-        chosen.id, outcome=outcome, latency_ms=latency_ms, caller=planned.caller, error=error
+        chosen.id,
+        outcome=outcome,
+        latency_ms=latency_ms,
+        caller=planned.caller,
+        error=error,
+        labels=(planned.table.name, chosen.version),
     )
-    observe_outcome(planned.table.name, chosen.version, outcome)
 
 
 def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch.Pending) -> Answer:
@@ -545,6 +548,18 @@ def _shadow_measure(version_id: int, reply: dict[str, Any]) -> None:
         except ValueError:
             cache.set(key, amount, timeout=None)
     log.info("shadow %s answered ok=%s in %s ms", version_id, reply["ok"], reply["ms"])
+    if reply.get("status") != 422:  # a refused input says nothing of the shadow
+        spec = _spec(version_id)
+        version_health.record(
+            version_id,
+            outcome=version_health.OK
+            if reply["ok"]
+            else str(reply.get("outcome", version_health.ENGINE_ERROR)),
+            latency_ms=reply["ms"],
+            caller=None,  # a copy: its caller is the primary's
+            error=reply.get("internal"),
+            labels=(spec.model, spec.version),
+        )
 
 
 def shadow_stats(version_id: int) -> dict[str, int]:

@@ -35,6 +35,8 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
+from config.metrics import INFERENCE_OUTCOMES
+
 log = logging.getLogger(__name__)
 
 OK = "ok"
@@ -43,7 +45,7 @@ ENGINE_ERROR = "engine_error"
 TIMEOUT = "timeout"
 WORKER_LOST = "worker_lost"
 UNAVAILABLE = "unavailable"
-OUTCOMES = (OK, INPUT_ERROR, ENGINE_ERROR, TIMEOUT, WORKER_LOST, UNAVAILABLE)
+OUTCOMES = frozenset({OK, INPUT_ERROR, ENGINE_ERROR, TIMEOUT, WORKER_LOST, UNAVAILABLE})
 # Outcomes that say the version itself is unhealthy, whoever sent the request.
 FAILURES = frozenset({ENGINE_ERROR, TIMEOUT, WORKER_LOST})
 # What a window counts as requests: not ``unavailable`` (the version never ran them).
@@ -90,9 +92,11 @@ class _Bucket:
 _pending: dict[tuple[int, int], _Bucket] = {}
 # version id -> the errors recorded since the last flush.
 _errors: dict[int, list[_Error]] = {}
+# version id -> (model, version): the labels of its outcome counters.
+_labels: dict[int, tuple[str, str]] = {}
 _lock = threading.Lock()
 _flushing = threading.Lock()  # held by a flush from taking the buffer until it is written
-_flusher_pid: int | None = None
+_flusher_started = False  # in this process (a forked child starts its own)
 
 
 def record(
@@ -102,15 +106,20 @@ def record(
     latency_ms: float | None,
     caller: str | None,
     error: str | None = None,
+    labels: tuple[str, str] | None = None,
 ) -> None:
     """Count one request's outcome (``OUTCOMES``); ``latency_ms`` of a successful request
     feeds the p99, ``caller`` (a tenant id) of a failed one the failing callers, ``error``
-    (operator text) the last error. In-process only: flushed within about a second."""
+    (operator text) the last error. In-process only: flushed within about a second, when
+    the outcomes of a version recorded with ``labels`` (model, version) are also added to
+    ``sluice_inference_outcomes_total`` — one increment per flush, not per request."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
     now = time.time()
     slot = (version_id, int(now // BUCKET_SECONDS))
     with _lock:
+        if labels is not None:
+            _labels[version_id] = labels
         bucket = _pending.get(slot)
         if bucket is None:
             bucket = _pending[slot] = _Bucket()
@@ -123,7 +132,7 @@ def record(
             bucket.callers.add(caller)
         if error:
             _errors.setdefault(version_id, []).append((now, error[:ERROR_MAX_CHARS], outcome))
-    if _flusher_pid != os.getpid():
+    if not _flusher_started:
         _start_flusher()
 
 
@@ -138,11 +147,21 @@ def flush() -> None:
             errors = dict(_errors)
             _pending.clear()
             _errors.clear()
+        _count(buckets)
         backend = _backend()
         if isinstance(backend, RedisCache):
             _flush_redis(backend, buckets, errors)
         else:
             _flush_local(backend, buckets, errors)
+
+
+def _count(buckets: dict[tuple[int, int], _Bucket]) -> None:
+    """This process's outcome counters (Prometheus), from the flushed buckets."""
+    for (version_id, _), bucket in buckets.items():
+        labels = _labels.get(version_id)
+        if labels is not None:
+            for outcome, n in bucket.counts.items():
+                INFERENCE_OUTCOMES.labels(*labels, outcome).inc(n)
 
 
 def window(version_id: int, seconds: float) -> Window:
@@ -360,13 +379,26 @@ def _dropped(count: int) -> None:
 
 
 def _start_flusher() -> None:
-    """One flusher thread per process (a forked child starts its own)."""
-    global _flusher_pid  # the process that owns the running flusher
+    """One flusher thread per process."""
+    global _flusher_started  # one flusher per process
     with _lock:
-        if _flusher_pid == os.getpid():
+        if _flusher_started:
             return
-        _flusher_pid = os.getpid()
+        _flusher_started = True
     threading.Thread(target=_flush_forever, name="version-health", daemon=True).start()
+
+
+def _forked() -> None:
+    """A forked child (gunicorn's workers) has no flusher and must not flush its parent's
+    buffer a second time."""
+    global _flusher_started, _lock, _flushing  # this process's own, from here on
+    _flusher_started = False
+    _lock, _flushing = threading.Lock(), threading.Lock()
+    _pending.clear()
+    _errors.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _flush_forever() -> None:

@@ -263,6 +263,9 @@ def test_it_copies_requests_to_a_shadow_and_measures_it(api, eager) -> None:
     stats = serving.shadow_stats(shadow.pk)
     assert stats["count"] == 1 and stats["errors"] == 0
     assert backpressure.in_flight("cpu") == held  # the shadow's slot was given back too
+    version_health.flush()
+    health = version_health.window(shadow.pk, 60)  # what /v1/models shows of the shadow
+    assert (health.requests, health.failures) == (1, 0) and health.p99_ms is not None
 
 
 def test_it_validates_timeout(api, doubler) -> None:
