@@ -36,6 +36,7 @@ import functools
 import importlib.util
 import io
 import json
+import logging
 import os
 import queue
 import shutil
@@ -48,6 +49,8 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from inference.runtimes.base import InvalidInput, Item, Runtime, RuntimeUnavailable, torch_device
+
+log = logging.getLogger(__name__)
 
 EXTRA_HINT = "install with pip install -r requirements-models-extra.txt"
 _DONE = object()
@@ -151,7 +154,11 @@ class TransformersRuntime(Runtime):
             )
             self.model = auto.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise RuntimeUnavailable(f"unavailable: cannot load {directory}: {exc}") from exc
+            # The reason reaches clients: the engine's words and the path stay in the log.
+            log.warning("loading %s from %s failed: %s", self.spec.label, directory, exc)
+            raise RuntimeUnavailable(
+                f"unavailable: cannot load the model of {self.spec.label} ({type(exc).__name__})"
+            ) from exc
         self.model.to(torch_device(self.spec.device, torch, self.spec.label))
         self.model.eval()
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is not None:

@@ -232,3 +232,17 @@ def test_registering_derives_the_schema_from_the_models_context_window(gpt2_dir,
     assert tighter["properties"]["max_tokens"]["maximum"] == 100
     # A sequence-to-sequence model's context bounds its input, not its answer.
     assert TransformersRuntime.on_register({"path": str(t5_dir)}, None, {}) == {}
+
+
+def test_a_model_that_cannot_load_says_so_without_its_path_or_the_engines_words(
+    gpt2_dir, tmp_path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "no-weights"
+    shutil.copytree(gpt2_dir, broken)
+    for weights in [*broken.glob("*.safetensors"), *broken.glob("*.bin")]:
+        weights.unlink()
+    with pytest.raises(RuntimeUnavailable) as caught:
+        _runtime({"path": str(broken)})
+    assert str(caught.value) == "unavailable: cannot load the model of lm:1 (OSError)"
