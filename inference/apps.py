@@ -37,14 +37,14 @@ def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     consumer keeps serving meanwhile)."""
     from django.conf import settings
 
-    from inference import serving
+    from inference import outcomes, serving
 
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if not queues:
         return
 
     def run() -> None:
-        closed = serving.outage_over(queues)
+        closed = outcomes.outage_over(queues)
         if closed:
             log.info("closed the circuits a worker outage opened: %s", ", ".join(closed))
         if settings.INFERENCE_PRELOAD:

@@ -19,7 +19,6 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +35,12 @@ from config.exceptions import GatewayTimeout, ServiceUnavailable
 from config.log import request_id_var
 from inference import backpressure, dispatch, selectors, version_health
 from inference.batcher import DeadlineExceeded
-from inference.cache import Loaded, ModelCache
+from inference.cache import ModelCache
 from inference.models import Model
+from inference.outcomes import answer, checked, failure_reply
 from inference.replies import batch_reply_publish, reply_publish
 from inference.router import CircuitBreaker, NoRoute, route
-from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.runtimes.base import InvalidInput, UpstreamError, blames_input
+from inference.runtimes import VersionSpec
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
 from tenants.limits import PlanTicket
@@ -388,22 +387,6 @@ def _spec(version_id: int) -> VersionSpec:
     return spec
 
 
-def outage_over(queues: set[str]) -> list[str]:
-    """A worker serves ``queues`` again: close the circuits of their versions that timeouts or
-    a lost worker opened (what a dead worker looks like from the web tier), so traffic comes
-    back now rather than after the cooldown. The versions whose circuit it closed."""
-    breaker = CircuitBreaker()
-    closed = []
-    try:
-        for version_id in selectors.active_version_ids(queues):
-            if breaker.reason(version_id) in (version_health.TIMEOUT, version_health.WORKER_LOST):
-                breaker.reset(version_id)
-                closed.append(str(version_id))
-    finally:
-        connection.close()  # this runs on a thread of its own
-    return closed
-
-
 def preload(queues: set[str]) -> list[str]:
     """Load and warm the active versions this worker serves, before the first request asks.
     Best effort: a version that cannot load is logged and left for its first request."""
@@ -419,84 +402,6 @@ def preload(queues: set[str]) -> list[str]:
     finally:
         connection.close()  # this runs on a thread of its own
     return done
-
-
-def failure_reply(
-    version_id: int, exc: BaseException, *, request_ids: Iterable[str] = ()
-) -> dict[str, Any]:
-    """The worker's reply for a request that failed (one mapping for single and batched work).
-
-    ``outcome`` says what the failure means for the version (:mod:`inference.version_health`);
-    ``error`` is what the client may read; ``internal``, the engine's or upstream's own text,
-    is for the operator only (logged here with the request ids, recorded as the version's last
-    error by the web tier, never answered):
-
-    - the engine cannot tell before running it that the input is wrong (``InvalidInput``):
-      422 with ``errors`` per input field;
-    - an engine that cannot serve (with an upstream's Retry-After): 503, the version's failure;
-    - a remote upstream that failed: its status for the client (502, or 504 on its timeout),
-      without its text; a 4xx other than 404 and 429 is the input's fault;
-    - anything else the engine raised on this request's input: 500 ``inference-error``.
-    """
-    if isinstance(exc, InvalidInput):
-        return {"ok": False, "status": 422, "errors": exc.errors}
-    internal = f"{type(exc).__name__}: {exc}"[:500]
-    rids = ", ".join(request_ids) or "-"
-    if isinstance(exc, RuntimeUnavailable):
-        log.warning("version %s cannot serve (requests %s): %s", version_id, rids, exc)
-        reply: dict[str, Any] = {
-            "ok": False,
-            "status": 503,
-            "error": str(exc),
-            "outcome": version_health.ENGINE_ERROR,
-            "internal": internal,
-        }
-        if getattr(exc, "retry_after", None):
-            reply["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
-        return reply
-    if isinstance(exc, UpstreamError):
-        log.warning("version %s: upstream failed (requests %s): %s", version_id, rids, exc)
-        said = f" with HTTP {exc.upstream_status}" if exc.upstream_status else ""
-        if exc.status == 504:
-            outcome, public = version_health.TIMEOUT, "The model's upstream did not answer in time."
-        else:
-            outcome = (
-                version_health.INPUT_ERROR if blames_input(exc) else version_health.ENGINE_ERROR
-            )
-            public = f"The model's upstream failed{said}."
-        return {
-            "ok": False,
-            "status": exc.status,
-            "error": public,
-            "outcome": outcome,
-            "internal": internal,
-        }
-    log.error(
-        "inference failed for version %s (requests %s): %r", version_id, rids, exc, exc_info=exc
-    )
-    return {
-        "ok": False,
-        "status": 500,
-        "error": "The model failed on this input.",
-        "outcome": version_health.INPUT_ERROR,
-        "internal": internal,
-    }
-
-
-def _checked(
-    loaded: Loaded, items: list[tuple[str, dict[str, Any], float]], replies: dict[str, Any]
-) -> list[tuple[str, dict[str, Any], float]]:
-    """The items the engine may run: those its runtime's own check refuses (``InvalidInput``)
-    are answered 422 in ``replies`` and never join a batch."""
-    if not loaded.checks:
-        return items
-    runnable = []
-    for rid, payload, deadline in items:
-        try:
-            runnable.append((rid, loaded.runtime.check(payload), deadline))
-        except InvalidInput as exc:
-            replies[rid] = failure_reply(loaded.spec.id, exc)
-    return runnable
 
 
 def predict(
@@ -568,25 +473,6 @@ def shadow_stats(version_id: int) -> dict[str, int]:
     return {n: int(got.get(f"{prefix}:{n}", 0)) for n in ("count", "errors", "ms_total")}
 
 
-def _answer(
-    version_id: int,
-    live: list[tuple[str, dict[str, Any], float]],
-    results: list[tuple[Any, BaseException | None, int]],
-    replies: dict[str, dict[str, Any]],
-) -> None:
-    """Each request's reply from its batcher result; an error shared by several requests
-    (the engine failed for all of them at once) is logged once."""
-    shared: dict[int, tuple[BaseException, list[str]]] = {}
-    for (rid, _, _), (output, error, size) in zip(live, results, strict=True):
-        if error is None:
-            replies[rid] = {"ok": True, "output": output, "batch_size": size}
-        elif not isinstance(error, DeadlineExceeded):  # expired: the view answered 504
-            shared.setdefault(id(error), (error, []))[1].append(rid)
-    for error, rids in shared.values():
-        failed = failure_reply(version_id, error, request_ids=rids)
-        replies.update({rid: dict(failed) for rid in rids})
-
-
 def predict_batch(
     *,
     version_id: int,
@@ -610,7 +496,7 @@ def predict_batch(
     if live:
         try:
             loaded = _models.get(_spec(version_id))
-            live = _checked(loaded, live, replies)
+            live = checked(loaded, live, replies)
             results = (
                 loaded.batcher.submit_many(
                     [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
@@ -622,7 +508,7 @@ def predict_batch(
             failed = failure_reply(version_id, exc, request_ids=[rid for rid, _, _ in live])
             replies.update({rid: dict(failed) for rid, _, _ in live})
         else:
-            _answer(version_id, live, results, replies)
+            answer(version_id, live, results, replies)
     ms = round((time.perf_counter() - started) * 1000, 2)
     for reply in replies.values():
         reply["ms"] = ms

@@ -8,7 +8,7 @@ from django.conf import settings
 from sklearn.datasets import load_digits
 
 from config.log import RequestIdFilter
-from inference import backpressure, dispatch, serving, version_health
+from inference import backpressure, dispatch, outcomes, serving, version_health
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
@@ -229,7 +229,7 @@ def test_a_circuit_a_worker_outage_opened_closes_when_a_worker_is_ready(settings
     for _ in range(2):
         breaker.record(stranded.pk, ok=False, outcome="timeout", caller="a")
         breaker.record(failing.pk, ok=False, outcome="engine_error", caller="a")
-    assert serving.outage_over({"cpu"}) == [str(stranded.pk)]
+    assert outcomes.outage_over({"cpu"}) == [str(stranded.pk)]
     assert breaker.state(stranded.pk) == "closed"
     assert breaker.state(failing.pk) == "open"  # its engine failed: the cooldown stands
 
