@@ -19,20 +19,46 @@ def _actor(request: HttpRequest) -> str:
     return f"admin:{getattr(request.user, 'username', '?')}"
 
 
-class VersionInline(admin.TabularInline):
+class VersionHealth:
+    """Columns of a version's state: whether it would be served now, its circuit and its
+    recent outcomes (over ``INFERENCE_HEALTH_WINDOW_SECONDS``), with the last error's text."""
+
+    @staticmethod
+    def _state(obj: ModelVersion) -> selectors.VersionState:
+        return selectors.version_states([obj])[obj.pk]
+
+    @admin.display(description="availability")
+    def availability(self, obj: ModelVersion) -> str:
+        return self._state(obj).unavailable or "available"
+
+    @admin.display(description="circuit / recent")
+    def health(self, obj: ModelVersion) -> str:
+        return self._state(obj).summary()
+
+    @admin.display(description="last error")
+    def last_error(self, obj: ModelVersion) -> str:
+        return self._state(obj).last_error() or "-"
+
+
+class VersionInline(VersionHealth, admin.TabularInline):
     model = ModelVersion
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("version", "runtime", "state", "traffic_weight", "is_shadow", "availability")
+    fields = (
+        "version",
+        "runtime",
+        "state",
+        "traffic_weight",
+        "is_shadow",
+        "availability",
+        "health",
+        "last_error",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # versions are registered on their own page, with the artifact upload
-
-    @admin.display(description="availability")
-    def availability(self, obj: ModelVersion) -> str:
-        return selectors.version_unavailable(obj) or "available"
 
 
 class EventInline(admin.TabularInline):
@@ -67,7 +93,7 @@ class ModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
     list_display = (
         "__str__",
         "runtime",
@@ -78,13 +104,22 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "is_shadow",
         "is_stable",
         "availability",
+        "health",
         "created_at",
     )
     list_editable = ("traffic_weight",)
     list_filter = ("state", "runtime", "device", "model")
     list_select_related = ("model",)
     search_fields = ("model__name", "version")
-    readonly_fields = ("checksum", "state", "availability", "created_at", "updated_at")
+    readonly_fields = (
+        "checksum",
+        "state",
+        "availability",
+        "health",
+        "last_error",
+        "created_at",
+        "updated_at",
+    )
     actions = ("activate", "promote", "retire", "make_shadow", "clear_shadow")
     fields = (
         "model",
@@ -101,6 +136,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "state",
         "traffic_weight",
         "availability",
+        "health",
+        "last_error",
         "created_at",
         "updated_at",
     )
@@ -111,10 +148,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return (*fields, "model", "version", "runtime", "artifact")
         return (*fields, "traffic_weight")
 
-    @admin.display(description="availability")
-    def availability(self, obj: ModelVersion) -> str:
-        return selectors.version_unavailable(obj) or "available"
-
     @admin.display(boolean=True, description="stable")
     def is_stable(self, obj: ModelVersion) -> bool:
         return obj.model.stable_version_id == obj.pk
@@ -122,6 +155,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ModelVersion, form: Any, change: bool) -> None:
         if not change:
             services.version_checksum_refresh(version=obj)
+            services.version_schema_derive(version=obj)
             super().save_model(request, obj, form, change)
             ModelEvent.record(obj.model, obj, "register", _actor(request), checksum=obj.checksum)
             return

@@ -32,14 +32,15 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
-from inference import backpressure, dispatch, selectors
+from config.log import request_id_var
+from inference import backpressure, dispatch, selectors, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
+from inference.outcomes import answer, checked, failure_reply
 from inference.replies import batch_reply_publish, reply_publish
 from inference.router import CircuitBreaker, NoRoute, NotServed, route
-from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.runtimes.base import UpstreamError
+from inference.runtimes import VersionSpec
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
 from tenants.limits import PlanTicket
@@ -57,20 +58,47 @@ class ModelUnavailable(ServiceUnavailable):
     default_detail = "No version of this model can serve now."
     problem_slug = "model-unavailable"
 
+    @classmethod
+    def no_route(cls, exc: NoRoute) -> ModelUnavailable:
+        """The 503 of a request no version can take, with ``Retry-After`` when a circuit's
+        cooldown is why (the cooldown left, at least a second)."""
+        unavailable = cls(str(exc))
+        if exc.retry_after is not None:
+            unavailable.wait = max(1, math.ceil(exc.retry_after))  # type: ignore[attr-defined]
+        return unavailable
+
 
 def unroutable(exc: NoRoute) -> exceptions.APIException:
     """The answer when no version takes a request: 422 naming ``version`` when it pinned one
     the model does not serve, else 503 ``model-unavailable``."""
     if isinstance(exc, NotServed):
         return exceptions.ValidationError({"version": [str(exc)]})
-    return ModelUnavailable(str(exc))
+    return ModelUnavailable.no_route(exc)
 
 
 class InferenceFailed(exceptions.APIException):
+    """A remote runtime's upstream failed (its status is said, its text is not)."""
+
     status_code = 502
-    default_detail = "The model failed on this input."
+    default_detail = "The model's upstream failed."
     default_code = "inference_failed"
     problem_slug = "inference-failed"
+
+
+class InferenceError(exceptions.APIException):
+    """The engine raised on this request's input: a fixed answer naming the request id under
+    which the engine's own text is logged (never returned)."""
+
+    status_code = 500
+    default_detail = "The model failed on this input."
+    default_code = "inference_error"
+    problem_slug = "inference-error"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"The model failed on this input; its error is logged under request id {request_id}."
+        )
+        self.problem_extensions = {"request_id": request_id}
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,7 @@ class _Planned:
     deadline: float
     breaker: CircuitBreaker
     started: float
+    caller: str | None  # the tenant, as the breaker and the health stats count callers
 
 
 def _plan(
@@ -174,6 +203,7 @@ def _plan(
         deadline=_deadline(timeout_ms),
         breaker=breaker,
         started=started,
+        caller=str(tenant.pk) if tenant is not None else None,
     )
 
 
@@ -193,21 +223,59 @@ def _unreachable(planned: _Planned, exc: BaseException) -> exceptions.APIExcepti
 _UNREACHABLE = (backpressure.QueueFull, RedisError, KombuError, OSError)
 
 
-def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
+def _outcome(
+    planned: _Planned, outcome: str, *, latency_ms: float | None = None, error: str | None = None
+) -> None:
+    """Record what happened to the request: the version's breaker and its health stats (and
+    with them the outcome metric); in process, but for the breaker's write after a failure."""
+    chosen = planned.chosen
+    if outcome == version_health.OK:
+        planned.breaker.record(chosen.id, ok=True)
+    else:
+        planned.breaker.record(chosen.id, ok=False, outcome=outcome, caller=planned.caller)
+    version_health.record(
+        chosen.id,
+        outcome=outcome,
+        latency_ms=latency_ms,
+        caller=planned.caller,
+        error=error,
+        labels=(planned.table.name, chosen.version),
+    )
+
+
+def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch.Pending) -> Answer:
     """The answer for the worker's ``reply`` (None: none came before the deadline)."""
-    chosen, breaker = planned.chosen, planned.breaker
-    if reply is None:
-        dispatch.gave_up(chosen, planned.request_id)
-    if reply is None or time.time() > planned.deadline:
-        breaker.record(chosen.id, ok=False)
-        raise GatewayTimeout(
-            f"No answer from {planned.table.name}:{chosen.version} before the deadline."
+    chosen = planned.chosen
+    label = f"{planned.table.name}:{chosen.version}"
+    if reply is None and dispatch.gave_up(chosen, pending):
+        # No worker took it: the queue had nobody serving it, which says nothing of the
+        # version (docs/inference.md, "The circuit breaker").
+        _outcome(
+            planned, version_health.UNAVAILABLE, error=f"no worker took it from {chosen.queue}"
         )
+        down = ServiceUnavailable(
+            f"No worker took the request from queue {chosen.queue} before its deadline; "
+            "retry later."
+        )
+        down.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+        raise down
+    if reply is None or time.time() > planned.deadline:
+        _outcome(planned, version_health.TIMEOUT, error="no answer before the deadline")
+        raise GatewayTimeout(f"No answer from {label} before the deadline.")
+    latency_ms = round((time.perf_counter() - planned.started) * 1000, 2)
     if not reply.get("ok"):
         status = int(reply.get("status", 502))
-        if status != 504:  # the deadline is the client's choice, not the version's fault
-            breaker.record(chosen.id, ok=False)
+        if status == 422:  # the engine's own check refused the input before running it
+            raise exceptions.ValidationError({"input": reply.get("errors") or {}})
         error = str(reply.get("error", "inference failed"))
+        internal = reply.get("internal")
+        if internal:
+            log.warning("%s failed inference %s: %s", label, planned.request_id, internal)
+        _outcome(
+            planned,
+            str(reply.get("outcome", version_health.ENGINE_ERROR)),
+            error=str(internal or error),
+        )
         if status == 503:
             unavailable = ModelUnavailable(error)
             if reply.get("retry_after"):  # an upstream's Retry-After or its circuit's cooldown
@@ -215,15 +283,19 @@ def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
             raise unavailable
         if status == 504:
             raise GatewayTimeout(error)
+        if status == 500:
+            request_id = request_id_var.get()
+            # Outside an HTTP request (a pool thread of the OpenAI endpoints): our own id.
+            raise InferenceError(planned.request_id if request_id == "-" else request_id)
         raise InferenceFailed(error)
-    breaker.record(chosen.id, ok=True)
+    _outcome(planned, version_health.OK, latency_ms=latency_ms)
     return Answer(
         request_id=planned.request_id,
         model=planned.table.name,
         version=chosen.version,
         output=reply["output"],
         batch_size=int(reply.get("batch_size", 1)),
-        latency_ms=round((time.perf_counter() - planned.started) * 1000, 2),
+        latency_ms=latency_ms,
         failed_over=planned.failed_over,
     )
 
@@ -256,7 +328,7 @@ def infer(
         reply = dispatch.wait(pending, planned.deadline - time.time())
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
-    return _conclude(planned, reply)
+    return _conclude(planned, reply, pending)
 
 
 async def infer_async(
@@ -289,7 +361,7 @@ async def infer_async(
         reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
-    return _conclude(planned, reply)
+    return _conclude(planned, reply, pending)
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -340,22 +412,6 @@ def preload(queues: set[str]) -> list[str]:
     return done
 
 
-def failure_reply(version_id: int, exc: BaseException) -> dict[str, Any]:
-    """The worker's reply for a request that failed (one mapping for single and batched work):
-    503 for an engine that cannot serve (with an upstream's Retry-After), a remote upstream's
-    own status (502, or 504 on its timeout), 502 for anything else."""
-    if isinstance(exc, RuntimeUnavailable):
-        reply: dict[str, Any] = {"ok": False, "status": 503, "error": str(exc)}
-        if getattr(exc, "retry_after", None):
-            reply["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
-        return reply
-    if isinstance(exc, UpstreamError):
-        log.warning("version %s: upstream failed: %s", version_id, exc)
-        return {"ok": False, "status": exc.status, "error": str(exc)}
-    log.error("inference failed for version %s: %r", version_id, exc, exc_info=exc)
-    return {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
-
-
 def predict(
     *, version_id: int, payload: dict[str, Any], request_id: str, deadline: float, shadow: bool
 ) -> None:
@@ -370,13 +426,15 @@ def predict(
     try:
         spec = _spec(version_id)
         loaded = _models.get(spec)
+        if loaded.checks:
+            payload = loaded.runtime.check(payload)
         output, batch_size = loaded.batcher.submit(payload, deadline=deadline)
         reply = {"ok": True, "output": output, "batch_size": batch_size}
     except DeadlineExceeded:
         log.info("dropped request %s: deadline passed while batching", request_id)
         return
     except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the client
-        reply = failure_reply(version_id, exc)
+        reply = failure_reply(version_id, exc, request_ids=[request_id])
     finally:
         if shadow and spec is not None:
             # Nobody waits for a shadow's answer, so its queue slot is freed here.
@@ -403,6 +461,18 @@ def _shadow_measure(version_id: int, reply: dict[str, Any]) -> None:
         except ValueError:
             cache.set(key, amount, timeout=None)
     log.info("shadow %s answered ok=%s in %s ms", version_id, reply["ok"], reply["ms"])
+    if reply.get("status") != 422:  # a refused input says nothing of the shadow
+        spec = _spec(version_id)
+        version_health.record(
+            version_id,
+            outcome=version_health.OK
+            if reply["ok"]
+            else str(reply.get("outcome", version_health.ENGINE_ERROR)),
+            latency_ms=reply["ms"],
+            caller=None,  # a copy: its caller is the primary's
+            error=reply.get("internal"),
+            labels=(spec.model, spec.version),
+        )
 
 
 def shadow_stats(version_id: int) -> dict[str, int]:
@@ -434,20 +504,19 @@ def predict_batch(
     if live:
         try:
             loaded = _models.get(_spec(version_id))
-            results = loaded.batcher.submit_many(
-                [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
+            live = checked(loaded, live, replies)
+            results = (
+                loaded.batcher.submit_many(
+                    [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
+                )
+                if live
+                else []
             )
         except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the clients
-            failed = failure_reply(version_id, exc)
-            replies = {rid: dict(failed) for rid, _, _ in live}
+            failed = failure_reply(version_id, exc, request_ids=[rid for rid, _, _ in live])
+            replies.update({rid: dict(failed) for rid, _, _ in live})
         else:
-            for (rid, _, _), (output, error, size) in zip(live, results, strict=True):
-                if error is None:
-                    replies[rid] = {"ok": True, "output": output, "batch_size": size}
-                elif isinstance(error, DeadlineExceeded):
-                    continue  # the view has answered 504 already
-                else:
-                    replies[rid] = failure_reply(version_id, error)
+            answer(version_id, live, results, replies)
     ms = round((time.perf_counter() - started) * 1000, 2)
     for reply in replies.values():
         reply["ms"] = ms

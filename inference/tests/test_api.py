@@ -4,14 +4,16 @@ import time
 
 import numpy as np
 import pytest
+from django.conf import settings
 from sklearn.datasets import load_digits
 
-from inference import backpressure, dispatch, serving
+from config.log import RequestIdFilter
+from inference import backpressure, dispatch, outcomes, serving, version_health
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
 from inference.tests.conftest import make_version
-from inference.tests.fakes import BROKEN
+from inference.tests.fakes import BROKEN, PICKY
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db
@@ -167,7 +169,7 @@ def test_it_rolls_back_a_failing_canary(api, eager, admin_client) -> None:
         api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
         for _ in range(30)
     }
-    assert statuses == {200, 502}
+    assert statuses == {200, 500}
     response = admin_client.post(
         "/admin/inference/model/",
         {"action": "rollback", "_selected_action": [model.pk]},
@@ -179,19 +181,76 @@ def test_it_rolls_back_a_failing_canary(api, eager, admin_client) -> None:
     assert model.events.filter(action="rollback", actor="admin:admin").exists()
 
 
-def test_it_opens_the_circuit_and_fails_over_to_stable(api, eager, settings) -> None:
+def test_a_version_failing_for_every_caller_opens_and_fails_over_to_stable(
+    api, other_api, eager, settings
+) -> None:
     settings.INFERENCE_BREAKER_FAILURES = 2
     make_version()
     canary = make_version(version="2", options=BROKEN)
     canary.model.set_weights({"1": 0, "2": 100}, actor="t")  # stable keeps the pointer only
     codes = [
-        api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
-        for _ in range(2)
+        client.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
+        for client in (api, other_api)
     ]
-    assert codes == [502, 502]
+    assert codes == [500, 500]
     assert CircuitBreaker().state(canary.pk) == "open"
-    body = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").json()
-    assert body["version"] == "1" and body["failed_over"] is True
+    for client in (api, other_api):
+        body = client.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").json()
+        assert body["version"] == "1" and body["failed_over"] is True
+    # Asked for by name, it is refused until its cooldown has passed, and says so.
+    pinned = api.post(
+        "/v1/models/doubler/infer", {"input": {"x": 1}, "version": "2"}, format="json"
+    )
+    assert _problem(pinned, 503)["type"] == "urn:sluice:problem:model-unavailable"
+    assert 1 <= int(pinned["Retry-After"]) <= settings.INFERENCE_BREAKER_COOLDOWN_SECONDS
+
+
+def test_one_tenants_failing_inputs_leave_another_tenant_at_full_success(
+    api, other_api, eager, settings
+) -> None:
+    settings.INFERENCE_BREAKER_FAILURES = 2
+    version = make_version("picky", options=PICKY)
+    for n in range(30):
+        poisoned = api.post("/v1/models/picky/infer", {"input": {"x": 13}}, format="json")
+        assert poisoned.status_code == 500
+        if n % 3 == 0:
+            fine = other_api.post("/v1/models/picky/infer", {"input": {"x": n}}, format="json")
+            assert fine.status_code == 200 and fine.json()["output"] == {"y": 2 * n}
+    assert CircuitBreaker().state(version.pk) == "closed"
+    ok = other_api.post("/v1/models/picky/infer", {"input": {"x": 4}}, format="json")
+    assert ok.status_code == 200
+
+
+def test_a_circuit_a_worker_outage_opened_closes_when_a_worker_is_ready(settings) -> None:
+    settings.INFERENCE_BREAKER_FAILURES = 2
+    stranded = make_version("stranded")
+    failing = make_version("failing", options=BROKEN)
+    breaker = CircuitBreaker()
+    for _ in range(2):
+        breaker.record(stranded.pk, ok=False, outcome="timeout", caller="a")
+        breaker.record(failing.pk, ok=False, outcome="engine_error", caller="a")
+    assert outcomes.outage_over({"cpu"}) == [str(stranded.pk)]
+    assert breaker.state(stranded.pk) == "closed"
+    assert breaker.state(failing.pk) == "open"  # its engine failed: the cooldown stands
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the batch lane is the Redis configuration's")
+def test_requests_no_worker_takes_are_a_503_and_not_held_against_the_version(api, settings) -> None:
+    """Nobody serves the version's queue (no worker in this process): each request waits its
+    deadline, finds its batch still on the lane, and answers 503 with Retry-After."""
+    settings.INFERENCE_BREAKER_FAILURES = 2
+    version = make_version()
+    for _ in range(4):
+        response = api.post(
+            "/v1/models/doubler/infer", {"input": {"x": 1}, "timeout_ms": 200}, format="json"
+        )
+        body = _problem(response, 503)
+        assert "No worker took the request from queue cpu" in body["detail"]
+        assert response["Retry-After"] == str(settings.INFERENCE_RETRY_AFTER_SECONDS)
+    assert CircuitBreaker().state(version.pk) == "closed"
+    version_health.flush()
+    assert version_health.window(version.pk, 60).requests == 0  # none of them reached it
 
 
 def test_it_copies_requests_to_a_shadow_and_measures_it(api, eager) -> None:
@@ -204,6 +263,9 @@ def test_it_copies_requests_to_a_shadow_and_measures_it(api, eager) -> None:
     stats = serving.shadow_stats(shadow.pk)
     assert stats["count"] == 1 and stats["errors"] == 0
     assert backpressure.in_flight("cpu") == held  # the shadow's slot was given back too
+    version_health.flush()
+    health = version_health.window(shadow.pk, 60)  # what /v1/models shows of the shadow
+    assert (health.requests, health.failures) == (1, 0) and health.p99_ms is not None
 
 
 def test_it_validates_timeout(api, doubler) -> None:
@@ -266,3 +328,20 @@ def test_it_lists_models_in_constant_queries(api, django_assert_max_num_queries)
     with django_assert_max_num_queries(3):
         body = api.get("/v1/models").json()
     assert len(body["data"]) == 3 and all(len(m["versions"]) == 2 for m in body["data"])
+
+
+def test_an_engine_error_is_a_500_naming_the_request_id_never_the_engines_text(
+    api, eager, caplog
+) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
+    make_version("picky", options=PICKY)
+    response = api.post("/v1/models/picky/infer", {"input": {"x": 13}}, format="json")
+    body = _problem(response, 500)
+    rid = response["X-Request-ID"]
+    assert body["type"] == "urn:sluice:problem:inference-error" and body["request_id"] == rid
+    assert rid in body["detail"]
+    assert "index out of range" not in response.content.decode()
+    logged = [r for r in caplog.records if "index out of range" in r.getMessage()]
+    assert any(r.request_id == rid for r in logged)  # type: ignore[attr-defined]
+    # The engine runs other inputs of the same version as before.
+    assert api.post("/v1/models/picky/infer", {"input": {"x": 2}}, format="json").status_code == 200
