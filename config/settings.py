@@ -178,6 +178,8 @@ INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
 INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
 INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
+# How long activating a version (or giving it traffic) waits for its check in a worker.
+INFERENCE_CHECK_TIMEOUT_SECONDS = env.int("INFERENCE_CHECK_TIMEOUT_SECONDS", default=120)
 # API keys of remote upstreams (kserve / openai runtimes): every UPSTREAM_KEY_<NAME> (or
 # UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
 # stored in the registry or shown in the admin, and no other variable (SECRET_KEY…) can be named.

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
+from django.utils import timezone
 
 
 class Model(models.Model):
@@ -54,8 +55,11 @@ class Model(models.Model):
     def _locked(self) -> Model:
         return Model.objects.select_for_update().get(pk=self.pk)
 
-    def promote(self, version: ModelVersion, *, actor: str) -> None:
-        """Make ``version`` the stable one with all the traffic; others stay active at 0."""
+    def promote(
+        self, version: ModelVersion, *, actor: str, check: dict[str, Any] | None = None
+    ) -> None:
+        """Make ``version`` the stable one with all the traffic; others stay active at 0.
+        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
         with transaction.atomic():
             # Locks the model: two concurrent promotions must not both leave a version at 100.
             model = self._locked()
@@ -68,13 +72,15 @@ class Model(models.Model):
                 traffic_weight=0
             )
             target.state = ModelVersion.State.ACTIVE
+            if not target.traffic_weight:
+                target.serving_since = timezone.now()
             target.traffic_weight = 100
-            target.save(update_fields=["state", "traffic_weight", "updated_at"])
+            target.save(update_fields=["state", "traffic_weight", "serving_since", "updated_at"])
             if model.stable_version_id != target.pk:
                 model.previous_stable_id = model.stable_version_id
                 model.stable_version = target
                 model.save(update_fields=["stable_version", "previous_stable"])
-            ModelEvent.record(model, target, "promote", actor)
+            ModelEvent.record(model, target, "promote", actor, **_checked(check))
         self.refresh_from_db()
 
     def rollback(self, *, actor: str) -> ModelVersion:
@@ -95,19 +101,17 @@ class Model(models.Model):
             if canaries.exists():
                 cut = list(canaries.values_list("version", flat=True))
                 canaries.update(traffic_weight=0)
-                ModelVersion.objects.filter(pk=stable.pk).update(
-                    state=ModelVersion.State.ACTIVE, traffic_weight=100
-                )
+                _give_weight(stable.pk, 100)
                 ModelEvent.record(model, stable, "rollback", actor, canaries_cut=cut)
                 target = stable
             else:
                 previous = model.previous_stable
                 if previous is None:
                     raise ValidationError(f"{model.name} has no canary and no earlier version.")
-                model.versions.filter(state=ModelVersion.State.ACTIVE).update(traffic_weight=0)
-                ModelVersion.objects.filter(pk=previous.pk).update(
-                    state=ModelVersion.State.ACTIVE, traffic_weight=100
-                )
+                model.versions.filter(state=ModelVersion.State.ACTIVE).exclude(
+                    pk=previous.pk
+                ).update(traffic_weight=0)
+                _give_weight(previous.pk, 100)
                 model.stable_version, model.previous_stable = previous, stable
                 model.save(update_fields=["stable_version", "previous_stable"])
                 ModelEvent.record(model, previous, "rollback", actor, undone=stable.version)
@@ -116,9 +120,12 @@ class Model(models.Model):
         target.refresh_from_db()
         return target
 
-    def set_weights(self, weights: dict[str, int], *, actor: str) -> None:
+    def set_weights(
+        self, weights: dict[str, int], *, actor: str, check: dict[str, Any] | None = None
+    ) -> None:
         """Canary weights by version label; versions not named keep theirs. Weights are
-        relative (90 and 10 send 90% and 10%); at least one serving version must stay above 0."""
+        relative (90 and 10 send 90% and 10%); at least one serving version must stay above 0.
+        ``check``: how the versions given traffic were proven, for the audit log."""
         with transaction.atomic():
             # Locks the model: concurrent weight edits would each validate a sum the other breaks.
             model = self._locked()
@@ -131,6 +138,8 @@ class Model(models.Model):
                     raise ValidationError(f"Weight of {label} must be 0..100, not {weight}.")
                 if weight and versions[label].state != ModelVersion.State.ACTIVE:
                     raise ValidationError(f"Version {label} is not active; activate it first.")
+                if weight and not versions[label].traffic_weight:
+                    versions[label].serving_since = timezone.now()
                 versions[label].traffic_weight = weight
             serving = [
                 v
@@ -140,8 +149,27 @@ class Model(models.Model):
             if not serving:
                 raise ValidationError("At least one active version must keep a weight above 0.")
             for label in weights:
-                versions[label].save(update_fields=["traffic_weight", "updated_at"])
-            ModelEvent.record(model, None, "weights", actor, weights=dict(weights))
+                versions[label].save(
+                    update_fields=["traffic_weight", "serving_since", "updated_at"]
+                )
+            ModelEvent.record(
+                model, None, "weights", actor, weights=dict(weights), **_checked(check)
+            )
+
+
+def _checked(check: dict[str, Any] | None) -> dict[str, Any]:
+    """The audit-log detail of a change that gave a version traffic: how it was proven."""
+    return {} if check is None else {"check": check}
+
+
+def _give_weight(version_id: int, weight: int) -> None:
+    """Give an active version ``weight``; its ``serving_since`` restarts when it had none."""
+    ModelVersion.objects.filter(pk=version_id, traffic_weight=0).update(
+        serving_since=timezone.now()
+    )
+    ModelVersion.objects.filter(pk=version_id).update(
+        state=ModelVersion.State.ACTIVE, traffic_weight=weight
+    )
 
 
 def artifact_path(instance: ModelVersion, filename: str) -> str:
@@ -193,6 +221,20 @@ class ModelVersion(models.Model):
     is_shadow = models.BooleanField(
         default=False, help_text="Receives a copy of every request; its answers are discarded."
     )
+    examples = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Example inputs the pre-activation check runs (a list of input objects); empty: "
+            "the stable version's, else one built from the input schema."
+        ),
+    )
+    serving_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When it last went from no traffic to some.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -220,6 +262,10 @@ class ModelVersion(models.Model):
             raise ValidationError({"artifact": "An ONNX version needs its .onnx artifact."})
         if self.runtime == self.Runtime.PYTHON and not (self.runtime_options or {}).get("handler"):
             raise ValidationError({"runtime_options": 'A Python version needs {"handler": ...}.'})
+        if not isinstance(self.examples, list) or not all(
+            isinstance(item, dict) for item in self.examples
+        ):
+            raise ValidationError({"examples": "A list of input objects."})
         if self.runtime in (self.Runtime.KSERVE, self.Runtime.OPENAI):
             from inference.runtimes.remote import refused_option
 
@@ -238,8 +284,9 @@ class ModelVersion(models.Model):
         if to not in self.TRANSITIONS[self.state]:
             raise ValidationError(f"{self} cannot go from {self.state} to {to}.")
 
-    def activate(self, *, actor: str) -> None:
-        """draft/retired → active. The first active version becomes stable with all traffic."""
+    def activate(self, *, actor: str, check: dict[str, Any] | None = None) -> None:
+        """draft/retired → active. The first active version becomes stable with all traffic.
+        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
         with transaction.atomic():
             # Locks the model: two first activations must not both become the stable version.
             model = Model.objects.select_for_update().get(pk=self.model_id)
@@ -250,12 +297,12 @@ class ModelVersion(models.Model):
                 row.state = self.State.ACTIVE
                 row.save(update_fields=["state", "updated_at"])
             if model.stable_version_id is None and not row.is_shadow:
-                ModelVersion.objects.filter(pk=row.pk).update(traffic_weight=100)
+                _give_weight(row.pk, 100)
                 model.stable_version = row
                 model.save(update_fields=["stable_version"])
                 changed = True
             if changed:  # activating an active version is a no-op, not an event
-                ModelEvent.record(model, row, "activate", actor)
+                ModelEvent.record(model, row, "activate", actor, **_checked(check))
         self.refresh_from_db()
 
     def retire(self, *, actor: str) -> None:

@@ -65,6 +65,34 @@ def inference_predict_batch(
 
 
 @shared_task(
+    name="inference_check",
+    bind=True,
+    ignore_result=True,
+    # No retries: the operator's change waits for this answer with its own timeout.
+    max_retries=0,
+    time_limit=settings.INFERENCE_CHECK_TIMEOUT_SECONDS + 30,
+    soft_time_limit=settings.INFERENCE_CHECK_TIMEOUT_SECONDS + 20,
+)
+def inference_check(
+    self: Any,
+    version_id: int,
+    examples: list[dict[str, Any]],
+    declared: dict[str, dict[str, Any]],
+    reply_id: str,
+    deadline: float,
+) -> None:
+    """The pre-activation check of a version (:mod:`inference.checks`), answered on
+    ``reply_id`` with the name of the worker that ran it."""
+    from inference import checks
+    from inference.replies import reply_publish
+
+    found = checks.check_run(
+        version_id=version_id, examples=examples, declared=declared, deadline=deadline
+    )
+    reply_publish(reply_id, {**found, "worker": self.request.hostname})
+
+
+@shared_task(
     name="inference_stream",
     ignore_result=True,
     # No retries: a client is reading the stream now; a redelivery would repeat events.

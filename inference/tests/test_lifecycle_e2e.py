@@ -1,0 +1,86 @@
+"""End to end, version lifecycle safety: the pre-activation check in a real worker (issue's
+broken artifact refused at activation and at ``setweights``). Same stack as test_e2e.py: a
+``celery worker`` process and gunicorn over Redis and the PostgreSQL test database."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from sklearn.datasets import load_digits
+
+from inference.builtin import DIGITS_OPTIONS
+from inference.tests.test_e2e import stack  # noqa: F401 - the shared stack fixture
+from testing.processes import manage
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.redis,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (PostgreSQL + Redis pass)"),
+]
+
+
+def _register(env: dict[str, str], version: str, artifact: Path, *extra: str) -> str:
+    return manage(
+        env, "registermodel", "digits", version, "--runtime", "onnx", "--artifact", str(artifact),
+        *extra,
+    )  # fmt: skip
+
+
+def _versions_answering(base: str, raw_key: str, count: int) -> Counter[str]:
+    pixels = load_digits().data[0].tolist()
+    seen: Counter[str] = Counter()
+    with httpx.Client(base_url=base, headers={"X-API-Key": raw_key}, timeout=30) as client:
+        for _ in range(count):
+            response = client.post("/v1/models/digits/infer", json={"input": {"pixels": pixels}})
+            assert response.status_code == 200, response.text
+            seen[response.json()["version"]] += 1
+    return seen
+
+
+def test_a_broken_artifact_is_refused_at_activation_and_at_setweights(
+    stack: dict[str, Any],  # noqa: F811 - the fixture imported above
+    key: Any,
+    digits: Any,
+    digits_onnx: bytes,
+    tmp_path: Path,
+) -> None:
+    from inference.models import ModelEvent, ModelVersion
+
+    env, worker = stack["env"], stack["hostname"]
+    # The issue's case: an ONNX file whose input (X) is not the field requests send (pixels).
+    artifact = tmp_path / "digits-v2.onnx"
+    artifact.write_bytes(digits_onnx)
+    with pytest.raises(RuntimeError) as refused:
+        _register(env, "2", artifact, "--activate")
+    said = str(refused.value)
+    assert "KeyError: 'X'" in said and f"in worker {worker}" in said, said
+    assert ModelVersion.objects.get(model__name="digits", version="2").state == "draft"
+
+    # An operator insists on activating the same artifact: allowed, audited, and it still gets
+    # no traffic, because giving it some runs the check again.
+    out = _register(env, "3", artifact, "--activate", "--skip-check", "vendor says it works")
+    assert "check SKIPPED (audited): vendor says it works" in out
+    assert ModelEvent.objects.filter(action="check-skipped", version__version="3").exists()
+    with pytest.raises(RuntimeError) as refused:
+        manage(env, "setweights", "digits", "1=90", "3=10")
+    said = str(refused.value)
+    assert "KeyError: 'X'" in said and "weights unchanged" in said, said
+    weights = dict(
+        ModelVersion.objects.filter(model__name="digits").values_list("version", "traffic_weight")
+    )
+    assert weights == {"1": 100, "2": 0, "3": 0}
+    assert _versions_answering(stack["base"], key[1], 20) == {"1": 20}
+
+    # The same artifact with the options that map its input passes, in the worker.
+    out = _register(env, "4", artifact, "--options", json.dumps(DIGITS_OPTIONS), "--activate")
+    assert "check passed on 1 example(s)" in out and f"in worker {worker}" in out, out
+    out = manage(env, "setweights", "digits", "1=50", "4=50")
+    assert "check passed on 1 example(s)" in out, out
+    assert set(_versions_answering(stack["base"], key[1], 40)) == {"1", "4"}
