@@ -15,8 +15,9 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.html import format_html, format_html_join
 
-from inference import selectors, services
+from inference import selectors, services, shadows
 from inference.checks import describe
 from inference.models import Model, ModelEvent, ModelVersion
 
@@ -57,9 +58,48 @@ class EventInline(admin.TabularInline):
 class ModelAdmin(admin.ModelAdmin):
     list_display = ("name", "task", "stable_version", "sticky_routing", "created_at")
     search_fields = ("name", "description")
-    readonly_fields = ("stable_version", "previous_stable", "created_at")
+    readonly_fields = ("stable_version", "previous_stable", "shadow_comparison", "created_at")
     inlines = [VersionInline, EventInline]
     actions = ("rollback",)
+
+    @admin.display(description="shadow comparison")
+    def shadow_comparison(self, obj: Model) -> str:
+        """Each shadow against the answers the primary versions gave the same requests."""
+        versions = [v for v in obj.versions.all() if v.is_shadow]
+        if not versions:
+            return "no shadow version"
+        found = shadows.reports([v.pk for v in versions])
+        rows = []
+        for version in versions:
+            report = found[version.pk]
+            outputs = "; ".join(_output_summary(o) for o in report.outputs) or "—"
+            rows.append(
+                (
+                    version.version,
+                    report.pairs,
+                    report.shadow_errors,
+                    report.unanswered + report.skipped,
+                    _ms(report.primary_ms),
+                    _ms(report.shadow_ms),
+                    outputs,
+                )
+            )
+        header = format_html(
+            "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            "shadow",
+            "compared",
+            "errors",
+            "not compared",
+            "primary ms",
+            "shadow ms",
+            "outputs (agreement, mean abs. difference, mismatches)",
+        )
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            rows,
+        )
+        return format_html("<table>{}{}</table>", header, body)
 
     @admin.action(description="Roll back selected models (cut canaries / undo last promotion)")
     def rollback(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
@@ -70,6 +110,21 @@ class ModelAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{model}: {'; '.join(exc.messages)}", messages.ERROR)
             else:
                 self.message_user(request, f"{model}: all traffic on {target.version}.")
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _output_summary(output: shadows.OutputReport) -> str:
+    parts = []
+    if output.agreement is not None:
+        parts.append(f"{output.agreement:.1%} agree of {output.labels}")
+    if output.mean_abs_diff is not None:
+        parts.append(f"mean |Δ| {output.mean_abs_diff:.4g} over {output.values} values")
+    if output.mismatches:
+        parts.append(f"{output.mismatches} mismatched")
+    return f"{output.name or 'answer'}: {', '.join(parts)}"
 
 
 @admin.register(ModelVersion)

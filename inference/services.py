@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 
-from inference import checks
+from inference import checks, shadows
 from inference.models import Model, ModelEvent, ModelVersion
 from inference.schema import SchemaError, validate_schema
 
@@ -171,9 +171,14 @@ def version_retire(*, version: ModelVersion, actor: str) -> None:
 def version_set_shadow(
     *, version: ModelVersion, shadow: bool, actor: str, skip_check: str | None = None
 ) -> None:
+    """Make ``version`` a shadow (activated first, checked) or a plain version again; a new
+    shadow's comparison report starts afresh."""
     if shadow and version.state != ModelVersion.State.ACTIVE:
         version_activate(version=version, actor=actor, skip_check=skip_check)
+    was_shadow = version.is_shadow
     version.set_shadow(shadow, actor=actor)
+    if shadow and not was_shadow:
+        shadows.reset(version.pk)
 
 
 def version_promote(

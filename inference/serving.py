@@ -4,7 +4,7 @@ Web: route (the process's routing table) → validate the input against the chos
 schema → join the version's next batch (:mod:`inference.dispatch`: one queue-slot round trip and
 one ``inference_predict_batch`` message per batch; 503 when the queue is full) → wait for the
 reply → record the outcome on the version's circuit breaker. Shadow versions get a copy whose
-answer nobody waits for.
+answer nobody waits for; it is compared with the primary's (:mod:`inference.shadows`).
 
 Worker: drop expired work → the process's model cache → the version's batcher → one answer
 message per batch (:func:`predict_batch`). :func:`predict` is the same for one request with a
@@ -24,7 +24,6 @@ from typing import Any
 
 from cachetools import TTLCache
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.db import connection
 from kombu.exceptions import KombuError
@@ -32,7 +31,7 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
-from inference import backpressure, dispatch, selectors
+from inference import backpressure, dispatch, selectors, shadows
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
@@ -234,6 +233,8 @@ def infer(
     ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
     they refuse it); None when the caller counted them already."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    copies: list[str] = []
+    reply = None
     try:
         pending = dispatch.call(
             planned.chosen,
@@ -242,12 +243,17 @@ def infer(
             deadline=planned.deadline,
             ticket=limits,
         )
-        for shadow in planned.shadows:
-            dispatch.shadow_copy(shadow, planned.payload, planned.deadline)
+        if planned.shadows:
+            copies = shadows.send(
+                planned.table.name, planned.shadows, planned.payload, planned.deadline
+            )
         # Refusals of a batch another thread led come here (the queue's bound, its limits).
         reply = dispatch.wait(pending, planned.deadline - time.time())
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
+    finally:
+        if copies:
+            shadows.primary_answered(copies, reply)
     return _conclude(planned, reply)
 
 
@@ -264,6 +270,8 @@ async def infer_async(
     it joins the version's batch on the loop (:class:`inference.dispatch.LoopCollector`)
     and awaits its answer instead of blocking a thread; shadow copies go from a thread."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    copies: list[str] = []
+    reply = None
     try:
         pending = dispatch.call_on_loop(
             planned.chosen,
@@ -273,14 +281,18 @@ async def infer_async(
             ticket=limits,
         )
         if planned.shadows:
+            copies = shadows.expect(planned.table.name, planned.shadows, planned.deadline)
             loop = asyncio.get_running_loop()
-            for shadow in planned.shadows:
+            for shadow, rid in zip(planned.shadows, copies, strict=True):
                 loop.run_in_executor(
-                    None, dispatch.shadow_copy, shadow, planned.payload, planned.deadline
+                    None, shadows.send_copy, shadow, rid, planned.payload, planned.deadline
                 )
         reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
+    finally:
+        if copies:
+            shadows.primary_answered(copies, reply)
     return _conclude(planned, reply)
 
 
@@ -375,32 +387,8 @@ def predict(
             backpressure.release(spec.queue, request_id)
     reply["ms"] = round((time.perf_counter() - started) * 1000, 2)
     if shadow:
-        _shadow_measure(version_id, reply)
-        return
+        return  # shadow copies travel as batches (predict_batch), answered to be compared
     reply_publish(request_id, reply)
-
-
-def _shadow_measure(version_id: int, reply: dict[str, Any]) -> None:
-    """A shadow's answer is discarded; its count, errors and latency are kept."""
-    prefix = f"inference:shadow:{version_id}"
-    for name, amount in (
-        ("count", 1),
-        ("errors", 0 if reply["ok"] else 1),
-        ("ms_total", int(reply["ms"])),
-    ):
-        key = f"{prefix}:{name}"
-        cache.add(key, 0, timeout=None)
-        try:
-            cache.incr(key, amount)
-        except ValueError:
-            cache.set(key, amount, timeout=None)
-    log.info("shadow %s answered ok=%s in %s ms", version_id, reply["ok"], reply["ms"])
-
-
-def shadow_stats(version_id: int) -> dict[str, int]:
-    prefix = f"inference:shadow:{version_id}"
-    got = cache.get_many([f"{prefix}:{n}" for n in ("count", "errors", "ms_total")])
-    return {n: int(got.get(f"{prefix}:{n}", 0)) for n in ("count", "errors", "ms_total")}
 
 
 def predict_batch(
@@ -410,13 +398,13 @@ def predict_batch(
     items: list[tuple[str, dict[str, Any], float]],
     reply_to: str,
     batch_id: str,
-    shadow: bool = False,
     done: tuple[str, bytes] | None = None,
 ) -> None:
     """Run a web process's batch (``(request_id, payload, deadline)`` each) through the
     version's batcher and answer all of it in one message (worker side). Expired items are
     dropped, not run; every item's queue slot is freed in the same round trip, as is the
-    batch lane's held message (``done``: its list and bytes, :mod:`inference.lane`)."""
+    batch lane's held message (``done``: its list and bytes, :mod:`inference.lane`). A shadow
+    copy is such a batch too, answered to the web process that compares it."""
     started = time.perf_counter()
     now = time.time()
     live = [item for item in items if item[2] > now]
@@ -443,12 +431,9 @@ def predict_batch(
     ms = round((time.perf_counter() - started) * 1000, 2)
     for reply in replies.values():
         reply["ms"] = ms
-    if shadow:
-        for reply in replies.values():
-            _shadow_measure(version_id, reply)
     # Answered even when every item was dropped: the web process counts the batch as done.
     batch_reply_publish(
-        "" if shadow else reply_to,
+        reply_to,
         batch_id,
         replies,
         queue=queue,

@@ -53,14 +53,14 @@ def inference_predict_batch(
     shadow: bool = False,
 ) -> None:
     """Many requests (``[request_id, payload, deadline]`` each) collected by a web process;
-    one answer message for all of them on ``reply_to``."""
+    one answer message for all of them on ``reply_to``. ``shadow`` marks a shadow copy in
+    monitors (the message's kwargsrepr); it is run and answered like any batch."""
     serving.predict_batch(
         version_id=version_id,
         queue=queue,
         items=[(str(rid), payload, float(deadline)) for rid, payload, deadline in items],
         reply_to=reply_to,
         batch_id=batch_id,
-        shadow=shadow,
     )
 
 

@@ -3,12 +3,22 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from inference import backpressure, dispatch, lane, replies, router, selectors, serving, streams
+from inference import (
+    backpressure,
+    dispatch,
+    lane,
+    replies,
+    router,
+    selectors,
+    serving,
+    shadows,
+    streams,
+)
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.lane import Lane, alive_key, held_key, lane_key
 from inference.models import Model, ModelVersion
@@ -31,6 +41,8 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     router.forget_breakers()
     dispatch._collectors.clear()
     dispatch._loop_collectors.clear()
+    shadows._pairs.clear()
+    shadows._tallies.clear()
     Doubler.reset()
     yield
     serving.model_cache().clear()
@@ -136,6 +148,15 @@ def ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | Non
     if reply is None:
         dispatch.gave_up(route, rid)
     return reply
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Poll ``check`` until it holds (an answer that arrives on another thread)."""
+    give_up = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def lane_queue() -> str:

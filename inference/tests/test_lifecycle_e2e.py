@@ -1,6 +1,7 @@
-"""End to end, version lifecycle safety: the pre-activation check in a real worker (issue's
-broken artifact refused at activation and at ``setweights``). Same stack as test_e2e.py: a
-``celery worker`` process and gunicorn over Redis and the PostgreSQL test database."""
+"""End to end, version lifecycle safety: the pre-activation check in a real worker (the
+issue's broken artifact refused at activation and at ``setweights``) and shadow comparison
+figures after known traffic. Same stack as test_e2e.py: a ``celery worker`` process, gunicorn
+and the unary server over Redis and the PostgreSQL test database."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from inference.builtin import DIGITS_OPTIONS
-from inference.tests.test_e2e import stack  # noqa: F401 - the shared stack fixture
+from inference.tests.conftest import make_version, wait_for
+from inference.tests.fakes import SCORER
+from inference.tests.test_e2e import stack, unary  # noqa: F401 - the shared stack fixtures
 from testing.processes import manage
 
 pytestmark = [
@@ -84,3 +88,49 @@ def test_a_broken_artifact_is_refused_at_activation_and_at_setweights(
     out = manage(env, "setweights", "digits", "1=50", "4=50")
     assert "check passed on 1 example(s)" in out, out
     assert set(_versions_answering(stack["base"], key[1], 40)) == {"1", "4"}
+
+
+def test_a_shadow_is_compared_with_the_primary_after_known_traffic(
+    stack: dict[str, Any],  # noqa: F811 - the fixture imported above
+    unary: str,  # noqa: F811 - the fixture imported above
+    key: Any,
+    settings: Any,
+) -> None:
+    from inference import services, shadows
+
+    make_version("scored", options=SCORER)
+    shadow = make_version(
+        "scored",
+        version="2",
+        options={**SCORER, "offset": 0.25, "wrong_every": 4},
+        activate=False,
+    )
+    services.version_set_shadow(version=shadow, shadow=True, actor="e2e")  # checked in the worker
+    # 20 requests through gunicorn (threads) and the same 20 through the unary server (its
+    # event loop): the shadow gets the label of 0, 4, 8, 12, 16 wrong and every score 0.25 off.
+    for base in (stack["base"], unary):
+        with httpx.Client(base_url=base, headers={"X-API-Key": key[1]}, timeout=30) as client:
+            for x in range(20):
+                response = client.post("/v1/models/scored/infer", json={"input": {"x": x}})
+                assert response.status_code == 200, response.text
+                assert response.json()["output"] == {"label": x % 3, "score": x / 10}
+    # Read what the servers wrote: the cache under their prefix, not this test's own.
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": settings.REDIS_KEY_PREFIX}
+    }
+    wait_for(lambda: shadows.report(shadow.pk).pairs == 40, "40 compared answers", timeout=20)
+    report = shadows.report(shadow.pk)
+    outputs = {o.name: o for o in report.outputs}
+    assert report.shadow_errors == report.unanswered == report.skipped == 0
+    assert outputs["label"].agreement == 0.75 and outputs["label"].labels == 40
+    assert outputs["score"].mean_abs_diff == pytest.approx(0.25) and outputs["score"].values == 40
+    assert report.primary_ms is not None and report.shadow_ms is not None
+    # gunicorn's half, in its Prometheus metrics.
+    exposition = httpx.get(f"{stack['base']}/metrics", timeout=10).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    labels = (("model", "scored"), ("outcome", "compared"), ("version", "2"))
+    assert samples[("sluice_shadow_requests_total", labels)] == 20
