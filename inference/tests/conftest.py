@@ -18,6 +18,7 @@ from inference import (
     serving,
     shadows,
     streams,
+    version_health,
 )
 from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.lane import Lane, alive_key, held_key, lane_key
@@ -44,7 +45,9 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     shadows._pairs.clear()
     shadows._tallies.clear()
     Doubler.reset()
+    version_health.discard()
     yield
+    version_health.discard()
     serving.model_cache().clear()
     serving._specs.clear()
     streams._specs.clear()
