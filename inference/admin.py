@@ -192,6 +192,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ModelVersion, form: Any, change: bool) -> None:
         if not change:
             services.version_checksum_refresh(version=obj)
+            services.version_schema_derive(version=obj)
             super().save_model(request, obj, form, change)
             ModelEvent.record(obj.model, obj, "register", _actor(request), checksum=obj.checksum)
             return

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.models import Model, ModelVersion
+from inference.runtimes.transformers import text_generation_schema
 from inference.services import version_register
+from inference.textgen import Recipe
 
 DIGITS = "digits"
 DIGITS_SCHEMA: dict[str, Any] = {
@@ -348,21 +350,12 @@ def embeddings_install(
 
 
 TEXTGEN = "textgen"
-TEXTGEN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "prompt": {"type": "string", "minLength": 0, "maxLength": 20000},
-        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 512},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
-        "messages": {"type": "array", "items": {"type": "object"}, "maxItems": 256},
-    },
-    "required": ["prompt"],
-}
+# The answer shares the context window with the prompt (at least one token).
+TEXTGEN_MAX_TOKENS = Recipe.n_positions - 1
+TEXTGEN_SCHEMA: dict[str, Any] = text_generation_schema(TEXTGEN_MAX_TOKENS)
 TEXTGEN_OPTIONS: dict[str, Any] = {
     "max_new_tokens": 64,
-    "max_tokens_limit": 512,
+    "max_tokens_limit": TEXTGEN_MAX_TOKENS,
     "temperature": 0.8,
     "top_k": 40,
     "outputs": ["text"],

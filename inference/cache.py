@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from config.metrics import BATCH_SIZE
 from inference.batcher import Batcher
 from inference.runtimes import Runtime, VersionSpec, runtime_class
-from inference.runtimes.base import Item
+from inference.runtimes.base import Item, blames_input
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ class Loaded:
     runtime: Runtime
     batcher: Batcher[Item, Item]
     load_ms: float
+
+    @property
+    def checks(self) -> bool:
+        """Whether the runtime checks inputs itself before they run (``Runtime.check``)."""
+        return type(self.runtime).check is not Runtime.check
 
 
 class ModelCache:
@@ -92,7 +97,10 @@ class ModelCache:
             return runtime.predict(items)
 
         batcher: Batcher[Item, Item] = Batcher(
-            run_batch, max_batch_size=spec.max_batch_size, max_delay_ms=spec.max_delay_ms
+            run_batch,
+            max_batch_size=spec.max_batch_size,
+            max_delay_ms=spec.max_delay_ms,
+            isolate=blames_input,
         )
         return Loaded(spec=spec, runtime=runtime, batcher=batcher, load_ms=load_ms)
 

@@ -10,8 +10,9 @@ makes the change without the check, recorded as a ``check-skipped`` event and a 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-from typing import Any
+from typing import IO, Any
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -19,6 +20,7 @@ from django.db import transaction
 
 from inference import checks, shadows
 from inference.models import Model, ModelEvent, ModelVersion
+from inference.runtimes import RuntimeUnavailable, runtime_class
 from inference.schema import SchemaError, validate_schema
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,14 @@ def version_register(
     actor: str,
 ) -> ModelVersion:
     """A new draft version (and its model, if new) with the artifact stored through Django's
-    storage API and its SHA-256 recorded."""
+    storage API and its SHA-256 recorded. The input schema gets the limits the engine can tell
+    from the artifact (:meth:`inference.runtimes.Runtime.on_register`)."""
+    input_schema = _engine_schema(
+        runtime,
+        runtime_options or {},
+        io.BytesIO(artifact) if artifact is not None else None,
+        input_schema or {},
+    )
     try:
         validate_schema(input_schema or {})
     except SchemaError as exc:
@@ -80,6 +89,25 @@ def version_register(
     row.save()
     ModelEvent.record(model, row, "register", actor, checksum=row.checksum, runtime=runtime)
     return row
+
+
+def _engine_schema(
+    runtime: str, options: dict[str, Any], artifact: IO[bytes] | None, schema: dict[str, Any]
+) -> dict[str, Any]:
+    try:
+        engine = runtime_class(runtime)
+    except RuntimeUnavailable:
+        return schema  # the version's own validation names the unknown runtime
+    return engine.on_register(options, artifact, schema)
+
+
+def version_schema_derive(*, version: ModelVersion) -> None:
+    """The limits the engine can tell from an artifact uploaded outside
+    :func:`version_register` (the admin's upload), in the version's input schema."""
+    artifact = version.artifact.file if version.artifact else None
+    version.input_schema = _engine_schema(
+        version.runtime, dict(version.runtime_options or {}), artifact, version.input_schema or {}
+    )
 
 
 def version_checksum_refresh(*, version: ModelVersion) -> None:

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,14 +32,15 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
-from inference import backpressure, dispatch, selectors, shadows
+from config.log import request_id_var
+from inference import backpressure, dispatch, selectors, shadows, version_health
 from inference.batcher import DeadlineExceeded
-from inference.cache import ModelCache
+from inference.cache import Loaded, ModelCache
 from inference.models import Model
 from inference.replies import batch_reply_publish, reply_publish
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.runtimes.base import UpstreamError
+from inference.runtimes.base import InvalidInput, UpstreamError, blames_input
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
 from tenants.limits import PlanTicket
@@ -58,10 +60,28 @@ class ModelUnavailable(ServiceUnavailable):
 
 
 class InferenceFailed(exceptions.APIException):
+    """A remote runtime's upstream failed (its status is said, its text is not)."""
+
     status_code = 502
-    default_detail = "The model failed on this input."
+    default_detail = "The model's upstream failed."
     default_code = "inference_failed"
     problem_slug = "inference-failed"
+
+
+class InferenceError(exceptions.APIException):
+    """The engine raised on this request's input: a fixed answer naming the request id under
+    which the engine's own text is logged (never returned)."""
+
+    status_code = 500
+    default_detail = "The model failed on this input."
+    default_code = "inference_error"
+    problem_slug = "inference-error"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"The model failed on this input; its error is logged under request id {request_id}."
+        )
+        self.problem_extensions = {"request_id": request_id}
 
 
 @dataclass(frozen=True)
@@ -196,9 +216,22 @@ def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
         )
     if not reply.get("ok"):
         status = int(reply.get("status", 502))
+        if status == 422:  # the engine's own check refused the input before running it
+            raise exceptions.ValidationError({"input": reply.get("errors") or {}})
         if status != 504:  # the deadline is the client's choice, not the version's fault
             breaker.record(chosen.id, ok=False)
         error = str(reply.get("error", "inference failed"))
+        request_id = request_id_var.get()
+        if request_id == "-":  # not inside an HTTP request (a pool thread): our own id
+            request_id = planned.request_id
+        if reply.get("internal"):
+            log.warning(
+                "%s:%s failed inference %s: %s",
+                planned.table.name,
+                chosen.version,
+                planned.request_id,
+                reply["internal"],
+            )
         if status == 503:
             unavailable = ModelUnavailable(error)
             if reply.get("retry_after"):  # an upstream's Retry-After or its circuit's cooldown
@@ -206,6 +239,8 @@ def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
             raise unavailable
         if status == 504:
             raise GatewayTimeout(error)
+        if status == 500:
+            raise InferenceError(request_id)
         raise InferenceFailed(error)
     breaker.record(chosen.id, ok=True)
     return Answer(
@@ -344,20 +379,82 @@ def preload(queues: set[str]) -> list[str]:
     return done
 
 
-def failure_reply(version_id: int, exc: BaseException) -> dict[str, Any]:
-    """The worker's reply for a request that failed (one mapping for single and batched work):
-    503 for an engine that cannot serve (with an upstream's Retry-After), a remote upstream's
-    own status (502, or 504 on its timeout), 502 for anything else."""
+def failure_reply(
+    version_id: int, exc: BaseException, *, request_ids: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The worker's reply for a request that failed (one mapping for single and batched work).
+
+    ``outcome`` says what the failure means for the version (:mod:`inference.version_health`);
+    ``error`` is what the client may read; ``internal``, the engine's or upstream's own text,
+    is for the operator only (logged here with the request ids, recorded as the version's last
+    error by the web tier, never answered):
+
+    - the engine cannot tell before running it that the input is wrong (``InvalidInput``):
+      422 with ``errors`` per input field;
+    - an engine that cannot serve (with an upstream's Retry-After): 503, the version's failure;
+    - a remote upstream that failed: its status for the client (502, or 504 on its timeout),
+      without its text; a 4xx other than 404 and 429 is the input's fault;
+    - anything else the engine raised on this request's input: 500 ``inference-error``.
+    """
+    if isinstance(exc, InvalidInput):
+        return {"ok": False, "status": 422, "errors": exc.errors}
+    internal = f"{type(exc).__name__}: {exc}"[:500]
+    rids = ", ".join(request_ids) or "-"
     if isinstance(exc, RuntimeUnavailable):
-        reply: dict[str, Any] = {"ok": False, "status": 503, "error": str(exc)}
+        log.warning("version %s cannot serve (requests %s): %s", version_id, rids, exc)
+        reply: dict[str, Any] = {
+            "ok": False,
+            "status": 503,
+            "error": str(exc),
+            "outcome": version_health.ENGINE_ERROR,
+            "internal": internal,
+        }
         if getattr(exc, "retry_after", None):
             reply["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
         return reply
     if isinstance(exc, UpstreamError):
-        log.warning("version %s: upstream failed: %s", version_id, exc)
-        return {"ok": False, "status": exc.status, "error": str(exc)}
-    log.error("inference failed for version %s: %r", version_id, exc, exc_info=exc)
-    return {"ok": False, "status": 502, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        log.warning("version %s: upstream failed (requests %s): %s", version_id, rids, exc)
+        said = f" with HTTP {exc.upstream_status}" if exc.upstream_status else ""
+        if exc.status == 504:
+            outcome, public = version_health.TIMEOUT, "The model's upstream did not answer in time."
+        else:
+            outcome = (
+                version_health.INPUT_ERROR if blames_input(exc) else version_health.ENGINE_ERROR
+            )
+            public = f"The model's upstream failed{said}."
+        return {
+            "ok": False,
+            "status": exc.status,
+            "error": public,
+            "outcome": outcome,
+            "internal": internal,
+        }
+    log.error(
+        "inference failed for version %s (requests %s): %r", version_id, rids, exc, exc_info=exc
+    )
+    return {
+        "ok": False,
+        "status": 500,
+        "error": "The model failed on this input.",
+        "outcome": version_health.INPUT_ERROR,
+        "internal": internal,
+    }
+
+
+def _checked(
+    loaded: Loaded, items: list[tuple[str, dict[str, Any], float]], replies: dict[str, Any]
+) -> list[tuple[str, dict[str, Any], float]]:
+    """The items the engine may run: those its runtime's own check refuses (``InvalidInput``)
+    are answered 422 in ``replies`` and never join a batch."""
+    if not loaded.checks:
+        return items
+    runnable = []
+    for rid, payload, deadline in items:
+        try:
+            runnable.append((rid, loaded.runtime.check(payload), deadline))
+        except InvalidInput as exc:
+            replies[rid] = failure_reply(loaded.spec.id, exc)
+    return runnable
 
 
 def predict(
@@ -374,13 +471,15 @@ def predict(
     try:
         spec = _spec(version_id)
         loaded = _models.get(spec)
+        if loaded.checks:
+            payload = loaded.runtime.check(payload)
         output, batch_size = loaded.batcher.submit(payload, deadline=deadline)
         reply = {"ok": True, "output": output, "batch_size": batch_size}
     except DeadlineExceeded:
         log.info("dropped request %s: deadline passed while batching", request_id)
         return
     except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the client
-        reply = failure_reply(version_id, exc)
+        reply = failure_reply(version_id, exc, request_ids=[request_id])
     finally:
         if shadow and spec is not None:
             # Nobody waits for a shadow's answer, so its queue slot is freed here.
@@ -389,6 +488,25 @@ def predict(
     if shadow:
         return  # shadow copies travel as batches (predict_batch), answered to be compared
     reply_publish(request_id, reply)
+
+
+def _answer(
+    version_id: int,
+    live: list[tuple[str, dict[str, Any], float]],
+    results: list[tuple[Any, BaseException | None, int]],
+    replies: dict[str, dict[str, Any]],
+) -> None:
+    """Each request's reply from its batcher result; an error shared by several requests
+    (the engine failed for all of them at once) is logged once."""
+    shared: dict[int, tuple[BaseException, list[str]]] = {}
+    for (rid, _, _), (output, error, size) in zip(live, results, strict=True):
+        if error is None:
+            replies[rid] = {"ok": True, "output": output, "batch_size": size}
+        elif not isinstance(error, DeadlineExceeded):  # expired: the view answered 504
+            shared.setdefault(id(error), (error, []))[1].append(rid)
+    for error, rids in shared.values():
+        failed = failure_reply(version_id, error, request_ids=rids)
+        replies.update({rid: dict(failed) for rid in rids})
 
 
 def predict_batch(
@@ -414,20 +532,19 @@ def predict_batch(
     if live:
         try:
             loaded = _models.get(_spec(version_id))
-            results = loaded.batcher.submit_many(
-                [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
+            live = _checked(loaded, live, replies)
+            results = (
+                loaded.batcher.submit_many(
+                    [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
+                )
+                if live
+                else []
             )
         except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the clients
-            failed = failure_reply(version_id, exc)
-            replies = {rid: dict(failed) for rid, _, _ in live}
+            failed = failure_reply(version_id, exc, request_ids=[rid for rid, _, _ in live])
+            replies.update({rid: dict(failed) for rid, _, _ in live})
         else:
-            for (rid, _, _), (output, error, size) in zip(live, results, strict=True):
-                if error is None:
-                    replies[rid] = {"ok": True, "output": output, "batch_size": size}
-                elif isinstance(error, DeadlineExceeded):
-                    continue  # the view has answered 504 already
-                else:
-                    replies[rid] = failure_reply(version_id, error)
+            _answer(version_id, live, results, replies)
     ms = round((time.perf_counter() - started) * 1000, 2)
     for reply in replies.values():
         reply["ms"] = ms

@@ -40,7 +40,7 @@ from inference import backpressure, selectors, serving
 from inference.models import Model
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.runtimes.base import Item, UpstreamError
+from inference.runtimes.base import InvalidInput, Item, UpstreamError
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
 from streaming.log import RedisLog, StreamNotFound, get_log
@@ -229,6 +229,8 @@ def stream_run(
             raise _Stop("timeout")
         spec = _spec(version_id)
         loaded = serving.model_cache().get(spec)
+        if loaded.checks:
+            items = [loaded.runtime.check(item) for item in items]
 
         def check() -> None:
             if stream_log.is_cancelled(stream_id):
@@ -254,14 +256,25 @@ def stream_run(
         log.info("stream %s expired while producing; stopped", stream_id)
     except _Stop as stop:
         _finish_early(stream_id, stop.reason)
+    except InvalidInput as exc:
+        _fail(stream_id, "invalid_input", str(exc), errors=exc.errors)
     except RuntimeUnavailable as exc:
         _fail(stream_id, "model_unavailable", str(exc))
     except UpstreamError as exc:
-        code = "timeout" if exc.status == 504 else "inference_failed"
-        _fail(stream_id, code, str(exc)[:500])
-    except Exception as exc:
-        log.exception("streaming inference failed for version %s", version_id)
-        _fail(stream_id, "inference_failed", f"{type(exc).__name__}: {exc}"[:500])
+        # The upstream's own text is the operator's (logged), never the client's.
+        log.warning("stream %s of version %s: upstream failed: %s", stream_id, version_id, exc)
+        said = f" with HTTP {exc.upstream_status}" if exc.upstream_status else ""
+        if exc.status == 504:
+            _fail(stream_id, "timeout", "The model's upstream did not answer in time.")
+        else:
+            _fail(stream_id, "inference_failed", f"The model's upstream failed{said}.")
+    except Exception:
+        log.exception("stream %s of version %s: the model failed", stream_id, version_id)
+        _fail(
+            stream_id,
+            "inference_failed",
+            f"The model failed on this input; its error is logged under stream id {stream_id}.",
+        )
     finally:
         backpressure.release(queue, stream_id)
 
@@ -278,10 +291,15 @@ def _finish_early(stream_id: str, reason: str) -> None:
     log.info("stream %s stopped: %s", stream_id, reason)
 
 
-def _fail(stream_id: str, code: str, message: str) -> None:
+def _fail(
+    stream_id: str, code: str, message: str, *, errors: dict[str, list[str]] | None = None
+) -> None:
     stream_log = get_log()
+    data: dict[str, Any] = {"code": code, "message": message}
+    if errors:
+        data["errors"] = errors  # input field -> messages, as a 422 names them
     try:
-        stream_log.append(stream_id, "error", {"code": code, "message": message})
+        stream_log.append(stream_id, "error", data)
         stream_log.close(stream_id, {"reason": "error"})
     except StreamNotFound:
         pass

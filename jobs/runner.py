@@ -39,6 +39,7 @@ from rest_framework import exceptions
 
 from inference import selectors as inference_selectors
 from inference import serving
+from inference.runtimes.base import InvalidInput
 from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.validation import validator_for
@@ -141,9 +142,12 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
     batch: list[tuple[int, int, dict[str, Any]]] = []
     for task_id, index, raw, _attempt in claimed:
         try:
-            batch.append((task_id, index, validate(raw)))
+            # The schema's check, then the engine's own (a prompt past the context window).
+            batch.append((task_id, index, runtime.check(validate(raw))))
         except exceptions.ValidationError as exc:
             outcome.invalid[task_id] = f"invalid input: {json.dumps(exc.detail)}"[:1000]
+        except InvalidInput as exc:
+            outcome.invalid[task_id] = f"invalid input: {json.dumps(exc.errors)}"[:1000]
     if not batch:
         return outcome
     started = time.perf_counter()

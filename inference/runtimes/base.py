@@ -13,7 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 INSTALL_HINT = "install with pip install -r requirements-models.txt"
 
@@ -36,6 +36,16 @@ def torch_device(wanted: str, torch: Any, label: str) -> str:
 
 class RuntimeUnavailable(Exception):
     """The engine (or handler) a version needs cannot be used in this process."""
+
+
+class InvalidInput(Exception):
+    """An input the engine can tell it cannot run before running it (a text model's prompt and
+    ``max_tokens`` past its context window): a 422 naming the field, never a model failure.
+    ``errors`` maps input fields to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
 
 
 class UpstreamError(Exception):
@@ -62,6 +72,18 @@ class UpstreamUnavailable(RuntimeUnavailable, UpstreamError):
     loaded there): 503 ``model-unavailable``, like a missing engine."""
 
     status = 503
+
+
+def blames_input(exc: BaseException) -> bool:
+    """Whether an engine's error may come from the input it ran, rather than from the
+    version as a whole: not an engine that cannot serve, not an upstream that failed or sent
+    an unusable answer (its 4xx other than 404 and 429 do name the input)."""
+    if isinstance(exc, RuntimeUnavailable):
+        return False
+    if isinstance(exc, UpstreamError):
+        status = exc.upstream_status
+        return status is not None and 400 <= status < 500 and status not in (404, 429)
+    return True
 
 
 @dataclass(frozen=True)
@@ -113,6 +135,21 @@ class Runtime(ABC):
     @abstractmethod
     def load(self, artifact: bytes | None) -> None:
         """Load the model (the artifact's bytes, if the version has one)."""
+
+    @classmethod
+    def on_register(
+        cls, options: dict[str, Any], artifact: IO[bytes] | None, input_schema: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The input schema a new version gets (``artifact``: its file, open): what can be
+        told from the artifact before anything runs (a text model's context window bounds
+        ``max_tokens``). Cheap and engine-free: it runs where the version is registered."""
+        return input_schema
+
+    def check(self, item: Item) -> Item:
+        """The validated ``item`` as the engine will run it, or :class:`InvalidInput`: what
+        only the loaded engine can check (a prompt's length in tokens). Runs on the worker
+        before the item joins a batch."""
+        return item
 
     @abstractmethod
     def predict(self, batch: list[Item]) -> list[Item]:

@@ -265,9 +265,9 @@ class OpenAIRemoteRuntime(Runtime):
                 if isinstance(chunk, dict) and chunk.get("error"):
                     error = chunk["error"]
                     message = error.get("message") if isinstance(error, dict) else error
-                    raise UpstreamError(
-                        f"the upstream of {self.spec.label} failed mid-stream: {message}"
-                    )
+                    # The upstream's text is the operator's: logged, not passed on.
+                    log.warning("upstream of %s failed mid-stream: %s", self.spec.label, message)
+                    raise UpstreamError(f"the upstream of {self.spec.label} failed mid-stream")
                 choices = chunk.get("choices") if isinstance(chunk, dict) else None
                 for choice in choices or []:
                     if self.options.endpoint == "chat":

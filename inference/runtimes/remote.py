@@ -362,7 +362,8 @@ class Upstream:
         log.warning(
             "upstream %s of %s answered %s: %s", self.options.url, self.label, status, detail
         )
-        message = f"the upstream of {self.label} answered {status}: {detail}"
+        # Its reason is logged above, never put in the error: the error reaches the client.
+        message = f"the upstream of {self.label} answered {status}"
         error = self._status_error_of(status, message, after)
         error.upstream_status = status
         return error

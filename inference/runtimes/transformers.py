@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import json
 import os
 import queue
 import shutil
@@ -44,12 +45,32 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
-from inference.runtimes.base import Item, Runtime, RuntimeUnavailable, torch_device
+from inference.runtimes.base import InvalidInput, Item, Runtime, RuntimeUnavailable, torch_device
 
 EXTRA_HINT = "install with pip install -r requirements-models-extra.txt"
 _DONE = object()
+# What the config of a model names its context window (positions), in the order looked at.
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings")
+
+
+def text_generation_schema(max_tokens: int) -> dict[str, Any]:
+    """The input schema of a text-generation version: the fields this runtime reads, with
+    ``max_tokens`` bounded by what the model can generate (its context window less one
+    prompt token, or ``max_tokens_limit``)."""
+    return {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 0, "maxLength": 20000},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": max_tokens},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+            "messages": {"type": "array", "items": {"type": "object"}, "maxItems": 256},
+        },
+        "required": ["prompt"],
+    }
 
 
 class TransformersRuntime(Runtime):
@@ -71,6 +92,31 @@ class TransformersRuntime(Runtime):
         if task not in (None, "causal-lm", "seq2seq"):
             return f"unavailable: runtime_options.task must be causal-lm or seq2seq, not {task!r}"
         return None
+
+    @classmethod
+    def on_register(
+        cls, options: dict[str, Any], artifact: IO[bytes] | None, input_schema: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A causal model's context window (from its ``config.json``, read without torch)
+        bounds ``max_tokens``: an empty schema becomes :func:`text_generation_schema`, a
+        declared ``max_tokens`` gets that maximum at most."""
+        config = _read_config(artifact, options.get("path"))
+        if config is None or _is_seq2seq(config, options):
+            return input_schema
+        context = _context_of(config)
+        if context is None:
+            return input_schema
+        most = min(context - 1, int(options.get("max_tokens_limit", 1024)))
+        if not input_schema:
+            return text_generation_schema(most)
+        properties = input_schema.get("properties")
+        if not isinstance(properties, dict):
+            return input_schema
+        declared = properties.get("max_tokens")
+        if not isinstance(declared, dict) or declared.get("maximum", most + 1) <= most:
+            return input_schema
+        bounded = {**declared, "maximum": most}
+        return {**input_schema, "properties": {**properties, "max_tokens": bounded}}
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -116,7 +162,7 @@ class TransformersRuntime(Runtime):
             self.tokenizer.padding_side = "left"
             self.tokenizer.truncation_side = "left"
         self.max_positions = None
-        for attr in ("n_positions", "max_position_embeddings"):
+        for attr in _CONTEXT_KEYS:
             value = getattr(config, attr, None)
             if isinstance(value, int) and value > 0:
                 self.max_positions = value
@@ -154,6 +200,46 @@ class TransformersRuntime(Runtime):
             self._tmp = None
 
     # --- generation ---------------------------------------------------------------------------
+
+    def check(self, item: Item) -> Item:
+        """A causal model's prompt and completion share its context window: a prompt that
+        fills it, or an explicit ``max_tokens`` that does not fit after the prompt, is a 422
+        (the engine would fail on it); without ``max_tokens`` the default completion is cut to
+        what is left. An empty prompt starts from the tokenizer's BOS (or EOS) token, as GPT-2
+        generates unconditional text."""
+        if self.seq2seq or self.max_positions is None:
+            return item
+        context = self.max_positions
+        tokens = len(self.tokenizer(self._prompt(item))["input_ids"])
+        if tokens == 0:
+            start = self.tokenizer.bos_token or self.tokenizer.eos_token
+            if not start:
+                raise InvalidInput({"prompt": ["The prompt is empty; this model needs a token."]})
+            item, tokens = {**item, "prompt": start}, 1
+        if tokens >= context:
+            raise InvalidInput(
+                {
+                    "prompt": [
+                        f"The prompt is {tokens} tokens; the model's context window is "
+                        f"{context} tokens, and the answer needs at least one of them."
+                    ]
+                }
+            )
+        asked = item.get("max_tokens")
+        if asked is None:
+            wanted = self._settings(item)["max_new_tokens"]
+            return item if tokens + wanted <= context else {**item, "max_tokens": context - tokens}
+        if tokens + int(asked) > context:
+            raise InvalidInput(
+                {
+                    "max_tokens": [
+                        f"The prompt is {tokens} tokens and max_tokens is {asked}: together "
+                        f"they exceed the model's context window of {context} tokens (at most "
+                        f"{context - tokens} here)."
+                    ]
+                }
+            )
+        return item
 
     def _settings(self, item: Item) -> dict[str, Any]:
         options = self.spec.options
@@ -371,6 +457,56 @@ def _extract(artifact: bytes, into: Path) -> None:
         return
     with tarfile.open(fileobj=io.BytesIO(artifact), mode="r:*") as archive:
         archive.extractall(into, filter="data")
+
+
+def _read_config(artifact: IO[bytes] | None, path: Any) -> dict[str, Any] | None:
+    """The model's ``config.json`` from an artifact (a zip or tar of the model directory; the
+    top one, as :func:`_model_root` picks it) or a local ``path``; None when it cannot be read
+    here (a ``path`` on the worker's disk only, a broken archive: loading will say so)."""
+    try:
+        if artifact is None:
+            config = Path(str(path)) / "config.json" if path else None
+            return _json_object(config.read_bytes()) if config and config.is_file() else None
+        artifact.seek(0)
+        if zipfile.is_zipfile(artifact):
+            artifact.seek(0)
+            with zipfile.ZipFile(artifact) as archive:
+                names = [n for n in archive.namelist() if Path(n).name == "config.json"]
+                if not names:
+                    return None
+                return _json_object(archive.read(min(names, key=lambda n: (n.count("/"), n))))
+        artifact.seek(0)
+        with tarfile.open(fileobj=artifact, mode="r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("config.json")]
+            members = [m for m in members if Path(m.name).name == "config.json"]
+            if not members:
+                return None
+            chosen = min(members, key=lambda m: (m.name.count("/"), m.name))
+            extracted = tar.extractfile(chosen)
+            return _json_object(extracted.read()) if extracted is not None else None
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError):
+        return None
+    finally:
+        if artifact is not None:
+            artifact.seek(0)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else None
+
+
+def _is_seq2seq(config: dict[str, Any], options: dict[str, Any]) -> bool:
+    task = options.get("task")
+    return task == "seq2seq" if task else bool(config.get("is_encoder_decoder"))
+
+
+def _context_of(config: dict[str, Any]) -> int | None:
+    for name in _CONTEXT_KEYS:
+        value = config.get(name)
+        if isinstance(value, int) and value > 1:
+            return value
+    return None
 
 
 def _model_root(top: Path) -> Path:

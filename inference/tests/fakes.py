@@ -46,6 +46,21 @@ class Broken:
         raise RuntimeError("model exploded")
 
 
+class Picky:
+    """``{"x": n}`` → ``{"y": 2n}``, except that the inputs in ``options["poison"]`` (default
+    13) make it raise, whatever batch they are in: an input that passes the schema and fails
+    in the engine."""
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        self.poison = set(options.get("poison", [13]))
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for item in batch:
+            if item["x"] in self.poison:
+                raise IndexError("index out of range in self")
+        return [{"y": item["x"] * 2} for item in batch]
+
+
 class LetterEmbedder:
     """``{"text"}`` → ``{"embedding": [letters, vowels, 1.0]}``: an embedding model that is
     cheap and whose answers a test can compute, for serving through ``/v1/embeddings``."""
@@ -87,3 +102,4 @@ X_SCHEMA: dict[str, Any] = {
 DOUBLER = {"handler": "inference.tests.fakes.Doubler"}
 SCORER = {"handler": "inference.tests.fakes.Scorer"}
 BROKEN = {"handler": "inference.tests.fakes.Broken"}
+PICKY = {"handler": "inference.tests.fakes.Picky"}

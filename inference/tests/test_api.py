@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from config.log import RequestIdFilter
 from inference import backpressure, dispatch, serving, shadows
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
 from inference.tests.conftest import make_version, wait_for
-from inference.tests.fakes import BROKEN
+from inference.tests.fakes import BROKEN, PICKY
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db
@@ -167,7 +168,7 @@ def test_it_rolls_back_a_failing_canary(api, eager, admin_client) -> None:
         api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
         for _ in range(30)
     }
-    assert statuses == {200, 502}
+    assert statuses == {200, 500}
     response = admin_client.post(
         "/admin/inference/model/",
         {"action": "rollback", "_selected_action": [model.pk]},
@@ -188,7 +189,7 @@ def test_it_opens_the_circuit_and_fails_over_to_stable(api, eager, settings) -> 
         api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
         for _ in range(2)
     ]
-    assert codes == [502, 502]
+    assert codes == [500, 500]
     assert CircuitBreaker().state(canary.pk) == "open"
     body = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").json()
     assert body["version"] == "1" and body["failed_over"] is True
@@ -267,3 +268,20 @@ def test_it_lists_models_in_constant_queries(api, django_assert_max_num_queries)
     with django_assert_max_num_queries(3):
         body = api.get("/v1/models").json()
     assert len(body["data"]) == 3 and all(len(m["versions"]) == 2 for m in body["data"])
+
+
+def test_an_engine_error_is_a_500_naming_the_request_id_never_the_engines_text(
+    api, eager, caplog
+) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
+    make_version("picky", options=PICKY)
+    response = api.post("/v1/models/picky/infer", {"input": {"x": 13}}, format="json")
+    body = _problem(response, 500)
+    rid = response["X-Request-ID"]
+    assert body["type"] == "urn:sluice:problem:inference-error" and body["request_id"] == rid
+    assert rid in body["detail"]
+    assert "index out of range" not in response.content.decode()
+    logged = [r for r in caplog.records if "index out of range" in r.getMessage()]
+    assert any(r.request_id == rid for r in logged)  # type: ignore[attr-defined]
+    # The engine runs other inputs of the same version as before.
+    assert api.post("/v1/models/picky/infer", {"input": {"x": 2}}, format="json").status_code == 200

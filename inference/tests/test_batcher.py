@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from inference.batcher import Batcher, DeadlineExceeded
+from inference.batcher import Batcher, DeadlineExceeded, run_isolating
 
 
 class Recorder:
@@ -121,3 +121,34 @@ def test_it_keeps_serving_after_a_leader_finishes_someone_elses_batch() -> None:
     batcher = Batcher(run, max_batch_size=2, max_delay_ms=1)
     results = _fan_out(batcher, 9)
     assert sorted(r for r, _ in results) == [i * 10 for i in range(9)]
+
+
+def _picky(calls: list[list[int]]):
+    def run(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if 13 in items:
+            raise IndexError("index out of range in self")
+        return [i * 10 for i in items]
+
+    return run
+
+
+def test_an_input_that_fails_the_engine_fails_alone_and_the_rest_are_answered() -> None:
+    calls: list[list[int]] = []
+    batcher: Batcher[int, int] = Batcher(_picky(calls), max_batch_size=16, max_delay_ms=1)
+    outcomes = batcher.submit_many(list(range(16)), deadlines=[None] * 16)
+    assert [result for result, _, _ in outcomes if result is not None] == [
+        i * 10 for i in range(16) if i != 13
+    ]
+    [failed] = [error for _, error, _ in outcomes if error is not None]
+    assert isinstance(failed, IndexError) and outcomes[13][1] is failed
+    # Halving finds it: the whole batch, then two runs per level down to the one item.
+    assert len(calls) == 1 + 2 * 4
+    assert outcomes[0][2] == 8 and outcomes[12][2] == 1  # each answer says where it ran
+
+
+def test_an_error_the_isolation_refuses_goes_to_every_item_at_once() -> None:
+    calls: list[list[int]] = []
+    outcomes = run_isolating(_picky(calls), [1, 13, 3], isolate=lambda exc: False)
+    assert [error is not None for _, error, _ in outcomes] == [True, True, True]
+    assert len(calls) == 1  # the engine is not asked again

@@ -119,18 +119,20 @@ def test_kserve_sends_a_batch_to_mlserver_as_one_request(mlserver) -> None:
         assert int(np.argmax(row["probabilities"])) == row["label"]
 
 
-def test_kserve_reports_mlservers_own_error(mlserver) -> None:
+def test_kserve_logs_mlservers_own_error(mlserver, caplog) -> None:
     base, _ = mlserver
     runtime = KServeRuntime(
         _spec("kserve", url=base, model=mls.MODEL, inputs={"pixels": {"shape": [2]}}, retries=0)
     )
     runtime.load(None)
     try:
-        with pytest.raises(UpstreamError, match="expecting 64 features") as caught:
+        with pytest.raises(UpstreamError, match="answered 500") as caught:
             runtime.predict([{"pixels": [1.0, 2.0]}])
     finally:
         runtime.close()
     assert caught.value.status == 502 and caught.value.upstream_status == 500
+    assert "expecting 64 features" not in str(caught.value)  # the operator's, in the log
+    assert "expecting 64 features" in caplog.text
 
 
 def test_sluice_serves_an_mlserver_model_in_process(mlserver, api, eager) -> None:

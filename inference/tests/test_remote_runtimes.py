@@ -99,14 +99,19 @@ def test_it_retries_5xx_with_jittered_backoff(upstream, loaded) -> None:
     assert all(gap < 0.5 for gap in gaps), gaps  # full jitter capped at backoff_max_s
 
 
-def test_it_gives_up_after_its_retries_with_the_upstream_reason(upstream, loaded) -> None:
+def test_it_gives_up_after_its_retries_and_logs_the_upstream_reason(
+    upstream, loaded, caplog
+) -> None:
     runtime = loaded("kserve", url=upstream.url, retries=2, **FAST)
     upstream.plan(INFER, *[Reply(500, "Traceback …\nValueError: X has 2 features")] * 3)
     with pytest.raises(UpstreamError) as caught:
         runtime.predict([{"x": 1}])
-    assert caught.value.status == 502
-    assert "answered 500: ValueError: X has 2 features" in str(caught.value)
-    assert upstream.url not in str(caught.value)  # the message reaches clients; the URL not
+    assert caught.value.status == 502 and caught.value.upstream_status == 500
+    assert "answered 500" in str(caught.value)
+    # The upstream's text and URL are the operator's: in the log, not in the error.
+    assert "X has 2 features" not in str(caught.value)
+    assert upstream.url not in str(caught.value)
+    assert "answered 500: ValueError: X has 2 features" in caplog.text
     assert len(upstream.calls(INFER)) == 3
 
 
@@ -132,7 +137,7 @@ def test_it_does_not_wait_past_its_retry_budget(upstream, loaded) -> None:
 def test_client_errors_are_neither_retried_nor_held_against_the_upstream(upstream, loaded) -> None:
     runtime = loaded("kserve", url=upstream.url, retries=3, breaker_failures=1, **FAST)
     upstream.plan(INFER, Reply(400, {"error": "invalid tensor x"}))
-    with pytest.raises(UpstreamError, match="answered 400: invalid tensor x") as caught:
+    with pytest.raises(UpstreamError, match=r"answered 400$") as caught:
         runtime.predict([{"x": 1}])
     assert caught.value.status == 502 and len(upstream.calls(INFER)) == 1
     assert runtime.predict([{"x": 1}]) == [{"y": 2}]  # the circuit stayed closed
@@ -226,7 +231,7 @@ def test_a_remote_model_it_does_not_find_is_unavailable(upstream) -> None:
     spec = VersionSpec(
         id=next(_ids), model="nope", version="1", runtime="kserve", options={"url": upstream.url}
     )
-    with pytest.raises(UpstreamUnavailable, match="answered 404: no route"):
+    with pytest.raises(UpstreamUnavailable, match=r"answered 404$"):
         KServeRuntime(spec).load(None)
 
 
@@ -344,7 +349,7 @@ def test_an_error_event_mid_stream_is_a_502(upstream, loaded) -> None:
     )
     chunks = runtime.stream({"prompt": "go"})
     assert next(chunks) == {"text": "x"}
-    with pytest.raises(UpstreamError, match="failed mid-stream: out of memory"):
+    with pytest.raises(UpstreamError, match=r"failed mid-stream$"):
         next(chunks)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from inference.runtimes import RuntimeUnavailable, VersionSpec, unavailable_reason
+from inference.runtimes.base import InvalidInput
 from inference.runtimes.transformers import TransformersRuntime
 
 pytest.importorskip("torch")
@@ -173,3 +174,61 @@ def test_a_zip_member_may_not_escape_the_extraction_directory() -> None:
         archive.writestr("../evil.json", "{}")
     with pytest.raises(RuntimeUnavailable, match="escapes"):
         _runtime(artifact=buffer.getvalue())
+
+
+# --- the context window: checked before the engine runs ---------------------------------------
+
+
+def test_a_prompt_and_max_tokens_past_the_context_window_are_refused_before_generating(
+    gpt2_dir,
+) -> None:
+    runtime = _runtime({"path": str(gpt2_dir)})  # n_positions 256
+    item = {"prompt": "Hello world", "max_tokens": 300}
+    with pytest.raises(InvalidInput) as caught:
+        runtime.check(item)
+    assert list(caught.value.errors) == ["max_tokens"]
+    assert "context window of 256 tokens" in caught.value.errors["max_tokens"][0]
+    long_prompt = {"prompt": "The quick brown fox jumps over the lazy dog. " * 60}
+    with pytest.raises(InvalidInput) as caught:
+        runtime.check(long_prompt)
+    assert list(caught.value.errors) == ["prompt"]
+    fits = runtime.check({"prompt": "Hello world", "max_tokens": 200})
+    assert runtime.predict([fits])[0]["completion_tokens"] <= 200
+
+
+def test_without_max_tokens_the_default_answer_is_cut_to_what_the_prompt_leaves(gpt2_dir) -> None:
+    runtime = _runtime({"path": str(gpt2_dir), "max_new_tokens": 64})
+    prompt = "Hello world, this is a tiny language model for tests. " * 9
+    tokens = len(runtime.tokenizer(prompt)["input_ids"])
+    assert 256 - 64 < tokens < 256
+    checked = runtime.check({"prompt": prompt})
+    assert checked["max_tokens"] == 256 - tokens
+    assert runtime.check({"prompt": "Hello"}) == {"prompt": "Hello"}  # room for the default
+    runtime.predict([checked])  # runs: no position past the context window
+
+
+def test_an_empty_prompt_starts_from_the_end_of_text_token(gpt2_dir) -> None:
+    runtime = _runtime({"path": str(gpt2_dir)})
+    checked = runtime.check({"prompt": "", "max_tokens": 4})
+    assert checked["prompt"] == "<|endoftext|>"
+    assert runtime.predict([checked])[0]["prompt_tokens"] == 1
+
+
+def test_registering_derives_the_schema_from_the_models_context_window(gpt2_dir, t5_dir) -> None:
+    artifact = io.BytesIO(zipped(gpt2_dir))
+    built = TransformersRuntime.on_register({}, artifact, {})
+    assert built["properties"]["max_tokens"]["maximum"] == 255 and built["required"] == ["prompt"]
+    declared = {
+        "type": "object",
+        "properties": {"prompt": {"type": "string"}, "max_tokens": {"type": "integer"}},
+    }
+    bounded = TransformersRuntime.on_register({"max_tokens_limit": 100}, None, declared)
+    assert bounded == declared  # a path on another machine: nothing to read here
+    bounded = TransformersRuntime.on_register({"path": str(gpt2_dir)}, None, declared)
+    assert bounded["properties"]["max_tokens"]["maximum"] == 255
+    tighter = TransformersRuntime.on_register(
+        {"path": str(gpt2_dir), "max_tokens_limit": 100}, None, {}
+    )
+    assert tighter["properties"]["max_tokens"]["maximum"] == 100
+    # A sequence-to-sequence model's context bounds its input, not its answer.
+    assert TransformersRuntime.on_register({"path": str(t5_dir)}, None, {}) == {}

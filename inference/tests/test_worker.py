@@ -14,7 +14,7 @@ from inference.replies import reply_publish, reply_wait
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.tasks import inference_predict
 from inference.tests.conftest import make_version
-from inference.tests.fakes import DOUBLER, Doubler
+from inference.tests.fakes import DOUBLER, PICKY, Doubler
 
 
 def _spec(id: int = 1, checksum: str = "a", **options) -> VersionSpec:
@@ -140,3 +140,26 @@ def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
     consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
     apps._preload_on_worker_ready(sender=consumer)
     assert done.wait(5) and seen == [{"cpu"}]
+
+
+@pytest.mark.django_db
+def test_an_input_that_fails_the_engine_does_not_fail_its_batch(monkeypatch, caplog) -> None:
+    """A batch of 16 with one input the engine raises on: fifteen answers, one failure that
+    blames that input, with the engine's text for the operator only."""
+    version = make_version("picky", options=PICKY, max_batch_size=16)
+    sent: dict[str, dict] = {}
+    monkeypatch.setattr(
+        serving, "batch_reply_publish", lambda to, batch, replies, **kw: sent.update(replies)
+    )
+    items = [(f"r{x}", {"x": x}, time.time() + 10) for x in range(16)]
+    serving.predict_batch(
+        version_id=version.pk, queue="cpu", items=items, reply_to="inbox", batch_id="b"
+    )
+    assert [sent[f"r{x}"]["output"]["y"] for x in range(16) if x != 13] == [
+        2 * x for x in range(16) if x != 13
+    ]
+    failed = sent["r13"]
+    assert (failed["ok"], failed["status"], failed["outcome"]) == (False, 500, "input_error")
+    assert failed["error"] == "The model failed on this input."
+    assert failed["internal"] == "IndexError: index out of range in self"
+    assert "requests r13" in caplog.text  # logged with the request id
