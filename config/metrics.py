@@ -99,6 +99,11 @@ SHADOW_LATENCY = Histogram(
     ["model", "version", "role"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CANARY_ROLLBACKS = Counter(
+    "sluice_canary_rollbacks_total",
+    "Canaries the canary policy rolled back (weight to 0), by the first reason.",
+    ["model", "version", "reason"],
+)
 
 
 def broker_queues() -> list[str]:

@@ -31,7 +31,15 @@ class VersionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("version", "runtime", "state", "traffic_weight", "is_shadow", "availability")
+    fields = (
+        "version",
+        "runtime",
+        "state",
+        "traffic_weight",
+        "serving_since",
+        "is_shadow",
+        "availability",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -61,6 +69,11 @@ class ModelAdmin(admin.ModelAdmin):
     readonly_fields = ("stable_version", "previous_stable", "shadow_comparison", "created_at")
     inlines = [VersionInline, EventInline]
     actions = ("rollback",)
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "canary_policy" in form.changed_data:
+            ModelEvent.record(obj, None, "canary-policy", _actor(request), policy=obj.canary_policy)
 
     @admin.display(description="shadow comparison")
     def shadow_comparison(self, obj: Model) -> str:

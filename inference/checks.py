@@ -260,6 +260,8 @@ def check_run(
         # Read afresh, not from serving's spec cache: an operator may just have edited it.
         spec = selectors.version_spec(version_id)
         loaded = serving.model_cache().get(spec)
+        if loaded.checks:  # what only the loaded engine can refuse, as for a request
+            examples = [loaded.runtime.check(example) for example in examples]
         results = loaded.batcher.submit_many(examples, deadlines=[deadline] * len(examples))
     except Exception as exc:  # noqa: BLE001 - the engine's error is the check's answer
         log.warning("check of version %s: %s", version_id, _describe(exc))

@@ -8,6 +8,7 @@ so two operators acting at once cannot leave a half-applied mix.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -44,6 +45,14 @@ class Model(models.Model):
         related_name="+",
         help_text="What a rollback returns to after a promotion.",
     )
+    canary_policy = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "Automatic canary rollback: {window_seconds, min_requests, max_error_rate_increase, "
+            "max_p99_ratio}; empty: off."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -54,6 +63,15 @@ class Model(models.Model):
 
     def _locked(self) -> Model:
         return Model.objects.select_for_update().get(pk=self.pk)
+
+    def clean(self) -> None:
+        from inference.canary import PolicyError, policy_parse
+
+        try:
+            policy = policy_parse(self.canary_policy)
+        except PolicyError as exc:
+            raise ValidationError({"canary_policy": str(exc)}) from exc
+        self.canary_policy = {} if policy is None else policy.as_dict()
 
     def promote(
         self, version: ModelVersion, *, actor: str, check: dict[str, Any] | None = None
@@ -156,6 +174,46 @@ class Model(models.Model):
                 model, None, "weights", actor, weights=dict(weights), **_checked(check)
             )
 
+    def canary_cut(
+        self, version_id: int, *, judged_since: datetime | None, figures: dict[str, Any]
+    ) -> bool:
+        """The canary policy's rollback (:mod:`inference.canary`): the canary's weight goes to
+        0 and the stable version takes its share. ``judged_since``: the canary's
+        ``serving_since`` when it was judged. False when there was nothing to cut: another
+        process cut it first, or an operator changed its traffic since."""
+        with transaction.atomic():
+            # Locks the model: every web process (and celery beat) judges the same windows, so
+            # two may find the canary failing at once; the second then sees weight 0 and does
+            # nothing (one cut, one event, one log line). And an operator who gave the canary
+            # traffic again after it was judged restarted its serving_since: that judgement is
+            # about an earlier run of it and cuts nothing.
+            model = self._locked()
+            canary = model.versions.select_for_update().filter(pk=version_id).first()
+            if (
+                canary is None
+                or canary.state != ModelVersion.State.ACTIVE
+                or canary.is_shadow
+                or not canary.traffic_weight
+                or canary.serving_since != judged_since
+                or model.stable_version_id is None
+                or model.stable_version_id == canary.pk
+            ):
+                return False
+            stable = model.versions.select_for_update().get(pk=model.stable_version_id)
+            cut = canary.traffic_weight
+            ModelVersion.objects.filter(pk=canary.pk).update(traffic_weight=0)
+            _give_weight(stable.pk, min(100, stable.traffic_weight + cut))
+            ModelEvent.record(
+                model,
+                canary,
+                "canary-rollback",
+                "canary-policy",
+                weight_cut=cut,
+                stable=stable.version,
+                **figures,
+            )
+        return True
+
 
 def _checked(check: dict[str, Any] | None) -> dict[str, Any]:
     """The audit-log detail of a change that gave a version traffic: how it was proven."""
@@ -219,7 +277,8 @@ class ModelVersion(models.Model):
         default=0, validators=[MaxValueValidator(100)]
     )
     is_shadow = models.BooleanField(
-        default=False, help_text="Receives a copy of every request; its answers are discarded."
+        default=False,
+        help_text="Receives a copy of every request; its answers are compared, not returned.",
     )
     examples = models.JSONField(
         default=list,

@@ -247,3 +247,12 @@ def model_set_weights(
         model.set_weights(weights, actor=actor, check=check)
         _skipped(proven, check, change="weights", actor=actor)
     return check
+
+
+def model_set_canary_policy(*, model: Model, policy: dict[str, Any], actor: str) -> None:
+    """Turn the automatic canary rollback on (``policy``; missing keys take their defaults)
+    or off (``{}``)."""
+    model.canary_policy = policy
+    model.full_clean(validate_unique=False)
+    model.save(update_fields=["canary_policy"])
+    ModelEvent.record(model, None, "canary-policy", actor, policy=model.canary_policy)

@@ -93,6 +93,21 @@ def inference_check(
 
 
 @shared_task(
+    name="inference_canary",
+    ignore_result=True,
+    # Beat sends the next one in 10 s; a judgement is only as good as its fresh windows.
+    max_retries=0,
+    time_limit=60,
+    soft_time_limit=50,
+)
+def inference_canary() -> None:
+    """Judge every model's canaries against its canary policy (:mod:`inference.canary`)."""
+    from inference import canary
+
+    canary.evaluate_all()
+
+
+@shared_task(
     name="inference_stream",
     ignore_result=True,
     # No retries: a client is reading the stream now; a redelivery would repeat events.

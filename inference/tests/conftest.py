@@ -10,6 +10,7 @@ import pytest
 
 from inference import (
     backpressure,
+    canary,
     dispatch,
     lane,
     replies,
@@ -44,9 +45,11 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     dispatch._loop_collectors.clear()
     shadows._pairs.clear()
     shadows._tallies.clear()
+    canary._watched.clear()
     Doubler.reset()
     version_health.discard()
     yield
+    canary._watched.clear()  # this process's watcher judges nothing of the next test's
     version_health.discard()
     serving.model_cache().clear()
     serving._specs.clear()
