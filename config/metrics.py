@@ -55,6 +55,12 @@ UPSTREAM_DURATION = Histogram(
     ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+INFERENCE_OUTCOMES = Counter(
+    "sluice_inference_outcomes_total",
+    "Unary inference requests by outcome (inference.version_health's: ok, input_error, "
+    "engine_error, timeout, worker_lost, unavailable).",
+    ["model", "version", "outcome"],
+)
 MEDIA_FIRST_EVENT = Histogram(
     "sluice_media_first_event_seconds",
     "Worker time from taking a media stream to its first event.",
@@ -142,9 +148,12 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    queues = CollectorRegistry()
-    queues.register(QueueDepthCollector())
-    return generate_latest(registry) + generate_latest(queues)
+    from inference.health_metrics import VersionHealthCollector
+
+    shared = CollectorRegistry()  # read at scrape time from what every process shares
+    shared.register(QueueDepthCollector())
+    shared.register(VersionHealthCollector())
+    return generate_latest(registry) + generate_latest(shared)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -179,3 +188,18 @@ def observe_request(*, asgi: bool, method: str, status: int, seconds: float) -> 
         )
     found[0].inc()
     found[1].observe(seconds)
+
+
+_outcomes: dict[tuple[str, str, str], Any] = {}
+
+
+def observe_outcome(model: str, version: str, outcome: str) -> None:
+    """Count one unary request's outcome (children cached as in :func:`observe_request`)."""
+    child = _outcomes.get((model, version, outcome))
+    if child is None:
+        if len(_outcomes) >= 10_000:  # versions come and go; the counters stay exported
+            _outcomes.clear()
+        child = _outcomes[(model, version, outcome)] = INFERENCE_OUTCOMES.labels(
+            model, version, outcome
+        )
+    child.inc()

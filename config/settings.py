@@ -177,6 +177,10 @@ INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
 # Circuit breaker per version: opens after this many consecutive failures, probes after cooldown.
 INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
 INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)
+# Failures on one request's input open it only when this many callers (tenants) failed.
+INFERENCE_BREAKER_CALLERS = env.int("INFERENCE_BREAKER_CALLERS", default=2)
+# The window of each version's error rate and p99 in /v1/models, listmodels, admin, metrics.
+INFERENCE_HEALTH_WINDOW_SECONDS = env.int("INFERENCE_HEALTH_WINDOW_SECONDS", default=300)
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
 # How long activating a version (or giving it traffic) waits for its check in a worker.
 INFERENCE_CHECK_TIMEOUT_SECONDS = env.int("INFERENCE_CHECK_TIMEOUT_SECONDS", default=120)

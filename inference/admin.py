@@ -26,7 +26,28 @@ def _actor(request: HttpRequest) -> str:
     return f"admin:{getattr(request.user, 'username', '?')}"
 
 
-class VersionInline(admin.TabularInline):
+class VersionHealth:
+    """Columns of a version's state: whether it would be served now, its circuit and its
+    recent outcomes (over ``INFERENCE_HEALTH_WINDOW_SECONDS``), with the last error's text."""
+
+    @staticmethod
+    def _state(obj: ModelVersion) -> selectors.VersionState:
+        return selectors.version_states([obj])[obj.pk]
+
+    @admin.display(description="availability")
+    def availability(self, obj: ModelVersion) -> str:
+        return self._state(obj).unavailable or "available"
+
+    @admin.display(description="circuit / recent")
+    def health(self, obj: ModelVersion) -> str:
+        return self._state(obj).summary()
+
+    @admin.display(description="last error")
+    def last_error(self, obj: ModelVersion) -> str:
+        return self._state(obj).last_error() or "-"
+
+
+class VersionInline(VersionHealth, admin.TabularInline):
     model = ModelVersion
     extra = 0
     can_delete = False
@@ -39,15 +60,13 @@ class VersionInline(admin.TabularInline):
         "serving_since",
         "is_shadow",
         "availability",
+        "health",
+        "last_error",
     )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # versions are registered on their own page, with the artifact upload
-
-    @admin.display(description="availability")
-    def availability(self, obj: ModelVersion) -> str:
-        return selectors.version_unavailable(obj) or "available"
 
 
 class EventInline(admin.TabularInline):
@@ -141,7 +160,7 @@ def _output_summary(output: shadows.OutputReport) -> str:
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
     list_display = (
         "__str__",
         "runtime",
@@ -152,6 +171,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "is_shadow",
         "is_stable",
         "availability",
+        "health",
         "created_at",
     )
     list_editable = ("traffic_weight",)
@@ -163,6 +183,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "state",
         "serving_since",
         "availability",
+        "health",
+        "last_error",
         "created_at",
         "updated_at",
     )
@@ -184,6 +206,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "traffic_weight",
         "serving_since",
         "availability",
+        "health",
+        "last_error",
         "created_at",
         "updated_at",
     )
@@ -193,10 +217,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if obj is not None:  # an artifact is immutable once registered: register a new version
             return (*fields, "model", "version", "runtime", "artifact")
         return (*fields, "traffic_weight")
-
-    @admin.display(description="availability")
-    def availability(self, obj: ModelVersion) -> str:
-        return selectors.version_unavailable(obj) or "available"
 
     @admin.display(boolean=True, description="stable")
     def is_stable(self, obj: ModelVersion) -> bool:

@@ -31,20 +31,24 @@ class InferenceConfig(AppConfig):
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
-    """``celery worker`` is consuming: warm the models of its queues on a side thread, so the
-    first requests do not pay for loading (the consumer keeps serving meanwhile)."""
+    """``celery worker`` is consuming: close the circuits a worker outage opened on its queues
+    (they said nothing of the versions, and a worker serves again now), then warm the models
+    of its queues, on a side thread, so the first requests do not pay for loading (the
+    consumer keeps serving meanwhile)."""
     from django.conf import settings
 
     from inference import serving
 
-    if not settings.INFERENCE_PRELOAD:
-        return
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if not queues:
         return
 
     def run() -> None:
-        loaded = serving.preload(queues)
-        log.info("preloaded %d model version(s): %s", len(loaded), ", ".join(loaded) or "-")
+        closed = serving.outage_over(queues)
+        if closed:
+            log.info("closed the circuits a worker outage opened: %s", ", ".join(closed))
+        if settings.INFERENCE_PRELOAD:
+            loaded = serving.preload(queues)
+            log.info("preloaded %d model version(s): %s", len(loaded), ", ".join(loaded) or "-")
 
     threading.Thread(target=run, name="inference-preload", daemon=True).start()

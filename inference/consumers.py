@@ -122,7 +122,10 @@ class InferConsumer(StreamConsumer):
             return
         except exceptions.APIException as exc:
             code = getattr(exc, "problem_slug", None) or exc.default_code
-            await self.send_json({"type": "error", "code": str(code), "message": str(exc.detail)})
+            error = {"type": "error", "code": str(code), "message": str(exc.detail)}
+            if getattr(exc, "wait", None):  # what an HTTP answer's Retry-After would say
+                error["retry_after"] = exc.wait  # type: ignore[attr-defined]
+            await self.send_json(error)
             return
         self.running = started.stream_id
         await self.send_json(

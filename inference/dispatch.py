@@ -25,6 +25,8 @@ import time
 import uuid
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from config.broker import redis_wire
 from inference import backpressure, lane
 from inference.redis_client import client
@@ -50,6 +52,7 @@ class Pending:
         "error",
         "payload",
         "request_id",
+        "sent",
         "ticket",
         "turn",
         "waiter",
@@ -72,6 +75,8 @@ class Pending:
         self.error: BaseException | None = None
         self.turn = False  # set (under the collector's lock) when this thread leads next
         self.collector: Collector | None = None
+        # The list and message its batch was pushed as (None: Celery published it).
+        self.sent: tuple[str, str] | None = None
 
     def wait(self, timeout: float) -> dict[str, Any] | None:
         """The answer, or None when ``timeout`` seconds pass first; raises what refused the
@@ -216,6 +221,9 @@ class Collector:
             if not live:
                 inbox.forget_batch(batch_id)
                 return True
+        if wire is not None and not refused:
+            for p in live:
+                p.sent = wire
         if wire is None or refused:
             try:
                 # The rest of a partly refused batch goes as the whole would have: pushed (onto
@@ -226,6 +234,8 @@ class Collector:
                     rest = batch_wire(self.version_id, self.queue, items, inbox.address(), batch_id)
                 if rest is not None:
                     client().lpush(*rest)
+                    for p in live:
+                        p.sent = rest
                 else:
                     enqueue_batch(
                         version_id=self.version_id,
@@ -531,14 +541,24 @@ async def wait_on_loop(pending: Pending, timeout: float) -> dict[str, Any] | Non
     return pending.waiter.reply
 
 
-def gave_up(route: VersionRoute, request_id: str) -> None:
+def gave_up(route: VersionRoute, pending: Pending) -> bool:
     """The request stopped waiting (deadline): forget it and free its slot now, not when its
-    late answer (if any) comes."""
-    inbox.forget(request_id)
+    late answer (if any) comes. Whether no worker ever took it: its batch's message is still
+    on the list it was pushed to (no worker served the queue in time — an outage of the queue,
+    not of the version). False where that cannot be told (a message Celery published)."""
+    inbox.forget(pending.request_id)
     try:
-        backpressure.release(route.queue, request_id)
+        backpressure.release(route.queue, pending.request_id)
     except Exception:
         log.exception("freeing the slot of a timed-out request failed")
+    if pending.sent is None:
+        return False
+    name, message = pending.sent
+    try:
+        return client().lpos(name, message) is not None
+    except RedisError:
+        log.exception("looking for the message of a timed-out request failed")
+        return False
 
 
 def shadow_copy(

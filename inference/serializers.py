@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference import selectors
 from inference.models import Model, ModelVersion
 
 
+class CircuitSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["closed", "open", "half_open"])
+    reason = serializers.CharField(
+        allow_null=True, help_text="The outcome that opened it (callers: several tenants')."
+    )
+    retry_after = serializers.IntegerField(
+        allow_null=True, help_text="Seconds until an open circuit lets a probe through."
+    )
+
+
+class HealthSerializer(serializers.Serializer):
+    window_seconds = serializers.IntegerField()
+    requests = serializers.IntegerField()
+    failures = serializers.IntegerField(help_text="The version's own: engine errors, timeouts.")
+    input_failures = serializers.IntegerField(help_text="Engine errors on one request's input.")
+    error_rate = serializers.FloatField()
+    p99_ms = serializers.FloatField(allow_null=True, help_text="Of successful requests.")
+    failing_callers = serializers.IntegerField()
+    last_error_at = serializers.DateTimeField(allow_null=True)
+    last_error_outcome = serializers.CharField(allow_null=True)
+    last_error = serializers.CharField(
+        allow_null=True, help_text="The engine's own text: staff only (null for tenants)."
+    )
+
+
 class VersionSerializer(serializers.ModelSerializer):
+    """A version and, in Sluice's fields, whether it would be served now: its engine, its
+    circuit and its recent outcomes (context: ``states`` from
+    :func:`inference.selectors.version_states`, ``staff`` to include error texts)."""
+
     shadow = serializers.BooleanField(source="is_shadow")
     stable = serializers.SerializerMethodField()
     available = serializers.SerializerMethodField()
     unavailable_reason = serializers.SerializerMethodField()
+    circuit = serializers.SerializerMethodField()
+    health = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
@@ -30,6 +64,8 @@ class VersionSerializer(serializers.ModelSerializer):
             "stable",
             "available",
             "unavailable_reason",
+            "circuit",
+            "health",
             "max_batch_size",
             "max_delay_ms",
             "checksum",
@@ -38,14 +74,48 @@ class VersionSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
+    def _state(self, obj: ModelVersion) -> selectors.VersionState:
+        states = self.context.setdefault("states", {})
+        if obj.pk not in states:
+            states.update(selectors.version_states([obj]))
+        state: selectors.VersionState = states[obj.pk]
+        return state
+
     def get_stable(self, obj: ModelVersion) -> bool:
         return obj.pk == obj.model.stable_version_id
 
     def get_available(self, obj: ModelVersion) -> bool:
-        return selectors.version_unavailable(obj) is None
+        return self._state(obj).available
 
     def get_unavailable_reason(self, obj: ModelVersion) -> str | None:
-        return selectors.version_unavailable(obj)
+        return self._state(obj).unavailable
+
+    @extend_schema_field(CircuitSerializer)
+    def get_circuit(self, obj: ModelVersion) -> dict[str, Any]:
+        state = self._state(obj)
+        return {
+            "state": state.circuit,
+            "reason": state.circuit_reason,
+            "retry_after": None if state.retry_after is None else math.ceil(state.retry_after),
+        }
+
+    @extend_schema_field(HealthSerializer)
+    def get_health(self, obj: ModelVersion) -> dict[str, Any]:
+        health = self._state(obj).health
+        at = health.last_error_at
+        return {
+            "window_seconds": settings.INFERENCE_HEALTH_WINDOW_SECONDS,
+            "requests": health.requests,
+            "failures": health.failures,
+            "input_failures": health.input_failures,
+            "error_rate": round(health.error_rate, 4),
+            "p99_ms": health.p99_ms,
+            "failing_callers": health.failing_callers,
+            "last_error_at": None if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
+            "last_error_outcome": health.last_error_outcome,
+            # The engine's own words are the operator's, never a tenant's.
+            "last_error": health.last_error if self.context.get("staff") else None,
+        }
 
 
 class ModelInfoSerializer(serializers.ModelSerializer):
@@ -85,12 +155,12 @@ class ModelInfoSerializer(serializers.ModelSerializer):
         return str(getattr(settings, "INFERENCE_OWNED_BY", "sluice"))
 
     def get_available(self, obj: Model) -> bool:
-        return any(
-            v.state == ModelVersion.State.ACTIVE
-            and v.traffic_weight > 0
-            and selectors.version_unavailable(v) is None
-            for v in obj.versions.all()
-        )
+        """Whether a request for the model would be served now."""
+        states = self.context.setdefault("states", {})
+        missing = [v for v in obj.versions.all() if v.pk not in states]
+        if missing:
+            states.update(selectors.version_states(missing))
+        return selectors.model_available(obj, states)
 
 
 class ModelListSerializer(serializers.Serializer):

@@ -33,6 +33,7 @@ from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
 from config.log import request_id_var
+from config.metrics import observe_outcome
 from inference import backpressure, dispatch, selectors, shadows, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import Loaded, ModelCache
@@ -57,6 +58,15 @@ class QueueFull(ServiceUnavailable):
 class ModelUnavailable(ServiceUnavailable):
     default_detail = "No version of this model can serve now."
     problem_slug = "model-unavailable"
+
+    @classmethod
+    def no_route(cls, exc: NoRoute) -> ModelUnavailable:
+        """The 503 of a request no version can take, with ``Retry-After`` when a circuit's
+        cooldown is why (the cooldown left, at least a second)."""
+        unavailable = cls(str(exc))
+        if exc.retry_after is not None:
+            unavailable.wait = max(1, math.ceil(exc.retry_after))  # type: ignore[attr-defined]
+        return unavailable
 
 
 class InferenceFailed(exceptions.APIException):
@@ -140,6 +150,7 @@ class _Planned:
     deadline: float
     breaker: CircuitBreaker
     started: float
+    caller: str | None  # the tenant, as the breaker and the health stats count callers
 
 
 def _plan(
@@ -166,7 +177,7 @@ def _plan(
             breaker=breaker,
         )
     except NoRoute as exc:
-        raise ModelUnavailable(str(exc)) from exc
+        raise ModelUnavailable.no_route(exc) from exc
     chosen = table.versions[plan.primary.id]
     try:
         if chosen.validator is not None and isinstance(data, dict):
@@ -185,6 +196,7 @@ def _plan(
         deadline=_deadline(timeout_ms),
         breaker=breaker,
         started=started,
+        caller=str(tenant.pk) if tenant is not None else None,
     )
 
 
@@ -204,34 +216,55 @@ def _unreachable(planned: _Planned, exc: BaseException) -> exceptions.APIExcepti
 _UNREACHABLE = (backpressure.QueueFull, RedisError, KombuError, OSError)
 
 
-def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
+def _outcome(
+    planned: _Planned, outcome: str, *, latency_ms: float | None = None, error: str | None = None
+) -> None:
+    """Record what happened to the request: the version's breaker, its health stats and the
+    outcome metric (in process, but for the breaker's write after a failure)."""
+    chosen = planned.chosen
+    if outcome == version_health.OK:
+        planned.breaker.record(chosen.id, ok=True)
+    else:
+        planned.breaker.record(chosen.id, ok=False, outcome=outcome, caller=planned.caller)
+    version_health.record(
+        chosen.id, outcome=outcome, latency_ms=latency_ms, caller=planned.caller, error=error
+    )
+    observe_outcome(planned.table.name, chosen.version, outcome)
+
+
+def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch.Pending) -> Answer:
     """The answer for the worker's ``reply`` (None: none came before the deadline)."""
-    chosen, breaker = planned.chosen, planned.breaker
-    if reply is None:
-        dispatch.gave_up(chosen, planned.request_id)
-    if reply is None or time.time() > planned.deadline:
-        breaker.record(chosen.id, ok=False)
-        raise GatewayTimeout(
-            f"No answer from {planned.table.name}:{chosen.version} before the deadline."
+    chosen = planned.chosen
+    label = f"{planned.table.name}:{chosen.version}"
+    if reply is None and dispatch.gave_up(chosen, pending):
+        # No worker took it: the queue had nobody serving it, which says nothing of the
+        # version (docs/inference.md, "The circuit breaker").
+        _outcome(
+            planned, version_health.UNAVAILABLE, error=f"no worker took it from {chosen.queue}"
         )
+        down = ServiceUnavailable(
+            f"No worker took the request from queue {chosen.queue} before its deadline; "
+            "retry later."
+        )
+        down.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+        raise down
+    if reply is None or time.time() > planned.deadline:
+        _outcome(planned, version_health.TIMEOUT, error="no answer before the deadline")
+        raise GatewayTimeout(f"No answer from {label} before the deadline.")
+    latency_ms = round((time.perf_counter() - planned.started) * 1000, 2)
     if not reply.get("ok"):
         status = int(reply.get("status", 502))
         if status == 422:  # the engine's own check refused the input before running it
             raise exceptions.ValidationError({"input": reply.get("errors") or {}})
-        if status != 504:  # the deadline is the client's choice, not the version's fault
-            breaker.record(chosen.id, ok=False)
         error = str(reply.get("error", "inference failed"))
-        request_id = request_id_var.get()
-        if request_id == "-":  # not inside an HTTP request (a pool thread): our own id
-            request_id = planned.request_id
-        if reply.get("internal"):
-            log.warning(
-                "%s:%s failed inference %s: %s",
-                planned.table.name,
-                chosen.version,
-                planned.request_id,
-                reply["internal"],
-            )
+        internal = reply.get("internal")
+        if internal:
+            log.warning("%s failed inference %s: %s", label, planned.request_id, internal)
+        _outcome(
+            planned,
+            str(reply.get("outcome", version_health.ENGINE_ERROR)),
+            error=str(internal or error),
+        )
         if status == 503:
             unavailable = ModelUnavailable(error)
             if reply.get("retry_after"):  # an upstream's Retry-After or its circuit's cooldown
@@ -240,16 +273,18 @@ def _conclude(planned: _Planned, reply: dict[str, Any] | None) -> Answer:
         if status == 504:
             raise GatewayTimeout(error)
         if status == 500:
-            raise InferenceError(request_id)
+            request_id = request_id_var.get()
+            # Outside an HTTP request (a pool thread of the OpenAI endpoints): our own id.
+            raise InferenceError(planned.request_id if request_id == "-" else request_id)
         raise InferenceFailed(error)
-    breaker.record(chosen.id, ok=True)
+    _outcome(planned, version_health.OK, latency_ms=latency_ms)
     return Answer(
         request_id=planned.request_id,
         model=planned.table.name,
         version=chosen.version,
         output=reply["output"],
         batch_size=int(reply.get("batch_size", 1)),
-        latency_ms=round((time.perf_counter() - planned.started) * 1000, 2),
+        latency_ms=latency_ms,
         failed_over=planned.failed_over,
     )
 
@@ -289,7 +324,7 @@ def infer(
     finally:
         if copies:
             shadows.primary_answered(copies, reply)
-    return _conclude(planned, reply)
+    return _conclude(planned, reply, pending)
 
 
 async def infer_async(
@@ -328,7 +363,7 @@ async def infer_async(
     finally:
         if copies:
             shadows.primary_answered(copies, reply)
-    return _conclude(planned, reply)
+    return _conclude(planned, reply, pending)
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -360,6 +395,22 @@ def _spec(version_id: int) -> VersionSpec:
         with _specs_lock:
             _specs[version_id] = spec
     return spec
+
+
+def outage_over(queues: set[str]) -> list[str]:
+    """A worker serves ``queues`` again: close the circuits of their versions that timeouts or
+    a lost worker opened (what a dead worker looks like from the web tier), so traffic comes
+    back now rather than after the cooldown. The versions whose circuit it closed."""
+    breaker = CircuitBreaker()
+    closed = []
+    try:
+        for version_id in selectors.active_version_ids(queues):
+            if breaker.reason(version_id) in (version_health.TIMEOUT, version_health.WORKER_LOST):
+                breaker.reset(version_id)
+                closed.append(str(version_id))
+    finally:
+        connection.close()  # this runs on a thread of its own
+    return closed
 
 
 def preload(queues: set[str]) -> list[str]:

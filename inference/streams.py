@@ -104,7 +104,7 @@ def stream_start(
             breaker=CircuitBreaker(),
         )
     except NoRoute as exc:
-        raise serving.ModelUnavailable(str(exc)) from exc
+        raise serving.ModelUnavailable.no_route(exc) from exc
     chosen = table.versions[plan.primary.id]
     payloads = []
     field = "input" if kind != ANALYSIS or len(items) == 1 else "inputs"

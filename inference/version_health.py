@@ -73,6 +73,10 @@ class Window:
     failing_callers: int  # distinct callers (tenant ids) among failures + input_failures
     last_error: str | None  # operator-facing text (never sent to tenants)
     last_error_at: float | None  # unix time
+    last_error_outcome: str | None = None  # the outcome it came with (tenants may see this)
+
+
+_Error = tuple[float, str, str]  # unix time, text, outcome
 
 
 @dataclass
@@ -84,8 +88,8 @@ class _Bucket:
 
 # (version id, bucket number) -> what this process recorded and has not flushed yet.
 _pending: dict[tuple[int, int], _Bucket] = {}
-# version id -> [(unix time, error text)], the errors recorded since the last flush.
-_errors: dict[int, list[tuple[float, str]]] = {}
+# version id -> the errors recorded since the last flush.
+_errors: dict[int, list[_Error]] = {}
 _lock = threading.Lock()
 _flushing = threading.Lock()  # held by a flush from taking the buffer until it is written
 _flusher_pid: int | None = None
@@ -118,7 +122,7 @@ def record(
         elif caller is not None and (outcome in FAILURES or outcome == INPUT_ERROR):
             bucket.callers.add(caller)
         if error:
-            _errors.setdefault(version_id, []).append((now, error[:ERROR_MAX_CHARS]))
+            _errors.setdefault(version_id, []).append((now, error[:ERROR_MAX_CHARS], outcome))
     if _flusher_pid != os.getpid():
         _start_flusher()
 
@@ -174,7 +178,7 @@ def discard() -> None:
 # --- aggregation ------------------------------------------------------------------------------
 
 
-def _summarise(buckets: list[_Bucket], callers: set[str], last: tuple[float, str] | None) -> Window:
+def _summarise(buckets: list[_Bucket], callers: set[str], last: _Error | None) -> Window:
     counts: dict[str, int] = {}
     latency = [0] * len(LATENCY_BOUNDS_MS)
     for bucket in buckets:
@@ -195,6 +199,7 @@ def _summarise(buckets: list[_Bucket], callers: set[str], last: tuple[float, str
         failing_callers=len(callers),
         last_error=last[1] if last else None,
         last_error_at=last[0] if last else None,
+        last_error_outcome=last[2] if last else None,
     )
 
 
@@ -238,7 +243,7 @@ def _errors_name(backend: Any, version_id: int) -> str:
 def _flush_redis(
     backend: RedisCache,
     buckets: dict[tuple[int, int], _Bucket],
-    errors: dict[int, list[tuple[float, str]]],
+    errors: dict[int, list[_Error]],
 ) -> None:
     ttl = RETENTION_SECONDS + BUCKET_SECONDS
     pipe = backend._cache.get_client(write=True).pipeline(transaction=False)  # type: ignore[attr-defined]
@@ -255,7 +260,7 @@ def _flush_redis(
     for version_id, found in errors.items():
         name = _errors_name(backend, version_id)
         # The member carries its time, so two equal texts stay two entries.
-        pipe.zadd(name, {json.dumps([at, text]): at for at, text in found})
+        pipe.zadd(name, {json.dumps(entry): entry[0] for entry in found})
         pipe.zremrangebyrank(name, 0, -ERRORS_KEPT - 1)
         pipe.expire(name, ttl)
     try:
@@ -266,7 +271,7 @@ def _flush_redis(
 
 def _read_redis(
     backend: RedisCache, ids: list[int], numbers: list[int]
-) -> dict[int, tuple[list[_Bucket], set[str], tuple[float, str] | None]]:
+) -> dict[int, tuple[list[_Bucket], set[str], _Error | None]]:
     pipe = backend._cache.get_client().pipeline(transaction=False)  # type: ignore[attr-defined]
     for version_id in ids:
         names = [_names(backend, version_id, n) for n in numbers]
@@ -275,7 +280,7 @@ def _read_redis(
         pipe.sunion([callers for _, callers in names])
         pipe.zrevrange(_errors_name(backend, version_id), 0, 0)
     got = iter(pipe.execute())
-    out: dict[int, tuple[list[_Bucket], set[str], tuple[float, str] | None]] = {}
+    out: dict[int, tuple[list[_Bucket], set[str], _Error | None]] = {}
     for version_id in ids:
         buckets = []
         for _ in numbers:
@@ -292,8 +297,8 @@ def _read_redis(
         newest = next(got)
         last = None
         if newest:
-            at, text = json.loads(newest[0])
-            last = (float(at), str(text))
+            at, text, outcome = json.loads(newest[0])
+            last = (float(at), str(text), str(outcome))
         out[version_id] = (buckets, callers, last)
     return out
 
@@ -306,7 +311,7 @@ _local_lock = threading.Lock()
 def _flush_local(
     backend: Any,
     buckets: dict[tuple[int, int], _Bucket],
-    errors: dict[int, list[tuple[float, str]]],
+    errors: dict[int, list[_Error]],
 ) -> None:
     ttl = RETENTION_SECONDS + BUCKET_SECONDS
     with _local_lock:
@@ -321,14 +326,14 @@ def _flush_local(
             backend.set(name, stored, timeout=ttl)
         for version_id, found in errors.items():
             name = f"inference:vh:{version_id}:errors"
-            kept: list[tuple[float, str]] = backend.get(name) or []
+            kept: list[_Error] = backend.get(name) or []
             backend.set(name, sorted([*kept, *found])[-ERRORS_KEPT:], timeout=ttl)
 
 
 def _read_local(
     backend: Any, ids: list[int], numbers: list[int]
-) -> dict[int, tuple[list[_Bucket], set[str], tuple[float, str] | None]]:
-    out: dict[int, tuple[list[_Bucket], set[str], tuple[float, str] | None]] = {}
+) -> dict[int, tuple[list[_Bucket], set[str], _Error | None]]:
+    out: dict[int, tuple[list[_Bucket], set[str], _Error | None]] = {}
     for version_id in ids:
         names = [f"inference:vh:{version_id}:{n}" for n in numbers]
         found = backend.get_many([*names, f"inference:vh:{version_id}:errors"])

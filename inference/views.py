@@ -40,8 +40,11 @@ class ModelListView(APIView):
 
     @extend_schema(operation_id="models_list", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
-        models = selectors.models_for_tenant(_tenant(request))
-        return Response({"object": "list", "data": ModelInfoSerializer(models, many=True).data})
+        tenant = _tenant(request)
+        models = selectors.models_for_tenant(tenant)
+        context = _state_context(models, tenant)
+        data = ModelInfoSerializer(models, many=True, context=context).data
+        return Response({"object": "list", "data": data})
 
 
 class ModelDetailView(APIView):
@@ -49,9 +52,16 @@ class ModelDetailView(APIView):
 
     @extend_schema(operation_id="models_retrieve", responses=ModelInfoSerializer)
     def get(self, request: Request, name: str) -> Response:
-        return Response(
-            ModelInfoSerializer(selectors.model_for_tenant(name, _tenant(request))).data
-        )
+        tenant = _tenant(request)
+        model = selectors.model_for_tenant(name, tenant)
+        context = _state_context([model], tenant)
+        return Response(ModelInfoSerializer(model, context=context).data)
+
+
+def _state_context(models: list[Model], tenant: Tenant | None) -> dict[str, Any]:
+    """Every listed version's state, read at once; error texts for staff only."""
+    versions = [v for model in models for v in model.versions.all()]
+    return {"states": selectors.version_states(versions), "staff": tenant is None}
 
 
 def wants_stream(request: Request) -> bool:

@@ -83,7 +83,7 @@ def job_version(model: Model, version: str | None) -> ModelVersion:
     try:
         plan = route(model.name, inference_selectors.candidates(model), version=version)
     except NoRoute as exc:
-        raise ModelUnavailable(str(exc)) from exc
+        raise ModelUnavailable.no_route(exc) from exc
     return inference_selectors.version_of(model, plan.primary.id)
 
 

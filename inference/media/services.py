@@ -83,7 +83,7 @@ def media_start(
     try:
         plan = route(model.name, selectors.candidates(model), breaker=CircuitBreaker())
     except NoRoute as exc:
-        raise ModelUnavailable(str(exc)) from exc
+        raise ModelUnavailable.no_route(exc) from exc
     version = selectors.version_of(model, plan.primary.id)
     if version.runtime_options.get("media") != kind:
         raise exceptions.ValidationError({"model": [f"{name} does not make {kind} streams."]})

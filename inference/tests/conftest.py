@@ -152,7 +152,7 @@ def ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | Non
     pending = dispatch.call(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
     reply = dispatch.wait(pending, timeout)
     if reply is None:
-        dispatch.gave_up(route, rid)
+        dispatch.gave_up(route, pending)
     return reply
 
 

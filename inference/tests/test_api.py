@@ -4,10 +4,11 @@ import time
 
 import numpy as np
 import pytest
+from django.conf import settings
 from sklearn.datasets import load_digits
 
 from config.log import RequestIdFilter
-from inference import backpressure, dispatch, serving, shadows
+from inference import backpressure, dispatch, serving, shadows, version_health
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
@@ -180,19 +181,76 @@ def test_it_rolls_back_a_failing_canary(api, eager, admin_client) -> None:
     assert model.events.filter(action="rollback", actor="admin:admin").exists()
 
 
-def test_it_opens_the_circuit_and_fails_over_to_stable(api, eager, settings) -> None:
+def test_a_version_failing_for_every_caller_opens_and_fails_over_to_stable(
+    api, other_api, eager, settings
+) -> None:
     settings.INFERENCE_BREAKER_FAILURES = 2
     make_version()
     canary = make_version(version="2", options=BROKEN)
     canary.model.set_weights({"1": 0, "2": 100}, actor="t")  # stable keeps the pointer only
     codes = [
-        api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
-        for _ in range(2)
+        client.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").status_code
+        for client in (api, other_api)
     ]
     assert codes == [500, 500]
     assert CircuitBreaker().state(canary.pk) == "open"
-    body = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").json()
-    assert body["version"] == "1" and body["failed_over"] is True
+    for client in (api, other_api):
+        body = client.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json").json()
+        assert body["version"] == "1" and body["failed_over"] is True
+    # Asked for by name, it is refused until its cooldown has passed, and says so.
+    pinned = api.post(
+        "/v1/models/doubler/infer", {"input": {"x": 1}, "version": "2"}, format="json"
+    )
+    assert _problem(pinned, 503)["type"] == "urn:sluice:problem:model-unavailable"
+    assert 1 <= int(pinned["Retry-After"]) <= settings.INFERENCE_BREAKER_COOLDOWN_SECONDS
+
+
+def test_one_tenants_failing_inputs_leave_another_tenant_at_full_success(
+    api, other_api, eager, settings
+) -> None:
+    settings.INFERENCE_BREAKER_FAILURES = 2
+    version = make_version("picky", options=PICKY)
+    for n in range(30):
+        poisoned = api.post("/v1/models/picky/infer", {"input": {"x": 13}}, format="json")
+        assert poisoned.status_code == 500
+        if n % 3 == 0:
+            fine = other_api.post("/v1/models/picky/infer", {"input": {"x": n}}, format="json")
+            assert fine.status_code == 200 and fine.json()["output"] == {"y": 2 * n}
+    assert CircuitBreaker().state(version.pk) == "closed"
+    ok = other_api.post("/v1/models/picky/infer", {"input": {"x": 4}}, format="json")
+    assert ok.status_code == 200
+
+
+def test_a_circuit_a_worker_outage_opened_closes_when_a_worker_is_ready(settings) -> None:
+    settings.INFERENCE_BREAKER_FAILURES = 2
+    stranded = make_version("stranded")
+    failing = make_version("failing", options=BROKEN)
+    breaker = CircuitBreaker()
+    for _ in range(2):
+        breaker.record(stranded.pk, ok=False, outcome="timeout", caller="a")
+        breaker.record(failing.pk, ok=False, outcome="engine_error", caller="a")
+    assert serving.outage_over({"cpu"}) == [str(stranded.pk)]
+    assert breaker.state(stranded.pk) == "closed"
+    assert breaker.state(failing.pk) == "open"  # its engine failed: the cooldown stands
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the batch lane is the Redis configuration's")
+def test_requests_no_worker_takes_are_a_503_and_not_held_against_the_version(api, settings) -> None:
+    """Nobody serves the version's queue (no worker in this process): each request waits its
+    deadline, finds its batch still on the lane, and answers 503 with Retry-After."""
+    settings.INFERENCE_BREAKER_FAILURES = 2
+    version = make_version()
+    for _ in range(4):
+        response = api.post(
+            "/v1/models/doubler/infer", {"input": {"x": 1}, "timeout_ms": 200}, format="json"
+        )
+        body = _problem(response, 503)
+        assert "No worker took the request from queue cpu" in body["detail"]
+        assert response["Retry-After"] == str(settings.INFERENCE_RETRY_AFTER_SECONDS)
+    assert CircuitBreaker().state(version.pk) == "closed"
+    version_health.flush()
+    assert version_health.window(version.pk, 60).requests == 0  # none of them reached it
 
 
 def test_it_copies_requests_to_a_shadow_and_compares_it(api, eager) -> None:

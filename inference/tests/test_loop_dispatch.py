@@ -30,7 +30,7 @@ async def ask_on_loop(route: VersionRoute, x: int, timeout: float = 5) -> dict[s
     pending = dispatch.call_on_loop(route, {"x": x}, request_id=rid, deadline=time.time() + timeout)
     reply = await dispatch.wait_on_loop(pending, timeout)
     if reply is None:
-        dispatch.gave_up(route, rid)
+        dispatch.gave_up(route, pending)
     return reply
 
 
@@ -113,6 +113,6 @@ def test_a_batch_that_cannot_be_sent_fails_its_requests_and_the_next_batch_still
         rid = uuid.uuid4().hex
         pending = dispatch.call_on_loop(route, {"x": 2}, request_id=rid, deadline=time.time() + 5)
         assert pending.error is None and len(calls) == 2
-        dispatch.gave_up(route, rid)
+        dispatch.gave_up(route, pending)
 
     asyncio.run(main())

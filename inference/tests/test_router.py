@@ -150,3 +150,65 @@ def test_it_refuses_when_the_stable_circuit_is_open_too() -> None:
     breaker.record(STABLE.id, ok=False)
     with pytest.raises(NoRoute, match="circuit open"):
         route("m", [STABLE, CANARY], rng=lambda: 0.0, breaker=breaker)
+
+
+# --- the breaker measures the engine, not a caller ----------------------------------------------
+
+
+def test_one_callers_inputs_never_open_the_circuit() -> None:
+    breaker = CircuitBreaker(failures=3, cooldown=60, callers=2)
+    for _ in range(50):
+        assert breaker.record(2, ok=False, outcome="input_error", caller="tenant-a") == "closed"
+    assert breaker.allow(2)
+
+
+def test_failures_from_several_callers_open_it_within_the_configured_failures() -> None:
+    breaker = CircuitBreaker(failures=3, cooldown=60, callers=2)
+    assert breaker.record(2, ok=False, outcome="input_error", caller="a") == "closed"
+    assert breaker.record(2, ok=False, outcome="input_error", caller="b") == "closed"
+    assert breaker.record(2, ok=False, outcome="input_error", caller="a") == "open"
+    assert breaker.reason(2) == "callers"
+
+
+def test_the_versions_own_failures_open_it_whoever_sent_the_requests() -> None:
+    breaker = CircuitBreaker(failures=3, cooldown=60, callers=2)
+    for outcome in ("timeout", "engine_error"):
+        assert breaker.record(2, ok=False, outcome=outcome, caller="a") == "closed"
+    assert breaker.record(2, ok=False, outcome="worker_lost", caller="a") == "open"
+    assert breaker.reason(2) == "worker_lost"
+
+
+def test_a_success_forgets_the_failing_callers() -> None:
+    breaker = CircuitBreaker(failures=2, cooldown=60, callers=2)
+    breaker.record(2, ok=False, outcome="input_error", caller="a")
+    breaker.record(2, ok=True)
+    breaker.record(2, ok=False, outcome="input_error", caller="b")
+    assert breaker.record(2, ok=False, outcome="input_error", caller="b") == "closed"
+
+
+def test_requests_no_worker_took_are_not_counted_and_free_the_probe() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=2, cooldown=10, clock=clock)
+    for _ in range(10):
+        assert breaker.record(2, ok=False, outcome="unavailable", caller="a") == "closed"
+    breaker.record(2, ok=False, outcome="timeout")
+    breaker.record(2, ok=False, outcome="timeout")
+    clock.now += 11
+    assert breaker.allow(2) is True and breaker.allow(2) is False  # one probe at a time
+    assert breaker.record(2, ok=False, outcome="unavailable") == "half_open"
+    assert breaker.allow(2) is True  # the probe proved nothing: the next request probes
+
+
+def test_a_refusal_says_how_long_the_cooldown_has_left() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, cooldown=30, clock=clock)
+    breaker.record(CANARY.id, ok=False)
+    clock.now += 12
+    with pytest.raises(NoRoute) as caught:
+        route("m", [STABLE, CANARY], version="2", breaker=breaker)
+    assert caught.value.retry_after == pytest.approx(18)
+    breaker.record(STABLE.id, ok=False)
+    clock.now += 5
+    with pytest.raises(NoRoute, match="no stable fallback") as caught:
+        route("m", [STABLE, CANARY], rng=lambda: 0.95, breaker=breaker)
+    assert caught.value.retry_after == pytest.approx(13)  # the canary half-opens first

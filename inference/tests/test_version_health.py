@@ -67,6 +67,7 @@ def test_it_keeps_the_newest_error_across_flushes(monkeypatch: pytest.MonkeyPatc
     flush()
     got = window(7, 60)
     assert (got.last_error, got.last_error_at) == ("IndexError: boom", 1_000_002.0)
+    assert got.last_error_outcome == "input_error"
 
 
 def test_it_forgets_outcomes_older_than_the_window(monkeypatch: pytest.MonkeyPatch) -> None:

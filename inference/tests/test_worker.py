@@ -137,6 +137,7 @@ def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
         return []
 
     monkeypatch.setattr(serving, "preload", fake_preload)
+    monkeypatch.setattr(serving, "outage_over", lambda queues: [])
     consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
     apps._preload_on_worker_ready(sender=consumer)
     assert done.wait(5) and seen == [{"cpu"}]
