@@ -1,12 +1,15 @@
 """End to end, version lifecycle safety: the pre-activation check in a real worker (the
-issue's broken artifact refused at activation and at ``setweights``) and shadow comparison
-figures after known traffic. Same stack as test_e2e.py: a ``celery worker`` process, gunicorn
+issue's broken artifact refused at activation and at ``setweights``), a canary with 30 %
+errors rolled back by its policy while a healthy one is kept, and shadow comparison figures
+after known traffic. Same stack as test_e2e.py: a ``celery worker`` process, gunicorn
 and the unary server over Redis and the PostgreSQL test database."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from sklearn.datasets import load_digits
 
 from inference.builtin import DIGITS_OPTIONS
 from inference.tests.conftest import make_version, wait_for
-from inference.tests.fakes import SCORER
+from inference.tests.fakes import PICKY, SCORER
 from inference.tests.test_e2e import stack, unary  # noqa: F401 - the shared stack fixtures
 from testing.processes import manage
 
@@ -120,6 +123,7 @@ def test_a_shadow_is_compared_with_the_primary_after_known_traffic(
     }
     wait_for(lambda: shadows.report(shadow.pk).pairs == 40, "40 compared answers", timeout=20)
     report = shadows.report(shadow.pk)
+    print("shadow report after 40 requests:", report)
     outputs = {o.name: o for o in report.outputs}
     assert report.shadow_errors == report.unanswered == report.skipped == 0
     assert outputs["label"].agreement == 0.75 and outputs["label"].labels == 40
@@ -134,3 +138,77 @@ def test_a_shadow_is_compared_with_the_primary_after_known_traffic(
     }
     labels = (("model", "scored"), ("outcome", "compared"), ("version", "2"))
     assert samples[("sluice_shadow_requests_total", labels)] == 20
+
+
+def test_a_failing_canary_is_rolled_back_within_its_window_and_a_healthy_one_kept(
+    stack: dict[str, Any],  # noqa: F811 - the fixture imported above
+    key: Any,
+    doubler: Any,
+    settings: Any,
+) -> None:
+    from inference import services, version_health
+    from inference.models import ModelEvent, ModelVersion
+
+    window = 30
+    # Fails for 30 % of inputs (x % 10 < 3), answers the rest; passes its check on x = 5.
+    flaky = make_version(
+        version="2",
+        options={**PICKY, "poison": [x for x in range(200) if x % 10 < 3]},
+        examples=[{"x": 5}],
+        activate=False,
+    )
+    healthy = make_version(version="3", activate=False)
+    for version in (flaky, healthy):
+        services.version_activate(version=version, actor="e2e")  # checked in the worker
+    model = doubler.model
+    services.model_set_canary_policy(
+        model=model,
+        policy={"window_seconds": window, "min_requests": 20, "max_error_rate_increase": 0.1},
+        actor="e2e",
+    )
+    services.model_set_weights(model=model, weights={"1": 40, "2": 30, "3": 30}, actor="e2e")
+
+    def ask(x: int) -> tuple[int, str | None]:
+        with httpx.Client(base_url=stack["base"], headers={"X-API-Key": key[1]}, timeout=30) as c:
+            response = c.post("/v1/models/doubler/infer", json={"input": {"x": x}})
+            return response.status_code, response.headers.get("x-sluice-version")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first = list(pool.map(ask, range(160)))
+    assert {status for status, _ in first} <= {200, 500}, first
+    wait_for(
+        lambda: ModelEvent.objects.filter(action="canary-rollback").exists(),
+        "the canary's rollback",
+        timeout=window,
+    )
+    event = ModelEvent.objects.get(action="canary-rollback")
+    flaky.refresh_from_db()
+    assert flaky.serving_since is not None
+    took = (event.created_at - flaky.serving_since).total_seconds()
+    print(f"rolled back {took:.1f} s after the canary got traffic:", event.detail)
+    assert took < window  # within its window
+    assert event.version_id == flaky.pk and event.actor == "canary-policy"
+    assert event.detail["canary_window"]["requests"] >= 20
+    assert (
+        event.detail["canary_window"]["error_rate"]
+        > 0.1 + event.detail["stable_window"]["error_rate"]
+    )
+    assert event.detail["weight_cut"] == 30 and event.detail["stable"] == "1"
+    weights = dict(ModelVersion.objects.values_list("version", "traffic_weight"))
+    assert weights == {"1": 70, "2": 0, "3": 30}
+    # The healthy canary served enough to be judged, and keeps its share.
+    time.sleep(2)  # another judgement or two of the same windows
+    assert ModelEvent.objects.filter(action="canary-rollback").count() == 1
+    settings.CACHES = {  # the windows the server wrote, under its prefix
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": settings.REDIS_KEY_PREFIX}
+    }
+    judged = version_health.window(healthy.pk, window)
+    print("the healthy canary's window:", judged)
+    assert judged.requests >= 20 and judged.error_rate == 0.0
+    assert ModelVersion.objects.get(pk=healthy.pk).traffic_weight == 30
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        after = list(pool.map(ask, [5] * 100))  # an input every version answers
+    assert all(status == 200 for status, _ in after), after
+    served = Counter(version for _, version in after)
+    print("after the rollback, 100 requests went to:", dict(served))
+    assert set(served) == {"1", "3"} and served["1"] > served["3"], served
