@@ -9,7 +9,9 @@ one. Whichever side arrives second completes the pair. Nothing of this runs for 
 without a shadow, and nothing waits for a shadow: the primary's answer goes to the client
 at once.
 
-A completed pair is compared output by output (:func:`compare`): labels (strings, integers,
+The shadow's answer is also its health (:mod:`inference.version_health`: outcome, latency,
+last error), shown for it where every version's is. A completed pair is compared output by
+output (:func:`compare`): labels (strings, integers,
 booleans, anything that is not a number list) agree or not; numbers (floats, lists of
 numbers of the same shape) add their absolute differences; an output missing on one side or
 of another shape is a mismatch. The worker's time for each answer is kept too. The counts
@@ -44,7 +46,7 @@ from config.metrics import (
     SHADOW_LATENCY,
     SHADOW_REQUESTS,
 )
-from inference import dispatch
+from inference import dispatch, version_health
 from inference.replies import Waiter, inbox
 from inference.selectors import VersionRoute
 
@@ -143,6 +145,15 @@ def _shadow_answered(rid: str, waiter: Waiter) -> None:
 
 def _complete(pair: _Pair) -> None:
     shadow, primary = pair.shadow_reply, pair.primary_reply
+    if shadow is not None:  # the shadow's own health, as its requests' would be
+        ok = bool(shadow.get("ok"))
+        version_health.record(
+            pair.shadow.id,
+            outcome=version_health.OK if ok else str(shadow.get("outcome", "engine_error")),
+            latency_ms=float(shadow.get("ms", 0.0)) if ok else None,
+            caller=None,
+            error=None if ok else str(shadow.get("internal") or shadow.get("error", "")),
+        )
     compared = None
     if shadow is not None and shadow.get("ok") and primary is not None and primary.get("ok"):
         compared = compare(primary.get("output"), shadow.get("output"))

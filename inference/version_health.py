@@ -4,9 +4,10 @@ The web tier records each unary request's outcome (:func:`record`): ``ok``, ``in
 (the engine raised for this one request's input), ``engine_error`` (the engine failed for the
 whole version: it could not load or run), ``timeout`` (a worker took the request and did not
 answer before its deadline), ``worker_lost`` (the worker holding it died) or ``unavailable``
-(nothing could serve it: no worker took it, the engine is missing). Workers record shadow
-answers the same way. :func:`window` reads them back, summed over every process, for the
-router's decisions, ``/v1/models``, ``listmodels``, the admin and Prometheus.
+(nothing could serve it: no worker took it, the engine is missing). Shadow answers are
+recorded the same way where they are compared (:mod:`inference.shadows`). :func:`window`
+reads them back, summed over every process, for the router's decisions, ``/v1/models``,
+``listmodels``, the admin and Prometheus.
 
 Recording is in-process and cheap (a lock, a few additions): the counts wait in a buffer that a
 background thread flushes to the shared cache (Redis in production, the process's LocMem cache

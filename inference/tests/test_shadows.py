@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from inference import dispatch, services, shadows
+from inference import dispatch, services, shadows, version_health
 from inference.models import ModelVersion
 from inference.shadows import Comparison, compare
 from inference.tests.conftest import make_version, wait_for
@@ -64,6 +64,9 @@ def test_it_reports_agreement_difference_and_latency_after_known_traffic(api, ea
     assert outputs["label"].agreement == 0.75 and outputs["label"].labels == 20  # 0, 4, … 16 differ
     assert outputs["score"].mean_abs_diff == pytest.approx(0.25) and outputs["score"].values == 20
     assert report.primary_ms is not None and report.shadow_ms is not None
+    version_health.flush()
+    health = version_health.window(shadow.pk, 60)  # the shadow's own, as any version's
+    assert health.requests == 20 and health.error_rate == 0.0 and health.p99_ms is not None
     sample = REGISTRY.get_sample_value
     labels = {"model": "scored", "version": "2"}
     assert sample("sluice_shadow_requests_total", {**labels, "outcome": "compared"}) >= 20
@@ -79,6 +82,8 @@ def test_it_counts_a_failing_shadow_and_a_skipped_copy(api, eager, monkeypatch) 
             == 200
         )
     assert _settled(shadow, 3).shadow_errors == 3
+    version_health.flush()
+    assert version_health.window(shadow.pk, 60).error_rate == 1.0  # its own health
     monkeypatch.setattr(dispatch, "shadow_copy", lambda *args, **kwargs: False)  # queue full
     assert (
         api.post("/v1/models/scored/infer", {"input": {"x": 1}}, format="json").status_code == 200
