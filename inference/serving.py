@@ -508,9 +508,7 @@ def _checked(
     return runnable
 
 
-def predict(
-    *, version_id: int, payload: dict[str, Any], request_id: str, deadline: float, shadow: bool
-) -> None:
+def predict(*, version_id: int, payload: dict[str, Any], request_id: str, deadline: float) -> None:
     """Run one request through the version's batcher and publish its reply (worker side)."""
     started = time.perf_counter()
     if time.time() >= deadline:
@@ -518,7 +516,6 @@ def predict(
         log.info("dropped expired request %s for version %s", request_id, version_id)
         return
     reply: dict[str, Any]
-    spec: VersionSpec | None = None
     try:
         spec = _spec(version_id)
         loaded = _models.get(spec)
@@ -531,13 +528,7 @@ def predict(
         return
     except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the client
         reply = failure_reply(version_id, exc, request_ids=[request_id])
-    finally:
-        if shadow and spec is not None:
-            # Nobody waits for a shadow's answer, so its queue slot is freed here.
-            backpressure.release(spec.queue, request_id)
     reply["ms"] = round((time.perf_counter() - started) * 1000, 2)
-    if shadow:
-        return  # shadow copies travel as batches (predict_batch), answered to be compared
     reply_publish(request_id, reply)
 
 

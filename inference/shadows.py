@@ -11,10 +11,10 @@ at once.
 
 The shadow's answer is also its health (:mod:`inference.version_health`: outcome, latency,
 last error), shown for it where every version's is. A completed pair is compared output by
-output (:func:`compare`): labels (strings, integers,
-booleans, anything that is not a number list) agree or not; numbers (floats, lists of
-numbers of the same shape) add their absolute differences; an output missing on one side or
-of another shape is a mismatch. The worker's time for each answer is kept too. The counts
+output (:func:`compare`): labels (strings, integers, booleans, anything that is not a number
+or a list of numbers) agree or not; numbers (floats, lists of numbers of the same shape) add
+their absolute differences; an output missing on one side or of another shape is a mismatch.
+The worker's time for each answer is kept too. The counts
 gather in the process and a background thread adds them to the shared cache (Redis; the
 process's cache embedded) about once a second, and to the Prometheus metrics
 ``sluice_shadow_*``; :func:`report` reads them back for the admin, summed over every process
@@ -128,6 +128,14 @@ def primary_answered(copies: list[str], reply: dict[str, Any] | None) -> None:
         _complete(pair)
 
 
+def _complete(pair: _Pair) -> None:
+    """Count a pair whose two sides are in; never fails the request whose thread does it."""
+    try:
+        _count(pair)
+    except Exception:  # a comparison must never cost the client its answer
+        log.exception("shadow comparison of %s:%s failed", pair.model, pair.shadow.version)
+
+
 def _shadow_answered(rid: str, waiter: Waiter) -> None:
     """The inbox's callback: the shadow's answer came (``waiter.reply``), or its time ran out
     (None)."""
@@ -143,13 +151,15 @@ def _shadow_answered(rid: str, waiter: Waiter) -> None:
     _complete(pair)
 
 
-def _complete(pair: _Pair) -> None:
+def _count(pair: _Pair) -> None:
     shadow, primary = pair.shadow_reply, pair.primary_reply
     if shadow is not None:  # the shadow's own health, as its requests' would be
         ok = bool(shadow.get("ok"))
+        outcome = version_health.OK if ok else shadow.get("outcome")
         version_health.record(
             pair.shadow.id,
-            outcome=version_health.OK if ok else str(shadow.get("outcome", "engine_error")),
+            # A worker of another release may name none: the version's failure, as _conclude.
+            outcome=outcome if outcome in version_health.OUTCOMES else version_health.ENGINE_ERROR,
             latency_ms=float(shadow.get("ms", 0.0)) if ok else None,
             caller=None,
             error=None if ok else str(shadow.get("internal") or shadow.get("error", "")),
@@ -233,7 +243,12 @@ def compare(primary: Any, shadow: Any) -> dict[str, Comparison]:
         a, b = _numbers(primary[name]), _numbers(shadow[name])
         if a is None and b is None:
             out[name] = Comparison(labels=1, agreed=int(primary[name] == shadow[name]))
-        elif a is None or b is None or _shape(primary[name]) != _shape(shadow[name]):
+        elif (
+            a is None
+            or b is None
+            or len(a) != len(b)
+            or _shape(primary[name]) != _shape(shadow[name])
+        ):
             out[name] = Comparison(mismatches=1)
         else:
             diff = sum(abs(x - y) for x, y in zip(a, b, strict=True))

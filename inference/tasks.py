@@ -25,14 +25,9 @@ def inference_predict(
     payload: dict[str, Any],
     request_id: str,
     deadline: float,
-    shadow: bool = False,
 ) -> None:
     serving.predict(
-        version_id=version_id,
-        payload=payload,
-        request_id=request_id,
-        deadline=deadline,
-        shadow=shadow,
+        version_id=version_id, payload=payload, request_id=request_id, deadline=deadline
     )
 
 

@@ -31,6 +31,8 @@ def test_it_compares_labels_numbers_and_shapes() -> None:
         values=2, abs_diff=2.0
     )
     assert compare([1], {"a": 1}) == {"": Comparison(mismatches=1)}
+    ragged = compare({"e": [[1.0], [2.0, 3.0]]}, {"e": [[1.0], [2.0]]})
+    assert ragged["e"] == Comparison(mismatches=1)
 
 
 def _model_with_shadow(
