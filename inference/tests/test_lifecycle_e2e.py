@@ -163,7 +163,14 @@ def test_a_failing_canary_is_rolled_back_within_its_window_and_a_healthy_one_kep
     model = doubler.model
     services.model_set_canary_policy(
         model=model,
-        policy={"window_seconds": window, "min_requests": 20, "max_error_rate_increase": 0.1},
+        # Latency is not judged here: on a busy test machine p99s of a few dozen requests
+        # differ by more than any ratio worth testing; errors are the subject.
+        policy={
+            "window_seconds": window,
+            "min_requests": 20,
+            "max_error_rate_increase": 0.1,
+            "max_p99_ratio": None,
+        },
         actor="e2e",
     )
     services.model_set_weights(model=model, weights={"1": 40, "2": 30, "3": 30}, actor="e2e")
