@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # A model not routed by this process for this long is no longer judged by it.
 WATCH_SECONDS = 120
+# A p99 of fewer requests is their slowest one: latency is judged once both sides have this many.
+P99_MIN_REQUESTS = 100
 
 
 class PolicyError(ValueError):
@@ -104,11 +106,12 @@ def judge(
             f"error rate {canary.error_rate:.3f} over {canary.requests} requests > stable "
             f"{stable.error_rate:.3f} + {policy.max_error_rate_increase:g}"
         )
+    samples = max(policy.min_requests, P99_MIN_REQUESTS)
     if (
         policy.max_p99_ratio is not None
         and canary.p99_ms is not None
         and stable.p99_ms is not None
-        and stable.requests >= policy.min_requests  # a p99 of a handful says nothing
+        and min(canary.requests, stable.requests) >= samples
         and canary.p99_ms > policy.max_p99_ratio * stable.p99_ms
     ):
         reasons.append(

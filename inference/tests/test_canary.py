@@ -56,9 +56,11 @@ def test_it_judges_error_rate_over_the_stable_plus_the_margin_and_p99_ratio() ->
     assert judge(policy, _window(40, failures=4), _window(100, failures=1)) == []  # 0.10 <= 0.11
     [reason] = judge(policy, _window(30, failures=9), _window(100, failures=2))
     assert reason == "error rate 0.300 over 30 requests > stable 0.020 + 0.1"
-    [slow] = judge(policy, _window(30, p99=25.0), _window(100, p99=10.0))
+    [slow] = judge(policy, _window(100, p99=25.0), _window(100, p99=10.0))
     assert slow == "p99 25 ms > 2 x stable 10 ms"
-    assert judge(policy, _window(30, p99=25.0), _window(5, p99=10.0)) == []  # stable: a handful
+    # A p99 of fewer than 100 requests is their slowest one: latency waits for more.
+    assert judge(policy, _window(99, p99=25.0), _window(500, p99=10.0)) == []
+    assert judge(policy, _window(100, p99=25.0), _window(50, p99=10.0)) == []
     assert judge(Policy(max_p99_ratio=None), _window(30, p99=99.0), _window(100)) == []
 
 
