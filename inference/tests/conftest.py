@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from django.conf import settings
+from django.db import connection
 
 from inference import (
     backpressure,
@@ -28,6 +35,7 @@ from inference.redis_client import client
 from inference.selectors import VersionRoute
 from inference.services import version_register
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
+from testing.processes import celery_worker, free_port, gunicorn, running, server_env, uvicorn
 
 
 @pytest.fixture(autouse=True)
@@ -156,15 +164,6 @@ def ask(route: VersionRoute, x: int, timeout: float = 5) -> dict[str, Any] | Non
     return reply
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    """Poll ``check`` until it holds (an answer that arrives on another thread)."""
-    give_up = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def lane_queue() -> str:
     return f"q{uuid.uuid4().hex[:10]}"  # a queue of this test only (the server is shared)
 
@@ -193,3 +192,92 @@ def lanes() -> Any:
         redis.delete(alive_key(one.hostname))
         for queue in one.queues:
             redis.srem(lane.workers_key(), held_key(queue, one.hostname))
+
+
+# --- end to end: real worker and server processes (the PostgreSQL + Redis pass) ---------------
+
+
+def e2e_database_url() -> str:
+    """The test database as a URL a server process can use (PostgreSQL only)."""
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("the worker process needs a database it can share (PostgreSQL)")
+    auth = quote(db["USER"] or "")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"])
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT.
+    ``@pytest.mark.stack_env(NAME=value)`` adds settings; ``restart_worker()`` kills the worker
+    (SIGKILL, mid-task) and starts another with the same name; ``kill_worker()`` and
+    ``start_worker()`` do it in two steps (an outage in between)."""
+    marker = request.node.get_closest_marker("stack_env")
+    env = server_env(
+        e2e_database_url(),
+        REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX,  # the test reads the worker's keys
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        # That prefix is the whole run's: the per-IP counter of 127.0.0.1 is shared by every
+        # test here, and their requests together pass the default 100 a minute.
+        RATELIMIT_IP_RATE="10000/h",
+        **(marker.kwargs if marker else {}),
+    )
+    port = free_port()
+    worker_log = tmp_path / "worker.log"
+    hostname = f"e2e-{os.getpid()}-{port}@localhost"
+
+    def start_worker() -> Any:
+        return celery_worker(
+            env,
+            queues="celery,cpu",
+            pool="threads",
+            concurrency=8,
+            hostname=hostname,
+            log_path=worker_log,
+        )
+
+    with contextlib.ExitStack() as processes:
+        worker = processes.enter_context(contextlib.ExitStack())
+        proc = worker.enter_context(start_worker())
+        base = processes.enter_context(running(gunicorn(port, threads=16), env, port=port))
+
+        def kill_worker() -> None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            worker.close()
+
+        def start_again() -> None:
+            nonlocal proc
+            proc = worker.enter_context(start_worker())
+
+        def restart_worker() -> None:
+            kill_worker()
+            start_again()
+
+        yield {
+            "base": base,
+            "env": env,
+            "worker_log": worker_log,
+            "hostname": hostname,
+            "restart_worker": restart_worker,
+            "kill_worker": kill_worker,
+            "start_worker": start_again,
+        }
+
+
+@pytest.fixture
+def unary(stack: dict[str, Any]) -> Iterator[str]:
+    """The unary inference server (uvicorn, ``config.unary``) beside the stack's gunicorn."""
+    port = free_port()
+    with running(uvicorn(port), stack["env"], port=port) as base:
+        yield base

@@ -49,12 +49,17 @@ class Broken:
 class Picky:
     """``{"x": n}`` → ``{"y": 2n}``, except that the inputs in ``options["poison"]`` (default
     13) make it raise, whatever batch they are in: an input that passes the schema and fails
-    in the engine."""
+    in the engine. ``options["slow"]``: inputs whose batch takes ``options["sleep"]`` seconds
+    (to hold the worker while other requests gather)."""
 
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
         self.poison = set(options.get("poison", [13]))
+        self.slow = set(options.get("slow", []))
+        self.sleep = float(options.get("sleep", 0))
 
     def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(item["x"] in self.slow for item in batch):
+            time.sleep(self.sleep)
         for item in batch:
             if item["x"] in self.poison:
                 raise IndexError("index out of range in self")

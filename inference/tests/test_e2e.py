@@ -3,23 +3,16 @@ and the PostgreSQL test database. Runs in the PostgreSQL + Redis pass of ``make 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 from sklearn.datasets import load_digits
 
-from testing.processes import celery_worker, free_port, gunicorn, running, server_env, uvicorn
+from inference.tests.conftest import wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -27,82 +20,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (PostgreSQL + Redis pass)"),
 ]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("the worker process needs a database it can share (PostgreSQL)")
-    auth = quote(db["USER"] or "")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"])
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT.
-    ``@pytest.mark.stack_env(NAME=value)`` adds settings; ``restart_worker()`` kills the worker
-    (SIGKILL, mid-task) and starts another with the same name."""
-    marker = request.node.get_closest_marker("stack_env")
-    env = server_env(
-        _database_url(),
-        REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX,  # the test reads the worker's keys
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        # That prefix is the whole run's: the per-IP counter of 127.0.0.1 is shared by every
-        # test here, and their requests together pass the default 100 a minute.
-        RATELIMIT_IP_RATE="10000/h",
-        **(marker.kwargs if marker else {}),
-    )
-    port = free_port()
-    worker_log = tmp_path / "worker.log"
-    hostname = f"e2e-{os.getpid()}-{port}@localhost"
-
-    def start_worker() -> Any:
-        return celery_worker(
-            env,
-            queues="celery,cpu",
-            pool="threads",
-            concurrency=8,
-            hostname=hostname,
-            log_path=worker_log,
-        )
-
-    with contextlib.ExitStack() as processes:
-        worker = processes.enter_context(contextlib.ExitStack())
-        proc = worker.enter_context(start_worker())
-        base = processes.enter_context(running(gunicorn(port, threads=16), env, port=port))
-
-        def restart_worker() -> None:
-            nonlocal proc
-            os.killpg(proc.pid, signal.SIGKILL)
-            worker.close()
-            proc = worker.enter_context(start_worker())
-
-        yield {
-            "base": base,
-            "env": env,
-            "worker_log": worker_log,
-            "hostname": hostname,
-            "restart_worker": restart_worker,
-        }
-
-
-@pytest.fixture
-def unary(stack: dict[str, Any]) -> Iterator[str]:
-    """The unary inference server (uvicorn, ``config.unary``) beside the stack's gunicorn."""
-    port = free_port()
-    with running(uvicorn(port), stack["env"], port=port) as base:
-        yield base
 
 
 def test_it_serves_digits_through_a_real_worker_and_server(stack, key, digits) -> None:
@@ -162,7 +79,7 @@ def test_a_batch_whose_worker_dies_mid_run_is_answered_by_the_next(stack, key, d
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         asked = pool.submit(ask)
-        _wait_for(lambda: client().llen(held) == 1, "the worker to hold the batch")
+        wait_for(lambda: client().llen(held) == 1, "the worker to hold the batch")
         stack["restart_worker"]()
         response = asked.result(timeout=60)
     assert response.status_code == 200, response.text
@@ -331,7 +248,7 @@ def test_the_unary_server_answers_503_when_full_and_504_past_the_deadline(
     assert ask(5000).json()["output"] == {"y": 6}  # loaded and warm
     with ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(ask, 5000)
-        _wait_for(lambda: backpressure.in_flight("cpu") == 1, "the queue's one slot to be taken")
+        wait_for(lambda: backpressure.in_flight("cpu") == 1, "the queue's one slot to be taken")
         full = ask(5000)
         assert slow.result().status_code == 200
     assert full.status_code == 503, full.text

@@ -22,7 +22,6 @@ from sklearn.datasets import load_digits
 from inference.builtin import DIGITS_OPTIONS
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import PICKY, SCORER
-from inference.tests.test_e2e import stack, unary  # noqa: F401 - the shared stack fixtures
 from testing.processes import manage
 
 pytestmark = [
@@ -52,7 +51,7 @@ def _versions_answering(base: str, raw_key: str, count: int) -> Counter[str]:
 
 
 def test_a_broken_artifact_is_refused_at_activation_and_at_setweights(
-    stack: dict[str, Any],  # noqa: F811 - the fixture imported above
+    stack: dict[str, Any],
     key: Any,
     digits: Any,
     digits_onnx: bytes,
@@ -94,8 +93,8 @@ def test_a_broken_artifact_is_refused_at_activation_and_at_setweights(
 
 
 def test_a_shadow_is_compared_with_the_primary_after_known_traffic(
-    stack: dict[str, Any],  # noqa: F811 - the fixture imported above
-    unary: str,  # noqa: F811 - the fixture imported above
+    stack: dict[str, Any],
+    unary: str,
     key: Any,
     settings: Any,
 ) -> None:
@@ -141,7 +140,7 @@ def test_a_shadow_is_compared_with_the_primary_after_known_traffic(
 
 
 def test_a_failing_canary_is_rolled_back_within_its_window_and_a_healthy_one_kept(
-    stack: dict[str, Any],  # noqa: F811 - the fixture imported above
+    stack: dict[str, Any],
     key: Any,
     doubler: Any,
     settings: Any,
