@@ -74,6 +74,43 @@ MEDIA_REALTIME_FACTOR = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 4, 8),
 )
 
+# Shadow versions compared with the primary answers (inference/shadows.py), from the web
+# processes that pair them.
+SHADOW_REQUESTS = Counter(
+    "sluice_shadow_requests_total",
+    "Shadow copies by outcome: compared with the primary's answer, shadow_error, unanswered "
+    "(no answer before the deadline), skipped (queue full, broker unreachable).",
+    ["model", "version", "outcome"],
+)
+SHADOW_COMPARED = Counter(
+    "sluice_shadow_compared_total",
+    "Shadow outputs compared with the primary's: labels, numbers (each value), mismatches "
+    "(missing, another shape or kind).",
+    ["model", "version", "output", "kind"],
+)
+SHADOW_AGREED = Counter(
+    "sluice_shadow_agreed_total",
+    "Shadow label outputs equal to the primary's.",
+    ["model", "version", "output"],
+)
+SHADOW_ABS_DIFF = Counter(
+    "sluice_shadow_abs_diff_total",
+    "Sum of absolute differences between shadow and primary number outputs (divide by "
+    'sluice_shadow_compared_total{kind="number"} for the mean).',
+    ["model", "version", "output"],
+)
+SHADOW_LATENCY = Histogram(
+    "sluice_shadow_latency_seconds",
+    "Worker time of the compared answers, the primary's and the shadow's.",
+    ["model", "version", "role"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CANARY_ROLLBACKS = Counter(
+    "sluice_canary_rollbacks_total",
+    "Canaries the canary policy rolled back (weight to 0), by the first reason.",
+    ["model", "version", "reason"],
+)
+
 
 def broker_queues() -> list[str]:
     return list(dict.fromkeys(["celery", *settings.INFERENCE_QUEUES, "jobs"]))

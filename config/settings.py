@@ -183,6 +183,10 @@ INFERENCE_BREAKER_CALLERS = env.int("INFERENCE_BREAKER_CALLERS", default=2)
 # The window of each version's error rate and p99 in /v1/models, listmodels, admin, metrics.
 INFERENCE_HEALTH_WINDOW_SECONDS = env.int("INFERENCE_HEALTH_WINDOW_SECONDS", default=300)
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
+# How long activating a version (or giving it traffic) waits for its check in a worker.
+INFERENCE_CHECK_TIMEOUT_SECONDS = env.int("INFERENCE_CHECK_TIMEOUT_SECONDS", default=120)
+# How often a web process judges the canaries of the models it routes (inference/canary.py).
+INFERENCE_CANARY_INTERVAL_SECONDS = env.float("INFERENCE_CANARY_INTERVAL_SECONDS", default=1.0)
 # API keys of remote upstreams (kserve / openai runtimes): every UPSTREAM_KEY_<NAME> (or
 # UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
 # stored in the registry or shown in the admin, and no other variable (SECRET_KEY…) can be named.
@@ -429,6 +433,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "jobs_reconcile",
         "schedule": JOBS_RECONCILE_SECONDS,
         "options": {"expires": JOBS_RECONCILE_SECONDS},
+    },
+    # Every model with a canary policy, besides each web process's own watch of what it routes.
+    "inference-canary": {
+        "task": "inference_canary",
+        "schedule": 10.0,
+        "options": {"expires": 10.0},
     },
 }
 # Object storage for artifacts, job inputs and large results: "filesystem" (MEDIA_ROOT) or

@@ -1,17 +1,24 @@
 """Control plane for the model registry: register a version with an upload, activate, set
 canary weights (editable in the list), promote, roll back, retire. Every change goes through
-:mod:`inference.services` and lands in the audit log."""
+:mod:`inference.services` and lands in the audit log; a change that gives a version traffic
+runs its pre-activation check first, and the *change without the check* action (with the
+operator's reason, audited) is the way around it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html, format_html_join
 
-from inference import selectors, services
+from inference import selectors, services, shadows
+from inference.checks import describe
 from inference.models import Model, ModelEvent, ModelVersion
 
 
@@ -50,6 +57,7 @@ class VersionInline(VersionHealth, admin.TabularInline):
         "runtime",
         "state",
         "traffic_weight",
+        "serving_since",
         "is_shadow",
         "availability",
         "health",
@@ -77,9 +85,53 @@ class EventInline(admin.TabularInline):
 class ModelAdmin(admin.ModelAdmin):
     list_display = ("name", "task", "stable_version", "sticky_routing", "created_at")
     search_fields = ("name", "description")
-    readonly_fields = ("stable_version", "previous_stable", "created_at")
+    readonly_fields = ("stable_version", "previous_stable", "shadow_comparison", "created_at")
     inlines = [VersionInline, EventInline]
     actions = ("rollback",)
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "canary_policy" in form.changed_data:
+            ModelEvent.record(obj, None, "canary-policy", _actor(request), policy=obj.canary_policy)
+
+    @admin.display(description="shadow comparison")
+    def shadow_comparison(self, obj: Model) -> str:
+        """Each shadow against the answers the primary versions gave the same requests."""
+        versions = [v for v in obj.versions.all() if v.is_shadow]
+        if not versions:
+            return "no shadow version"
+        found = shadows.reports([v.pk for v in versions])
+        rows = []
+        for version in versions:
+            report = found[version.pk]
+            outputs = "; ".join(_output_summary(o) for o in report.outputs) or "—"
+            rows.append(
+                (
+                    version.version,
+                    report.pairs,
+                    report.shadow_errors,
+                    report.unanswered + report.skipped,
+                    _ms(report.primary_ms),
+                    _ms(report.shadow_ms),
+                    outputs,
+                )
+            )
+        header = format_html(
+            "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            "shadow",
+            "compared",
+            "errors",
+            "not compared",
+            "primary ms",
+            "shadow ms",
+            "outputs (agreement, mean abs. difference, mismatches)",
+        )
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            rows,
+        )
+        return format_html("<table>{}{}</table>", header, body)
 
     @admin.action(description="Roll back selected models (cut canaries / undo last promotion)")
     def rollback(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
@@ -90,6 +142,21 @@ class ModelAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{model}: {'; '.join(exc.messages)}", messages.ERROR)
             else:
                 self.message_user(request, f"{model}: all traffic on {target.version}.")
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _output_summary(output: shadows.OutputReport) -> str:
+    parts = []
+    if output.agreement is not None:
+        parts.append(f"{output.agreement:.1%} agree of {output.labels}")
+    if output.mean_abs_diff is not None:
+        parts.append(f"mean |Δ| {output.mean_abs_diff:.4g} over {output.values} values")
+    if output.mismatches:
+        parts.append(f"{output.mismatches} mismatched")
+    return f"{output.name or 'answer'}: {', '.join(parts)}"
 
 
 @admin.register(ModelVersion)
@@ -114,13 +181,14 @@ class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
     readonly_fields = (
         "checksum",
         "state",
+        "serving_since",
         "availability",
         "health",
         "last_error",
         "created_at",
         "updated_at",
     )
-    actions = ("activate", "promote", "retire", "make_shadow", "clear_shadow")
+    actions = ("activate", "promote", "retire", "make_shadow", "clear_shadow", "skip_check")
     fields = (
         "model",
         "version",
@@ -129,12 +197,14 @@ class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
         "checksum",
         "runtime_options",
         "input_schema",
+        "examples",
         "device",
         "queue",
         "max_batch_size",
         "max_delay_ms",
         "state",
         "traffic_weight",
+        "serving_since",
         "availability",
         "health",
         "last_error",
@@ -164,25 +234,48 @@ class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
             obj.traffic_weight = form.initial.get("traffic_weight", 0)
             super().save_model(request, obj, form, change)
             try:
-                services.model_set_weights(
+                check = services.model_set_weights(
                     model=obj.model, weights={obj.version: weight}, actor=_actor(request)
                 )
             except ValidationError as exc:
                 self.message_user(request, f"{obj}: {'; '.join(exc.messages)}", messages.ERROR)
+            else:
+                if check is not None:
+                    self.message_user(request, f"{obj}: weight {weight}; {describe(check)}")
             obj.refresh_from_db()
             return
         super().save_model(request, obj, form, change)
         if form.changed_data:
             ModelEvent.record(obj.model, obj, "edit", _actor(request), fields=form.changed_data)
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[ModelVersion], verb: str) -> None:
+    def _each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[ModelVersion],
+        verb: str,
+        *,
+        skip_check: str | None = None,
+        weight: int = 0,
+    ) -> None:
         actor = _actor(request)
         for version in queryset.select_related("model"):
+            check = None
             try:
                 if verb == "activate":
-                    services.version_activate(version=version, actor=actor)
+                    check = services.version_activate(
+                        version=version, actor=actor, skip_check=skip_check
+                    )
                 elif verb == "promote":
-                    services.version_promote(version=version, actor=actor)
+                    check = services.version_promote(
+                        version=version, actor=actor, skip_check=skip_check
+                    )
+                elif verb == "weight":
+                    check = services.model_set_weights(
+                        model=version.model,
+                        weights={version.version: weight},
+                        actor=actor,
+                        skip_check=skip_check,
+                    )
                 elif verb == "retire":
                     services.version_retire(version=version, actor=actor)
                 else:
@@ -192,7 +285,8 @@ class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
             except ValidationError as exc:
                 self.message_user(request, f"{version}: {'; '.join(exc.messages)}", messages.ERROR)
             else:
-                self.message_user(request, f"{version}: {verb} done.", messages.SUCCESS)
+                proof = f" {describe(check)}." if check is not None else ""
+                self.message_user(request, f"{version}: {verb} done.{proof}", messages.SUCCESS)
 
     @admin.action(description="Activate selected versions")
     def activate(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
@@ -213,6 +307,54 @@ class ModelVersionAdmin(VersionHealth, admin.ModelAdmin):
     @admin.action(description="Clear shadow flag")
     def clear_shadow(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         self._each(request, queryset, "unshadow")
+
+    @admin.action(description="Change without the pre-activation check (audited)…")
+    def skip_check(
+        self, request: HttpRequest, queryset: QuerySet[ModelVersion]
+    ) -> HttpResponse | None:
+        """An intermediate page asks for the change and the operator's reason; the change is
+        made without the check and audited (a ``check-skipped`` event, a log line)."""
+        form = SkipCheckForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            self._each(
+                request,
+                queryset,
+                form.cleaned_data["change"],
+                skip_check=form.cleaned_data["reason"],
+                weight=form.cleaned_data["weight"] or 0,
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Change without the pre-activation check",
+            "form": form,
+            "versions": queryset.select_related("model"),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/inference/skip_check.html", context)
+
+
+class SkipCheckForm(forms.Form):
+    change = forms.ChoiceField(
+        choices=[
+            ("activate", "Activate"),
+            ("promote", "Promote to stable (all traffic)"),
+            ("weight", "Set traffic weight"),
+        ]
+    )
+    weight = forms.IntegerField(min_value=0, max_value=100, required=False)
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=500,
+        help_text="Why the check is skipped: kept in the audit log with your name.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("change") == "weight" and data.get("weight") is None:
+            raise ValidationError({"weight": "Give the weight to set."})
+        return data
 
 
 @admin.register(ModelEvent)

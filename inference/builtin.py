@@ -39,12 +39,27 @@ DIGITS_OPTIONS: dict[str, Any] = {
     "inputs": {"X": {"field": "pixels", "dtype": "float32"}},
     "outputs": ["label", "probabilities"],
     "output_datatypes": {"label": "INT64", "probabilities": "FP32"},
+    "output_shapes": {"label": [], "probabilities": [10]},
 }
+# A handwritten 0 from the data set: what the pre-activation check feeds a new version.
+DIGITS_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "pixels": [
+            *(0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0),
+            *(0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0),
+            *(0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0),
+        ]
+    }
+]
 TEXT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 10000}},
     "required": ["text"],
 }
+TEXT_EXAMPLES: list[dict[str, Any]] = [
+    {"text": "The river was calm and the morning was bright."},
+    {"text": "Nothing worked and the day was lost."},
+]
 SENTIMENT = "sentiment"
 SENTIMENT_OPTIONS: dict[str, Any] = {
     "handler": "inference.handlers.VaderSentiment",
@@ -84,7 +99,9 @@ MLP_OPTIONS: dict[str, Any] = {
     "inputs": {"X": {"field": "features", "dtype": "float32"}},
     "outputs": ["scores"],
     "output_datatypes": {"scores": "FP32"},
+    "output_shapes": {"scores": [MLP_OUTPUTS]},
 }
+MLP_EXAMPLES: list[dict[str, Any]] = [{"features": [(n % 7) / 7 for n in range(MLP_INPUTS)]}]
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,7 @@ def digits_install(
     checksum = hashlib.sha256(built.onnx).hexdigest()
     existing = ModelVersion.objects.filter(model__name=DIGITS, checksum=checksum).first()
     if existing is not None:
+        _declare_examples(existing, DIGITS_EXAMPLES)
         if activate and existing.state != ModelVersion.State.ACTIVE:
             existing.activate(actor=actor)
         return existing, False
@@ -135,6 +153,7 @@ def digits_install(
         artifact_filename="digits.onnx",
         runtime_options=DIGITS_OPTIONS,
         input_schema=DIGITS_SCHEMA,
+        examples=DIGITS_EXAMPLES,
         max_batch_size=32,
         max_delay_ms=5,
         task=Model.Task.CLASSIFICATION,
@@ -220,6 +239,7 @@ def mlp_install(
         model__name=MLP, checksum=checksum, runtime=runtime, device=device
     ).first()
     if existing is not None:
+        _declare_examples(existing, MLP_EXAMPLES)
         if activate and existing.state != ModelVersion.State.ACTIVE:
             existing.activate(actor=actor)
         return existing, False
@@ -234,6 +254,7 @@ def mlp_install(
         artifact_filename="mlp.onnx",
         runtime_options=options,
         input_schema=MLP_SCHEMA,
+        examples=MLP_EXAMPLES,
         device=device,
         max_batch_size=32,
         max_delay_ms=5,
@@ -259,12 +280,14 @@ def _handler_install(
     actor: str,
     activate: bool,
     schema: dict[str, Any] | None = None,
+    examples: list[dict[str, Any]] | None = None,
 ) -> tuple[ModelVersion, bool]:
     """Register a handler-backed built-in; a version with the same options and schema is
     reused, so running it again (``manage.py demo``) changes nothing."""
     schema = TEXT_SCHEMA if schema is None else schema
     for existing in ModelVersion.objects.filter(model__name=name):
         if existing.runtime_options == options and existing.input_schema == schema:
+            _declare_examples(existing, examples or [])
             if activate and existing.state != ModelVersion.State.ACTIVE:
                 existing.activate(actor=actor)
             return existing, False
@@ -276,6 +299,7 @@ def _handler_install(
         runtime=ModelVersion.Runtime.PYTHON,
         runtime_options=options,
         input_schema=schema,
+        examples=examples,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         task=task,
@@ -302,6 +326,7 @@ def sentiment_install(
         max_delay_ms=2,
         actor=actor,
         activate=activate,
+        examples=TEXT_EXAMPLES,
     )
 
 
@@ -320,6 +345,7 @@ def embeddings_install(
         max_delay_ms=5,
         actor=actor,
         activate=activate,
+        examples=TEXT_EXAMPLES,
     )
 
 
@@ -334,7 +360,9 @@ TEXTGEN_OPTIONS: dict[str, Any] = {
     "top_k": 40,
     "outputs": ["text"],
     "output_datatypes": {"text": "BYTES"},
+    "output_shapes": {"text": []},
 }
+TEXTGEN_EXAMPLES: list[dict[str, Any]] = [{"prompt": "In the beginning", "max_tokens": 8}]
 
 
 def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
@@ -379,7 +407,9 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
     checksum = hashlib.sha256(built.archive).hexdigest()
     version = next((v for v in versions if v.checksum == checksum), None)
     created = version is None
-    if version is None:
+    if version is not None:
+        _declare_examples(version, TEXTGEN_EXAMPLES)
+    else:
         version = version_register(
             model_name=TEXTGEN,
             version=_next_label(versions),
@@ -388,6 +418,7 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
             artifact_filename="textgen.zip",
             runtime_options=TEXTGEN_OPTIONS,
             input_schema=TEXTGEN_SCHEMA,
+            examples=TEXTGEN_EXAMPLES,
             max_batch_size=8,
             max_delay_ms=5,
             task=Model.Task.TEXT,
@@ -405,6 +436,14 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
                 old.retire(actor=actor)  # the artifact-less placeholder
         version.refresh_from_db()
     return version, created
+
+
+def _declare_examples(version: ModelVersion, examples: list[dict[str, Any]]) -> None:
+    """A built-in registered before it declared examples gets them (the check feeds them to
+    its model's new versions)."""
+    if examples and not version.examples:
+        version.examples = examples
+        version.save(update_fields=["examples", "updated_at"])
 
 
 def _next_label(versions: list[ModelVersion]) -> str:

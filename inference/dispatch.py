@@ -561,26 +561,31 @@ def gave_up(route: VersionRoute, pending: Pending) -> bool:
         return False
 
 
-def shadow_copy(route: VersionRoute, payload: dict[str, Any], deadline: float) -> None:
+def shadow_copy(
+    route: VersionRoute, payload: dict[str, Any], deadline: float, *, rid: str, reply_to: str
+) -> bool:
     """Best effort: a full queue or a broker error skips the copy, never the real request.
-    Nobody waits for the answer; the worker measures it and frees the slot."""
-    rid = f"shadow-{uuid.uuid4().hex}"
+    The worker answers it on ``reply_to`` with ``rid`` as its batch id (the web process
+    compares it with the primary's answer, :mod:`inference.shadows`) and frees the slot.
+    Whether the copy went."""
     try:
         if backpressure.admit_many(route.queue, {rid: deadline}):
             log.info("shadow copy to version %s skipped: queue full", route.id)
-            return
+            return False
     except Exception:
         log.exception("shadow copy to version %s skipped: admission store unreachable", route.id)
-        return
+        return False
     try:
         enqueue_batch(
             version_id=route.id,
             queue=route.queue,
             items=[(rid, payload, deadline)],
-            reply_to="",
+            reply_to=reply_to,
             batch_id=rid,
             shadow=True,
         )
     except Exception:
         log.exception("shadow copy to version %s failed", route.id)
         backpressure.release_many(route.queue, [rid])
+        return False
+    return True

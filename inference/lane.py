@@ -92,6 +92,24 @@ def wire(
     return lane_key(queue), json.dumps(message)
 
 
+def live_workers(queue: str) -> list[str]:
+    """The workers serving ``queue`` now: registered for it and beating (every Celery worker
+    that consumes an inference queue runs the lane where Redis is configured)."""
+    redis = client()
+    prefix = held_key(queue, "")
+    hosts = []
+    for name in redis.smembers(workers_key()):
+        held = name.decode() if isinstance(name, bytes) else str(name)
+        if held.startswith(prefix):
+            hosts.append(held[len(prefix) :])
+    if not hosts:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for hostname in hosts:
+        pipe.exists(alive_key(hostname))
+    return [hostname for hostname, alive in zip(hosts, pipe.execute(), strict=True) if alive]
+
+
 class Lane:
     """The lane threads of one worker process: ``threads`` per inference queue it consumes,
     a heartbeat and the sweep of dead workers' held lists."""

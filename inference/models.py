@@ -8,12 +8,14 @@ so two operators acting at once cannot leave a half-applied mix.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
+from django.utils import timezone
 
 
 class Model(models.Model):
@@ -43,6 +45,14 @@ class Model(models.Model):
         related_name="+",
         help_text="What a rollback returns to after a promotion.",
     )
+    canary_policy = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "Automatic canary rollback: {window_seconds, min_requests, max_error_rate_increase, "
+            "max_p99_ratio}; empty: off."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -54,8 +64,20 @@ class Model(models.Model):
     def _locked(self) -> Model:
         return Model.objects.select_for_update().get(pk=self.pk)
 
-    def promote(self, version: ModelVersion, *, actor: str) -> None:
-        """Make ``version`` the stable one with all the traffic; others stay active at 0."""
+    def clean(self) -> None:
+        from inference.canary import PolicyError, policy_parse
+
+        try:
+            policy = policy_parse(self.canary_policy)
+        except PolicyError as exc:
+            raise ValidationError({"canary_policy": str(exc)}) from exc
+        self.canary_policy = {} if policy is None else policy.as_dict()
+
+    def promote(
+        self, version: ModelVersion, *, actor: str, check: dict[str, Any] | None = None
+    ) -> None:
+        """Make ``version`` the stable one with all the traffic; others stay active at 0.
+        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
         with transaction.atomic():
             # Locks the model: two concurrent promotions must not both leave a version at 100.
             model = self._locked()
@@ -68,13 +90,15 @@ class Model(models.Model):
                 traffic_weight=0
             )
             target.state = ModelVersion.State.ACTIVE
+            if not target.traffic_weight:
+                target.serving_since = timezone.now()
             target.traffic_weight = 100
-            target.save(update_fields=["state", "traffic_weight", "updated_at"])
+            target.save(update_fields=["state", "traffic_weight", "serving_since", "updated_at"])
             if model.stable_version_id != target.pk:
                 model.previous_stable_id = model.stable_version_id
                 model.stable_version = target
                 model.save(update_fields=["stable_version", "previous_stable"])
-            ModelEvent.record(model, target, "promote", actor)
+            ModelEvent.record(model, target, "promote", actor, **_checked(check))
         self.refresh_from_db()
 
     def rollback(self, *, actor: str) -> ModelVersion:
@@ -95,19 +119,17 @@ class Model(models.Model):
             if canaries.exists():
                 cut = list(canaries.values_list("version", flat=True))
                 canaries.update(traffic_weight=0)
-                ModelVersion.objects.filter(pk=stable.pk).update(
-                    state=ModelVersion.State.ACTIVE, traffic_weight=100
-                )
+                _give_weight(stable.pk, 100)
                 ModelEvent.record(model, stable, "rollback", actor, canaries_cut=cut)
                 target = stable
             else:
                 previous = model.previous_stable
                 if previous is None:
                     raise ValidationError(f"{model.name} has no canary and no earlier version.")
-                model.versions.filter(state=ModelVersion.State.ACTIVE).update(traffic_weight=0)
-                ModelVersion.objects.filter(pk=previous.pk).update(
-                    state=ModelVersion.State.ACTIVE, traffic_weight=100
-                )
+                model.versions.filter(state=ModelVersion.State.ACTIVE).exclude(
+                    pk=previous.pk
+                ).update(traffic_weight=0)
+                _give_weight(previous.pk, 100)
                 model.stable_version, model.previous_stable = previous, stable
                 model.save(update_fields=["stable_version", "previous_stable"])
                 ModelEvent.record(model, previous, "rollback", actor, undone=stable.version)
@@ -116,9 +138,12 @@ class Model(models.Model):
         target.refresh_from_db()
         return target
 
-    def set_weights(self, weights: dict[str, int], *, actor: str) -> None:
+    def set_weights(
+        self, weights: dict[str, int], *, actor: str, check: dict[str, Any] | None = None
+    ) -> None:
         """Canary weights by version label; versions not named keep theirs. Weights are
-        relative (90 and 10 send 90% and 10%); at least one serving version must stay above 0."""
+        relative (90 and 10 send 90% and 10%); at least one serving version must stay above 0.
+        ``check``: how the versions given traffic were proven, for the audit log."""
         with transaction.atomic():
             # Locks the model: concurrent weight edits would each validate a sum the other breaks.
             model = self._locked()
@@ -131,6 +156,8 @@ class Model(models.Model):
                     raise ValidationError(f"Weight of {label} must be 0..100, not {weight}.")
                 if weight and versions[label].state != ModelVersion.State.ACTIVE:
                     raise ValidationError(f"Version {label} is not active; activate it first.")
+                if weight and not versions[label].traffic_weight:
+                    versions[label].serving_since = timezone.now()
                 versions[label].traffic_weight = weight
             serving = [
                 v
@@ -140,8 +167,67 @@ class Model(models.Model):
             if not serving:
                 raise ValidationError("At least one active version must keep a weight above 0.")
             for label in weights:
-                versions[label].save(update_fields=["traffic_weight", "updated_at"])
-            ModelEvent.record(model, None, "weights", actor, weights=dict(weights))
+                versions[label].save(
+                    update_fields=["traffic_weight", "serving_since", "updated_at"]
+                )
+            ModelEvent.record(
+                model, None, "weights", actor, weights=dict(weights), **_checked(check)
+            )
+
+    def canary_cut(
+        self, version_id: int, *, judged_since: datetime | None, figures: dict[str, Any]
+    ) -> bool:
+        """The canary policy's rollback (:mod:`inference.canary`): the canary's weight goes to
+        0 and the stable version takes its share. ``judged_since``: the canary's
+        ``serving_since`` when it was judged. False when there was nothing to cut: another
+        process cut it first, or an operator changed its traffic since."""
+        with transaction.atomic():
+            # Locks the model: every web process (and celery beat) judges the same windows, so
+            # two may find the canary failing at once; the second then sees weight 0 and does
+            # nothing (one cut, one event, one log line). And an operator who gave the canary
+            # traffic again after it was judged restarted its serving_since: that judgement is
+            # about an earlier run of it and cuts nothing.
+            model = self._locked()
+            canary = model.versions.select_for_update().filter(pk=version_id).first()
+            if (
+                canary is None
+                or canary.state != ModelVersion.State.ACTIVE
+                or canary.is_shadow
+                or not canary.traffic_weight
+                or canary.serving_since != judged_since
+                or model.stable_version_id is None
+                or model.stable_version_id == canary.pk
+            ):
+                return False
+            stable = model.versions.select_for_update().get(pk=model.stable_version_id)
+            cut = canary.traffic_weight
+            ModelVersion.objects.filter(pk=canary.pk).update(traffic_weight=0)
+            _give_weight(stable.pk, min(100, stable.traffic_weight + cut))
+            ModelEvent.record(
+                model,
+                canary,
+                "canary-rollback",
+                "canary-policy",
+                weight_cut=cut,
+                stable=stable.version,
+                **figures,
+            )
+        return True
+
+
+def _checked(check: dict[str, Any] | None) -> dict[str, Any]:
+    """The audit-log detail of a change that gave a version traffic: how it was proven."""
+    return {} if check is None else {"check": check}
+
+
+def _give_weight(version_id: int, weight: int) -> None:
+    """Give an active version ``weight``; its ``serving_since`` restarts when it had none."""
+    ModelVersion.objects.filter(pk=version_id, traffic_weight=0).update(
+        serving_since=timezone.now()
+    )
+    ModelVersion.objects.filter(pk=version_id).update(
+        state=ModelVersion.State.ACTIVE, traffic_weight=weight
+    )
 
 
 def artifact_path(instance: ModelVersion, filename: str) -> str:
@@ -191,7 +277,22 @@ class ModelVersion(models.Model):
         default=0, validators=[MaxValueValidator(100)]
     )
     is_shadow = models.BooleanField(
-        default=False, help_text="Receives a copy of every request; its answers are discarded."
+        default=False,
+        help_text="Receives a copy of every request; its answers are compared, not returned.",
+    )
+    examples = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Example inputs the pre-activation check runs (a list of input objects); empty: "
+            "the stable version's, else one built from the input schema."
+        ),
+    )
+    serving_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When it last went from no traffic to some.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -220,6 +321,10 @@ class ModelVersion(models.Model):
             raise ValidationError({"artifact": "An ONNX version needs its .onnx artifact."})
         if self.runtime == self.Runtime.PYTHON and not (self.runtime_options or {}).get("handler"):
             raise ValidationError({"runtime_options": 'A Python version needs {"handler": ...}.'})
+        if not isinstance(self.examples, list) or not all(
+            isinstance(item, dict) for item in self.examples
+        ):
+            raise ValidationError({"examples": "A list of input objects."})
         if self.runtime in (self.Runtime.KSERVE, self.Runtime.OPENAI):
             from inference.runtimes.remote import refused_option
 
@@ -238,8 +343,9 @@ class ModelVersion(models.Model):
         if to not in self.TRANSITIONS[self.state]:
             raise ValidationError(f"{self} cannot go from {self.state} to {to}.")
 
-    def activate(self, *, actor: str) -> None:
-        """draft/retired → active. The first active version becomes stable with all traffic."""
+    def activate(self, *, actor: str, check: dict[str, Any] | None = None) -> None:
+        """draft/retired → active. The first active version becomes stable with all traffic.
+        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
         with transaction.atomic():
             # Locks the model: two first activations must not both become the stable version.
             model = Model.objects.select_for_update().get(pk=self.model_id)
@@ -250,12 +356,12 @@ class ModelVersion(models.Model):
                 row.state = self.State.ACTIVE
                 row.save(update_fields=["state", "updated_at"])
             if model.stable_version_id is None and not row.is_shadow:
-                ModelVersion.objects.filter(pk=row.pk).update(traffic_weight=100)
+                _give_weight(row.pk, 100)
                 model.stable_version = row
                 model.save(update_fields=["stable_version"])
                 changed = True
             if changed:  # activating an active version is a no-op, not an event
-                ModelEvent.record(model, row, "activate", actor)
+                ModelEvent.record(model, row, "activate", actor, **_checked(check))
         self.refresh_from_db()
 
     def retire(self, *, actor: str) -> None:

@@ -16,7 +16,7 @@ from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 from rest_framework import serializers
 
-from inference import version_health
+from inference import canary, version_health
 from inference.models import Model, ModelEvent, ModelVersion
 from inference.router import Candidate, CircuitBreaker
 from inference.runtimes import VersionSpec
@@ -292,6 +292,13 @@ def routing_table_reload(name: str) -> RoutingTable | None:
     table = None if model is None else routing_table_build(model)
     with _routes_lock:
         _routes[name] = (now, table)
+    if (
+        model is not None
+        and model.canary_policy
+        and table is not None
+        and any(c.weight and not c.stable and not c.shadow for c in table.candidates)
+    ):
+        canary.watch(name)  # this process routes a canary under a policy: it judges it
     return table
 
 

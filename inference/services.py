@@ -1,19 +1,29 @@
 """Writes to the model registry. Admin, API and management commands call these, nothing lower;
-each change is recorded in the model's audit log (ModelEvent)."""
+each change is recorded in the model's audit log (ModelEvent).
+
+A change that gives a version traffic it does not have — activating it, raising its weight
+from 0, promoting it from 0 — first proves it (:mod:`inference.checks`); a failed check refuses
+the change (:class:`~inference.checks.CheckFailed`). ``skip_check`` (the operator's reason)
+makes the change without the check, recorded as a ``check-skipped`` event and a log line.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from typing import IO, Any
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 
+from inference import checks, shadows
 from inference.models import Model, ModelEvent, ModelVersion
 from inference.runtimes import RuntimeUnavailable, runtime_class
 from inference.schema import SchemaError, validate_schema
+
+log = logging.getLogger(__name__)
 
 
 def model_get_or_create(*, name: str, task: str = Model.Task.OTHER, description: str = "") -> Model:
@@ -35,6 +45,7 @@ def version_register(
     artifact_filename: str = "model.onnx",
     runtime_options: dict[str, Any] | None = None,
     input_schema: dict[str, Any] | None = None,
+    examples: list[dict[str, Any]] | None = None,
     device: str = ModelVersion.Device.CPU,
     queue: str | None = None,
     max_batch_size: int = 8,
@@ -65,6 +76,7 @@ def version_register(
         runtime=runtime,
         runtime_options=runtime_options or {},
         input_schema=input_schema or {},
+        examples=examples or [],
         device=device,
         queue=queue or ("gpu" if device == ModelVersion.Device.CUDA else "cpu"),
         max_batch_size=max_batch_size,
@@ -119,27 +131,128 @@ def version_find(*, model_name: str, version: str) -> ModelVersion:
         raise ValidationError(f"{model_name} has no version {version}.") from exc
 
 
-def version_activate(*, version: ModelVersion, actor: str) -> None:
-    version.activate(actor=actor)
+def _prove(
+    versions: list[ModelVersion], *, change: str, actor: str, skip_check: str | None
+) -> dict[str, Any] | None:
+    """Check each version before ``change`` gives it traffic; the audit detail of how they were
+    proven. A failed check is recorded (``check-failed``) and raised. With ``skip_check``
+    nothing runs: the caller records the skip with the change (:func:`_skipped`)."""
+    if not versions:
+        return None
+    if skip_check is not None:
+        if not skip_check.strip():
+            raise ValidationError("Skipping the check needs a reason.")
+        return {"skipped": skip_check.strip()}
+    reports = {}
+    for version in versions:
+        report = checks.version_check(version)
+        if not report.ok:
+            ModelEvent.record(
+                version.model, version, "check-failed", actor, change=change, **report.detail()
+            )
+            raise checks.CheckFailed(version, report)
+        reports[version.version] = report.detail()
+    if len(reports) == 1:
+        return next(iter(reports.values()))
+    return {"versions": reports}
+
+
+def _skipped(
+    versions: list[ModelVersion], check: dict[str, Any] | None, *, change: str, actor: str
+) -> None:
+    """Audit a change made without its check: one event per version and a log line."""
+    if not check or "skipped" not in check:
+        return
+    for version in versions:
+        ModelEvent.record(
+            version.model, version, "check-skipped", actor, change=change, reason=check["skipped"]
+        )
+        log.warning(
+            "pre-activation check of %s skipped by %s for %s: %s",
+            version,
+            actor,
+            change,
+            check["skipped"],
+        )
+
+
+def version_activate(
+    *, version: ModelVersion, actor: str, skip_check: str | None = None
+) -> dict[str, Any] | None:
+    """Activate ``version`` once its check passes; how it was proven (None: it was active)."""
+    version.refresh_from_db(fields=["state", "traffic_weight"])
+    if version.state == ModelVersion.State.ACTIVE:
+        version.activate(actor=actor)
+        return None
+    proven = [version]
+    check = _prove(proven, change="activate", actor=actor, skip_check=skip_check)
+    with transaction.atomic():
+        version.activate(actor=actor, check=check)
+        _skipped(proven, check, change="activate", actor=actor)
+    return check
 
 
 def version_retire(*, version: ModelVersion, actor: str) -> None:
     version.retire(actor=actor)
 
 
-def version_set_shadow(*, version: ModelVersion, shadow: bool, actor: str) -> None:
+def version_set_shadow(
+    *, version: ModelVersion, shadow: bool, actor: str, skip_check: str | None = None
+) -> None:
+    """Make ``version`` a shadow (activated first, checked) or a plain version again; a new
+    shadow's comparison report starts afresh."""
     if shadow and version.state != ModelVersion.State.ACTIVE:
-        version.activate(actor=actor)
+        version_activate(version=version, actor=actor, skip_check=skip_check)
+    was_shadow = version.is_shadow
     version.set_shadow(shadow, actor=actor)
+    if shadow and not was_shadow:
+        shadows.reset(version.pk)
 
 
-def version_promote(*, version: ModelVersion, actor: str) -> None:
-    version.model.promote(version, actor=actor)
+def version_promote(
+    *, version: ModelVersion, actor: str, skip_check: str | None = None
+) -> dict[str, Any] | None:
+    """Make ``version`` stable with all the traffic; checked first when it serves none now."""
+    version.refresh_from_db(fields=["state", "traffic_weight"])
+    serving = version.state == ModelVersion.State.ACTIVE and version.traffic_weight > 0
+    proven = [] if serving else [version]
+    check = _prove(proven, change="promote", actor=actor, skip_check=skip_check)
+    with transaction.atomic():
+        version.model.promote(version, actor=actor, check=check)
+        _skipped(proven, check, change="promote", actor=actor)
+    return check
 
 
 def model_rollback(*, model: Model, actor: str) -> ModelVersion:
+    """Not checked: it returns traffic to versions that served it (the way out of trouble
+    must never wait for a worker)."""
     return model.rollback(actor=actor)
 
 
-def model_set_weights(*, model: Model, weights: dict[str, int], actor: str) -> None:
-    model.set_weights(weights, actor=actor)
+def model_set_weights(
+    *, model: Model, weights: dict[str, int], actor: str, skip_check: str | None = None
+) -> dict[str, Any] | None:
+    """Canary weights; each version that goes from no traffic to some is checked first."""
+    current = {v.version: v for v in model.versions.filter(version__in=list(weights))}
+    proven = [
+        current[label]
+        for label, weight in weights.items()
+        if weight
+        and label in current
+        and current[label].state == ModelVersion.State.ACTIVE
+        and not current[label].traffic_weight
+    ]
+    check = _prove(proven, change="weights", actor=actor, skip_check=skip_check)
+    with transaction.atomic():
+        model.set_weights(weights, actor=actor, check=check)
+        _skipped(proven, check, change="weights", actor=actor)
+    return check
+
+
+def model_set_canary_policy(*, model: Model, policy: dict[str, Any], actor: str) -> None:
+    """Turn the automatic canary rollback on (``policy``; missing keys take their defaults)
+    or off (``{}``)."""
+    model.canary_policy = policy
+    model.full_clean(validate_unique=False)
+    model.save(update_fields=["canary_policy"])
+    ModelEvent.record(model, None, "canary-policy", actor, policy=model.canary_policy)

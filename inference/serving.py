@@ -4,7 +4,7 @@ Web: route (the process's routing table) → validate the input against the chos
 schema → join the version's next batch (:mod:`inference.dispatch`: one queue-slot round trip and
 one ``inference_predict_batch`` message per batch; 503 when the queue is full) → wait for the
 reply → record the outcome on the version's circuit breaker. Shadow versions get a copy whose
-answer nobody waits for.
+answer nobody waits for; it is compared with the primary's (:mod:`inference.shadows`).
 
 Worker: drop expired work → the process's model cache → the version's batcher → one answer
 message per batch (:func:`predict_batch`). :func:`predict` is the same for one request with a
@@ -24,7 +24,6 @@ from typing import Any
 
 from cachetools import TTLCache
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.db import connection
 from kombu.exceptions import KombuError
@@ -33,7 +32,7 @@ from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
 from config.log import request_id_var
-from inference import backpressure, dispatch, selectors, version_health
+from inference import backpressure, dispatch, selectors, shadows, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
@@ -314,6 +313,8 @@ def infer(
     ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
     they refuse it); None when the caller counted them already."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    copies: list[str] = []
+    reply = None
     try:
         pending = dispatch.call(
             planned.chosen,
@@ -322,12 +323,17 @@ def infer(
             deadline=planned.deadline,
             ticket=limits,
         )
-        for shadow in planned.shadows:
-            dispatch.shadow_copy(shadow, planned.payload, planned.deadline)
+        if planned.shadows:
+            copies = shadows.send(
+                planned.table.name, planned.shadows, planned.payload, planned.deadline
+            )
         # Refusals of a batch another thread led come here (the queue's bound, its limits).
         reply = dispatch.wait(pending, planned.deadline - time.time())
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
+    finally:
+        if copies:
+            shadows.primary_answered(copies, reply)
     return _conclude(planned, reply, pending)
 
 
@@ -344,6 +350,8 @@ async def infer_async(
     it joins the version's batch on the loop (:class:`inference.dispatch.LoopCollector`)
     and awaits its answer instead of blocking a thread; shadow copies go from a thread."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    copies: list[str] = []
+    reply = None
     try:
         pending = dispatch.call_on_loop(
             planned.chosen,
@@ -353,14 +361,18 @@ async def infer_async(
             ticket=limits,
         )
         if planned.shadows:
+            copies = shadows.expect(planned.table.name, planned.shadows, planned.deadline)
             loop = asyncio.get_running_loop()
-            for shadow in planned.shadows:
+            for shadow, rid in zip(planned.shadows, copies, strict=True):
                 loop.run_in_executor(
-                    None, dispatch.shadow_copy, shadow, planned.payload, planned.deadline
+                    None, shadows.send_copy, shadow, rid, planned.payload, planned.deadline
                 )
         reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
+    finally:
+        if copies:
+            shadows.primary_answered(copies, reply)
     return _conclude(planned, reply, pending)
 
 
@@ -412,9 +424,7 @@ def preload(queues: set[str]) -> list[str]:
     return done
 
 
-def predict(
-    *, version_id: int, payload: dict[str, Any], request_id: str, deadline: float, shadow: bool
-) -> None:
+def predict(*, version_id: int, payload: dict[str, Any], request_id: str, deadline: float) -> None:
     """Run one request through the version's batcher and publish its reply (worker side)."""
     started = time.perf_counter()
     if time.time() >= deadline:
@@ -422,7 +432,6 @@ def predict(
         log.info("dropped expired request %s for version %s", request_id, version_id)
         return
     reply: dict[str, Any]
-    spec: VersionSpec | None = None
     try:
         spec = _spec(version_id)
         loaded = _models.get(spec)
@@ -435,50 +444,8 @@ def predict(
         return
     except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the client
         reply = failure_reply(version_id, exc, request_ids=[request_id])
-    finally:
-        if shadow and spec is not None:
-            # Nobody waits for a shadow's answer, so its queue slot is freed here.
-            backpressure.release(spec.queue, request_id)
     reply["ms"] = round((time.perf_counter() - started) * 1000, 2)
-    if shadow:
-        _shadow_measure(version_id, reply)
-        return
     reply_publish(request_id, reply)
-
-
-def _shadow_measure(version_id: int, reply: dict[str, Any]) -> None:
-    """A shadow's answer is discarded; its count, errors and latency are kept."""
-    prefix = f"inference:shadow:{version_id}"
-    for name, amount in (
-        ("count", 1),
-        ("errors", 0 if reply["ok"] else 1),
-        ("ms_total", int(reply["ms"])),
-    ):
-        key = f"{prefix}:{name}"
-        cache.add(key, 0, timeout=None)
-        try:
-            cache.incr(key, amount)
-        except ValueError:
-            cache.set(key, amount, timeout=None)
-    log.info("shadow %s answered ok=%s in %s ms", version_id, reply["ok"], reply["ms"])
-    if reply.get("status") != 422:  # a refused input says nothing of the shadow
-        spec = _spec(version_id)
-        version_health.record(
-            version_id,
-            outcome=version_health.OK
-            if reply["ok"]
-            else str(reply.get("outcome", version_health.ENGINE_ERROR)),
-            latency_ms=reply["ms"],
-            caller=None,  # a copy: its caller is the primary's
-            error=reply.get("internal"),
-            labels=(spec.model, spec.version),
-        )
-
-
-def shadow_stats(version_id: int) -> dict[str, int]:
-    prefix = f"inference:shadow:{version_id}"
-    got = cache.get_many([f"{prefix}:{n}" for n in ("count", "errors", "ms_total")])
-    return {n: int(got.get(f"{prefix}:{n}", 0)) for n in ("count", "errors", "ms_total")}
 
 
 def predict_batch(
@@ -488,13 +455,13 @@ def predict_batch(
     items: list[tuple[str, dict[str, Any], float]],
     reply_to: str,
     batch_id: str,
-    shadow: bool = False,
     done: tuple[str, bytes] | None = None,
 ) -> None:
     """Run a web process's batch (``(request_id, payload, deadline)`` each) through the
     version's batcher and answer all of it in one message (worker side). Expired items are
     dropped, not run; every item's queue slot is freed in the same round trip, as is the
-    batch lane's held message (``done``: its list and bytes, :mod:`inference.lane`)."""
+    batch lane's held message (``done``: its list and bytes, :mod:`inference.lane`). A shadow
+    copy is such a batch too, answered to the web process that compares it."""
     started = time.perf_counter()
     now = time.time()
     live = [item for item in items if item[2] > now]
@@ -520,12 +487,9 @@ def predict_batch(
     ms = round((time.perf_counter() - started) * 1000, 2)
     for reply in replies.values():
         reply["ms"] = ms
-    if shadow:
-        for reply in replies.values():
-            _shadow_measure(version_id, reply)
     # Answered even when every item was dropped: the web process counts the batch as done.
     batch_reply_publish(
-        "" if shadow else reply_to,
+        reply_to,
         batch_id,
         replies,
         queue=queue,

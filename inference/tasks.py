@@ -25,14 +25,9 @@ def inference_predict(
     payload: dict[str, Any],
     request_id: str,
     deadline: float,
-    shadow: bool = False,
 ) -> None:
     serving.predict(
-        version_id=version_id,
-        payload=payload,
-        request_id=request_id,
-        deadline=deadline,
-        shadow=shadow,
+        version_id=version_id, payload=payload, request_id=request_id, deadline=deadline
     )
 
 
@@ -53,15 +48,58 @@ def inference_predict_batch(
     shadow: bool = False,
 ) -> None:
     """Many requests (``[request_id, payload, deadline]`` each) collected by a web process;
-    one answer message for all of them on ``reply_to``."""
+    one answer message for all of them on ``reply_to``. ``shadow`` marks a shadow copy in
+    monitors (the message's kwargsrepr); it is run and answered like any batch."""
     serving.predict_batch(
         version_id=version_id,
         queue=queue,
         items=[(str(rid), payload, float(deadline)) for rid, payload, deadline in items],
         reply_to=reply_to,
         batch_id=batch_id,
-        shadow=shadow,
     )
+
+
+@shared_task(
+    name="inference_check",
+    bind=True,
+    ignore_result=True,
+    # No retries: the operator's change waits for this answer with its own timeout.
+    max_retries=0,
+    time_limit=settings.INFERENCE_CHECK_TIMEOUT_SECONDS + 30,
+    soft_time_limit=settings.INFERENCE_CHECK_TIMEOUT_SECONDS + 20,
+)
+def inference_check(
+    self: Any,
+    version_id: int,
+    examples: list[dict[str, Any]],
+    declared: dict[str, dict[str, Any]],
+    reply_id: str,
+    deadline: float,
+) -> None:
+    """The pre-activation check of a version (:mod:`inference.checks`), answered on
+    ``reply_id`` with the name of the worker that ran it."""
+    from inference import checks
+    from inference.replies import reply_publish
+
+    found = checks.check_run(
+        version_id=version_id, examples=examples, declared=declared, deadline=deadline
+    )
+    reply_publish(reply_id, {**found, "worker": self.request.hostname})
+
+
+@shared_task(
+    name="inference_canary",
+    ignore_result=True,
+    # Beat sends the next one in 10 s; a judgement is only as good as its fresh windows.
+    max_retries=0,
+    time_limit=60,
+    soft_time_limit=50,
+)
+def inference_canary() -> None:
+    """Judge every model's canaries against its canary policy (:mod:`inference.canary`)."""
+    from inference import canary
+
+    canary.evaluate_all()
 
 
 @shared_task(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from inference import views
+from inference import views, views_registry
 from inference.protocols import views_openai
 
 urlpatterns = [
@@ -12,4 +12,15 @@ urlpatterns = [
     path("models", views.ModelListView.as_view(), name="model-list"),
     path("models/<slug:name>", views.ModelDetailView.as_view(), name="model-detail"),
     path("models/<slug:name>/infer", views.InferView.as_view(), name="model-infer"),
+    path("models/<slug:name>/weights", views_registry.WeightsView.as_view(), name="model-weights"),
+    path(
+        "models/<slug:name>/versions/<str:version>/activate",
+        views_registry.ActivateView.as_view(),
+        name="model-version-activate",
+    ),
+    path(
+        "models/<slug:name>/versions/<str:version>/promote",
+        views_registry.PromoteView.as_view(),
+        name="model-version-promote",
+    ),
 ]

@@ -6,9 +6,9 @@ whole version: it could not load or run), ``timeout`` (a worker took the request
 answer before its deadline), ``worker_lost`` (the worker holding it died, where a caller can
 tell; the web tier cannot tell a dead worker from a hung one within the worker's heartbeat
 time, and records ``timeout``) or ``unavailable`` (nothing could serve it: no worker took
-it). Workers record shadow answers the same way. :func:`window` reads them back, summed over
-every process, for the router's decisions, ``/v1/models``, ``listmodels``, the admin and
-Prometheus.
+it, the engine is missing). Shadow answers are recorded the same way where they are compared
+(:mod:`inference.shadows`). :func:`window` reads them back, summed over every process, for
+the router's decisions, ``/v1/models``, ``listmodels``, the admin and Prometheus.
 
 Recording is in-process and cheap (a lock, a few additions): the counts wait in a buffer that a
 background thread flushes to the shared cache (Redis in production, the process's LocMem cache

@@ -17,12 +17,14 @@ from django.db import connection
 
 from inference import (
     backpressure,
+    canary,
     dispatch,
     lane,
     replies,
     router,
     selectors,
     serving,
+    shadows,
     streams,
     version_health,
 )
@@ -49,9 +51,13 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     router.forget_breakers()
     dispatch._collectors.clear()
     dispatch._loop_collectors.clear()
+    shadows._pairs.clear()
+    shadows._tallies.clear()
+    canary._watched.clear()
     Doubler.reset()
     version_health.discard()
     yield
+    canary._watched.clear()  # this process's watcher judges nothing of the next test's
     version_health.discard()
     serving.model_cache().clear()
     serving._specs.clear()

@@ -99,6 +99,24 @@ class LetterEmbedder:
         return [{"embedding": self.embed(item["text"])} for item in batch]
 
 
+class Scorer:
+    """``{"x": n}`` → ``{"label": n % 3, "score": n / 10 + offset}``, with the label one off
+    for every n divisible by ``wrong_every`` (options): a shadow whose agreement and mean
+    absolute difference with a plain Scorer a test can compute."""
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        self.offset = float(options.get("offset", 0))
+        self.wrong_every = int(options.get("wrong_every", 0))
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for item in batch:
+            n = item["x"]
+            wrong = bool(self.wrong_every) and n % self.wrong_every == 0
+            out.append({"label": n % 3 + (1 if wrong else 0), "score": n / 10 + self.offset})
+        return out
+
+
 X_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 1000}},
@@ -106,5 +124,6 @@ X_SCHEMA: dict[str, Any] = {
 }
 DOUBLER = {"handler": "inference.tests.fakes.Doubler"}
 TYPIST = {"handler": "inference.tests.fakes.Typist"}
+SCORER = {"handler": "inference.tests.fakes.Scorer"}
 BROKEN = {"handler": "inference.tests.fakes.Broken"}
 PICKY = {"handler": "inference.tests.fakes.Picky"}

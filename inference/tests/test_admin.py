@@ -6,6 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from inference.models import Model, ModelEvent, ModelVersion
+from inference.services import version_register
 from inference.tests.conftest import make_version
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +87,8 @@ def test_it_sets_canary_weights_from_the_admin_list(admin_client) -> None:
     v2.refresh_from_db()
     assert v2.traffic_weight == 25
     event = ModelEvent.objects.filter(action="weights").get()
-    assert event.detail == {"weights": {"2": 25}}
+    assert event.detail["weights"] == {"2": 25}
+    assert event.detail["check"]["ok"] is True  # 2 went from no traffic to some: checked
 
 
 def test_it_shows_the_audit_log_on_the_model_page(admin_client) -> None:
@@ -114,3 +116,43 @@ def test_it_logs_edits_of_a_version(admin_client) -> None:
     assert v1.max_batch_size == 16
     event = ModelEvent.objects.filter(action="edit").get()
     assert set(event.detail["fields"]) == {"runtime_options", "input_schema", "max_batch_size"}
+
+
+def test_the_admin_shows_why_a_check_refused_an_activation(admin_client, digits, digits_onnx):
+    broken = version_register(
+        model_name="digits", version="2", runtime="onnx", artifact=digits_onnx, actor="test"
+    )
+    response = admin_client.post(
+        "/admin/inference/modelversion/",
+        {"action": "activate", "_selected_action": [broken.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "check failed" in page and "KeyError: &#x27;X&#x27;" in page
+    broken.refresh_from_db()
+    assert broken.state == "draft"
+
+
+def test_the_admin_changes_without_the_check_only_with_a_reason(admin_client, digits, digits_onnx):
+    broken = version_register(
+        model_name="digits", version="2", runtime="onnx", artifact=digits_onnx, actor="test"
+    )
+    url = "/admin/inference/modelversion/"
+    asked = admin_client.post(url, {"action": "skip_check", "_selected_action": [broken.pk]})
+    assert asked.status_code == 200 and "without the pre-activation check" in asked.content.decode()
+    no_reason = {
+        "action": "skip_check",
+        "_selected_action": [broken.pk],
+        "apply": "1",
+        "change": "activate",
+        "reason": "",
+    }
+    assert admin_client.post(url, no_reason).status_code == 200  # the form again
+    broken.refresh_from_db()
+    assert broken.state == "draft"
+    done = admin_client.post(url, {**no_reason, "reason": "checked on staging"}, follow=True)
+    assert "check SKIPPED (audited): checked on staging" in done.content.decode()
+    broken.refresh_from_db()
+    assert broken.state == "active"
+    event = ModelEvent.objects.get(action="check-skipped")
+    assert event.actor == "admin:admin" and event.detail["reason"] == "checked on staging"

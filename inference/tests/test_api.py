@@ -8,11 +8,11 @@ from django.conf import settings
 from sklearn.datasets import load_digits
 
 from config.log import RequestIdFilter
-from inference import backpressure, dispatch, outcomes, serving, version_health
+from inference import backpressure, dispatch, outcomes, serving, shadows, version_health
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
-from inference.tests.conftest import make_version
+from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, PICKY
 from tenants.tests.factories import make_key
 
@@ -253,15 +253,16 @@ def test_requests_no_worker_takes_are_a_503_and_not_held_against_the_version(api
     assert version_health.window(version.pk, 60).requests == 0  # none of them reached it
 
 
-def test_it_copies_requests_to_a_shadow_and_measures_it(api, eager) -> None:
+def test_it_copies_requests_to_a_shadow_and_compares_it(api, eager) -> None:
     make_version()
     shadow = make_version(version="2")
     shadow.set_shadow(True, actor="t")
     held = backpressure.in_flight("cpu")
     body = api.post("/v1/models/doubler/infer", {"input": {"x": 5}}, format="json").json()
     assert body["version"] == "1" and body["output"] == {"y": 10}
-    stats = serving.shadow_stats(shadow.pk)
-    assert stats["count"] == 1 and stats["errors"] == 0
+    wait_for(lambda: shadows.flush() or shadows.report(shadow.pk).pairs == 1, "the comparison")
+    report = shadows.report(shadow.pk)
+    assert report.shadow_errors == 0 and report.outputs[0].agreement == 1.0
     assert backpressure.in_flight("cpu") == held  # the shadow's slot was given back too
     version_health.flush()
     health = version_health.window(shadow.pk, 60)  # what /v1/models shows of the shadow

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
+from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA
 from inference.models import Model, ModelEvent, ModelVersion
 from inference.selectors import candidates, model_for_tenant
 from inference.tests.conftest import make_version
@@ -113,16 +116,30 @@ def test_it_manages_versions_from_the_command_line(tmp_path, digits_onnx: bytes,
     artifact = tmp_path / "d.onnx"
     artifact.write_bytes(digits_onnx)
     call_command(
-        "registermodel", "cli", "1", "--runtime", "onnx", "--artifact", str(artifact), "--activate"
+        "registermodel",
+        "cli",
+        "1",
+        "--runtime",
+        "onnx",
+        "--artifact",
+        str(artifact),
+        "--options",
+        json.dumps(DIGITS_OPTIONS),
+        "--input-schema",
+        json.dumps(DIGITS_SCHEMA),
+        "--activate",
     )
+    # No schema nor examples of its own: checked on an input built from the stable one's.
     call_command(
         "registermodel",
         "cli",
         "2",
         "--runtime",
-        "python",
-        "--handler",
-        "inference.tests.fakes.Doubler",
+        "onnx",
+        "--artifact",
+        str(artifact),
+        "--options",
+        json.dumps(DIGITS_OPTIONS),
         "--activate",
     )
     call_command("setweights", "cli", "1=70", "2=30")

@@ -1,4 +1,5 @@
-"""``manage.py promote NAME VERSION``: the version becomes stable and takes all traffic."""
+"""``manage.py promote NAME VERSION``: the version becomes stable and takes all traffic; one
+that serves none now is checked first (``--skip-check REASON``: without it, audited)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference import services
+from inference.checks import describe
+from inference.management.cli import actor, skip_check_argument
 
 
 class Command(BaseCommand):
@@ -16,11 +19,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
         parser.add_argument("version")
+        skip_check_argument(parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             version = services.version_find(model_name=opts["name"], version=opts["version"])
-            services.version_promote(version=version, actor="manage.py")
+            check = services.version_promote(
+                version=version, actor=actor(), skip_check=opts["skip_check"]
+            )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
-        self.stdout.write(f"{version} is stable")
+        self.stdout.write(f"{version} is stable; {describe(check)}")

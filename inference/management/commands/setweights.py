@@ -1,4 +1,7 @@
-"""``manage.py setweights NAME 1=90 2=10``: canary weights (relative) by version."""
+"""``manage.py setweights NAME 1=90 2=10``: canary weights (relative) by version.
+
+A version that goes from no traffic to some is checked first (docs/inference.md); a failed
+check changes nothing. ``--skip-check REASON`` sets the weights without it (audited)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference import services
+from inference.checks import describe
+from inference.management.cli import actor, skip_check_argument
 from inference.models import Model
 
 
@@ -17,6 +22,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
         parser.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+        skip_check_argument(parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         model = Model.objects.filter(name=opts["name"]).first()
@@ -29,7 +35,13 @@ class Command(BaseCommand):
                 raise CommandError(f"Expected VERSION=WEIGHT, got {pair!r}.")
             weights[label] = int(weight)
         try:
-            services.model_set_weights(model=model, weights=weights, actor="manage.py")
+            check = services.model_set_weights(
+                model=model, weights=weights, actor=actor(), skip_check=opts["skip_check"]
+            )
         except ValidationError as exc:
-            raise CommandError("; ".join(exc.messages)) from exc
-        self.stdout.write(f"{model}: " + ", ".join(f"{k}={v}" for k, v in weights.items()))
+            raise CommandError(f"{'; '.join(exc.messages)} — weights unchanged") from exc
+        self.stdout.write(
+            f"{model}: "
+            + ", ".join(f"{k}={v}" for k, v in weights.items())
+            + f"; {describe(check)}"
+        )
