@@ -12,7 +12,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/11
 # tests then skip). CI's extra Python 3.13 pass does that: torch's CPU wheel here is for 3.11.
 MODEL_EXTRAS ?= requirements-models-extra.txt
 
-.PHONY: run test test-embedded test-services lint fmt web unary asgi worker beat check-deploy bench clean worker-jobs
+.PHONY: run test test-embedded test-services lint fmt audit web unary asgi worker beat check-deploy bench clean worker-jobs
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -62,6 +62,14 @@ lint: $(VENV)/.installed-dev
 
 fmt: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+## audit: known vulnerabilities in the pinned requirements and the installed environment
+# (pip-audit; AUDIT_SERVICE=osv asks OSV instead of PyPI). CI adds --allow-unreachable.
+AUDIT_SERVICE ?= pypi
+AUDIT_FLAGS ?=
+audit: $(VENV)/.installed-dev
+	$(PY) scripts/audit.py --service $(AUDIT_SERVICE) $(AUDIT_FLAGS) \
+		requirements.txt requirements-models.txt requirements-models-extra.txt requirements-dev.txt
 
 ## Production processes, configured from the environment (as docker-compose.yml runs them)
 web: $(VENV)/.installed-run
