@@ -77,10 +77,10 @@ web: $(VENV)/.installed-run
 
 # The unary inference server: POST /v1/models/{name}/infer on one event loop (docs/architecture.md).
 unary: $(VENV)/.installed-run
-	$(VENV)/bin/uvicorn config.unary:application --host 0.0.0.0 --port $(PORT) --http httptools --loop uvloop --no-access-log --lifespan off --proxy-headers
+	$(VENV)/bin/uvicorn config.unary:application --host 0.0.0.0 --port $(PORT) --http httptools --loop uvloop --no-access-log --lifespan off --no-proxy-headers
 
 asgi: $(VENV)/.installed-run
-	$(VENV)/bin/python manage.py serve --no-worker --host 0.0.0.0 --port $(PORT) --proxy-headers
+	$(VENV)/bin/python manage.py serve --no-worker --host 0.0.0.0 --port $(PORT)
 
 worker: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config worker --loglevel INFO --queues $${CELERY_QUEUES:-celery,cpu,jobs} --pool threads --concurrency $${CELERY_CONCURRENCY:-4}

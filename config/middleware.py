@@ -1,4 +1,5 @@
-"""Project-wide middleware: request log and id, API body limit, per-IP rate limit."""
+"""Project-wide middleware: forwarded headers from trusted proxies only, request log and id,
+API body limit, per-IP rate limit."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.utils.deprecation import MiddlewareMixin
 
 from config import metrics, ratelimit
 from config.log import request_id_var
-from config.net import client_ip
+from config.net import client_ip, drop_untrusted_forwarded_headers
 from config.problems import is_api_path, problem_response
 
 access_log = logging.getLogger("sluice.access")
@@ -65,6 +66,15 @@ def add_ratelimit_headers(request: HttpRequest, response: HttpResponse) -> HttpR
         for name, value in ratelimit.headers_for(usage).items():
             response.setdefault(name, value)
     return response
+
+
+class ProxyHeadersMiddleware(MiddlewareMixin):
+    """First in the stack: ``X-Forwarded-*`` headers count only when a trusted proxy sent
+    them (``TRUSTED_PROXY_COUNT``, ``TRUSTED_PROXY_IPS``); a client's own are dropped before
+    anything (the HTTPS redirect, the scheme of built URLs) reads them."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        drop_untrusted_forwarded_headers(request)
 
 
 class RequestLogMiddleware(MiddlewareMixin):

@@ -9,6 +9,7 @@ Secrets may be given as ``NAME_FILE`` (a path whose content is the value).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.middleware.ProxyHeadersMiddleware",
     "config.middleware.RequestLogMiddleware",
     "streaming.middleware.RequestLogStreamMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -254,8 +256,17 @@ RATELIMIT_IP_RATE = env.str("RATELIMIT_IP_RATE", default="100/m")
 # True: when the counter store (Redis) is down, requests pass and an error is logged.
 RATELIMIT_FAIL_OPEN = env.bool("RATELIMIT_FAIL_OPEN", default=True)
 RATELIMIT_USE_CACHE = "default"
-# Trust X-Forwarded-For only behind a proxy that sets it: the number of proxies in front of us.
+# X-Forwarded-For and -Proto are believed only behind proxies that set them: how many proxies
+# are in front of us, and the peers (addresses, networks, or "*") allowed to send the headers.
+# Servers take the address from the socket; config/net.py alone reads the headers.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+TRUSTED_PROXY_IPS = env.list("TRUSTED_PROXY_IPS", default=["127.0.0.1", "::1"])
+for _peer in TRUSTED_PROXY_IPS:
+    if _peer != "*":
+        try:
+            ipaddress.ip_network(_peer)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"TRUSTED_PROXY_IPS: {exc}") from exc
 API_PATH_PREFIXES = ("/v1/", "/v2/", "/api/")
 if EMBEDDED:
     # One process: local memory *is* the shared store.

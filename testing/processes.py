@@ -167,6 +167,7 @@ def uvicorn(port: int) -> list[str]:
         "--no-access-log",
         "--lifespan",
         "off",
+        "--no-proxy-headers",
     ]
 
 

@@ -404,6 +404,7 @@ def test_eligibility_is_decided_from_the_environ(environ, eligible):
 def test_a_plain_http_request_goes_to_the_full_stack_when_https_is_enforced(settings):
     settings.SECURE_SSL_REDIRECT = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.TRUSTED_PROXY_COUNT = 1
     base = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": PATH,
@@ -411,9 +412,14 @@ def test_a_plain_http_request_goes_to_the_full_stack_when_https_is_enforced(sett
         "CONTENT_LENGTH": "20",
         "HTTP_X_API_KEY": "sk_live_x.y",
         "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": "127.0.0.1",
     }
     assert not express.eligible(base)
     assert express.eligible({**base, "HTTP_X_FORWARDED_PROTO": "https"})
+    # "https" from a peer that is no trusted proxy is the client's word: redirected in full.
+    assert not express.eligible(
+        {**base, "HTTP_X_FORWARDED_PROTO": "https", "REMOTE_ADDR": "192.0.2.1"}
+    )
 
 
 @pytest.mark.django_db(transaction=True)  # the request threads must see the tenant and key

@@ -37,11 +37,6 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--no-worker", action="store_true", help="Serve only.")
-        parser.add_argument(
-            "--proxy-headers",
-            action="store_true",
-            help="Take the client address and scheme from X-Forwarded-* (behind nginx only).",
-        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         from daphne.endpoints import build_endpoint_description_strings
@@ -49,14 +44,13 @@ class Command(BaseCommand):
         from config.asgi import application
         from config.embedded import start_worker
 
-        proxied = opts["proxy_headers"]
         server: Any = server_class()(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
             verbosity=0,  # the request log middleware writes one line per request
-            proxy_forwarded_address_header="X-Forwarded-For" if proxied else None,
-            proxy_forwarded_port_header="X-Forwarded-Port" if proxied else None,
-            proxy_forwarded_proto_header="X-Forwarded-Proto" if proxied else None,
+            # No proxy_forwarded_* options: daphne would believe X-Forwarded-For from any peer
+            # (its left-most, client-written address). The client address stays the socket's,
+            # and config/net.py reads the headers from trusted proxies only.
             # A WebSocket message over the limit is refused by the protocol layer with 1009 (an
             # application may only send 1000 and 3000-4999) ...
             websocket_max_message_size=settings.WS_MAX_FRAME_BYTES,
