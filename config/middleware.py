@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
 from config import metrics, ratelimit
+from config.bodylimit import body_limit
 from config.log import request_id_var
 from config.net import client_ip, drop_untrusted_forwarded_headers
 from config.problems import is_api_path, problem_response
@@ -89,21 +90,22 @@ class RequestLogMiddleware(MiddlewareMixin):
 
 
 class ApiBodyLimitMiddleware(MiddlewareMixin):
-    """413 before reading a body whose declared length is over ``API_MAX_BODY_BYTES``."""
+    """413 before reading a body whose declared length is over the path's limit
+    (``config.bodylimit``: the servers hold it first, chunked bodies too)."""
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
-        if not is_api_path(request.path):
+        limit = body_limit(request.path)
+        if limit is None:
             return None
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return problem_response(400, slug="malformed-request", detail="Bad Content-Length.")
-        if length > settings.API_MAX_BODY_BYTES:
+        if length > limit:
             return problem_response(
                 413,
                 slug="payload-too-large",
-                detail=f"Request body is {length} bytes; the limit is "
-                f"{settings.API_MAX_BODY_BYTES}.",
+                detail=f"Request body is {length} bytes; the limit is {limit}.",
                 instance=request.path,
             )
         return None

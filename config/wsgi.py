@@ -18,4 +18,9 @@ if settings.INFERENCE_EXPRESS_LANE:
     # Well-formed unary inference requests skip the middleware stack (inference/express.py).
     application = lane(application)  # type: ignore[assignment]
 
+from config.bodylimit import LimitWSGI  # noqa: E402
+
+# Outermost: an oversized body is refused before anything reads it (config/bodylimit.py).
+application = LimitWSGI(application)  # type: ignore[assignment]
+
 freeze_startup_objects()

@@ -354,10 +354,11 @@ def test_it_is_the_wsgi_application_unless_turned_off(settings):
     import config.wsgi
 
     assert settings.INFERENCE_EXPRESS_LANE
-    assert config.wsgi.application.__qualname__ == "lane.<locals>.application"
+    # Inside the body limit (config.bodylimit), which is outermost.
+    assert config.wsgi.application.app.__qualname__ == "lane.<locals>.application"
     settings.INFERENCE_EXPRESS_LANE = False
     try:
-        assert isinstance(importlib.reload(config.wsgi).application, WSGIHandler)
+        assert isinstance(importlib.reload(config.wsgi).application.app, WSGIHandler)
     finally:
         settings.INFERENCE_EXPRESS_LANE = True
         importlib.reload(config.wsgi)

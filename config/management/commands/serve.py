@@ -1,5 +1,6 @@
-"""``manage.py serve``: daphne configured for Sluice. The all-in-one server of the quick start
-(with an in-process Celery worker) and, with ``--no-worker``, the production ASGI process."""
+"""``manage.py serve``: daphne configured for Sluice (``config.asgi_server``). The all-in-one
+server of the quick start (with an in-process Celery worker) and, with ``--no-worker``, the
+production ASGI process."""
 
 from __future__ import annotations
 
@@ -8,26 +9,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-
-
-def closing_handshake(server: Any) -> None:
-    server.ws_factory.setProtocolOptions(failByDrop=False)
-
-
-def server_class() -> type:
-    """daphne's Server, putting a probe of each connection's write buffer into the scope, so
-    stream deliveries can wait for a slow client instead of buffering without limit
-    (streaming.flow)."""
-    from daphne.server import Server
-
-    from streaming.flow import add_probe
-
-    class FlowControlledServer(Server):
-        def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
-            add_probe(scope, protocol)
-            return super().create_application(protocol, scope)
-
-    return FlowControlledServer
 
 
 class Command(BaseCommand):
@@ -39,12 +20,14 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="Serve only.")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        # Imported here: daphne installs Twisted's asyncio reactor when it is imported.
         from daphne.endpoints import build_endpoint_description_strings
 
         from config.asgi import application
+        from config.asgi_server import SluiceServer, closing_handshake
         from config.embedded import start_worker
 
-        server: Any = server_class()(
+        server: Any = SluiceServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
             verbosity=0,  # the request log middleware writes one line per request
