@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
@@ -18,9 +19,15 @@ from config import metrics, ratelimit
 from config.bodylimit import body_limit
 from config.log import request_id_var
 from config.net import client_ip, drop_untrusted_forwarded_headers
-from config.problems import is_api_path, problem_response
+from config.problems import (
+    database_unavailable,
+    database_unavailable_response,
+    is_api_path,
+    problem_response,
+)
 
 access_log = logging.getLogger("sluice.access")
+log = logging.getLogger(__name__)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -141,3 +148,31 @@ class ApiIpRateLimitMiddleware(MiddlewareMixin):
 
     def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         return add_ratelimit_headers(request, response)
+
+
+class DatabaseUnavailableMiddleware(MiddlewareMixin):
+    """A view that found the database unreachable (or out of connections) answers 503 with
+    ``Retry-After``, not 500: the request may be retried as it is. Errors raised outside a
+    view reach ``config.problems.handler500``, which answers the same."""
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not database_unavailable(exception):
+            return None
+        log.error("database unavailable, answered 503: %s", exception)
+        return database_unavailable_response(request)
+
+
+class StreamReleasesDatabaseMiddleware(MiddlewareMixin):
+    """A streaming answer (SSE, NDJSON, media) may stay open for an hour: the request's
+    database connection goes back (to the pool, or closed) before the stream starts, so an
+    open stream does not hold one of its process's connections (docs/deployment.md). What the
+    stream reads later takes a connection again."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.streaming:
+            # This thread's connections (the ones that ran the view); one inside a
+            # transaction is not the view's to give back (a test's, say).
+            for connection in connections.all(initialized_only=True):
+                if not connection.in_atomic_block:
+                    connection.close()
+        return response
