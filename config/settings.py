@@ -100,6 +100,8 @@ TEMPLATES = [
 ]
 
 # --- Data -------------------------------------------------------------------------------------
+# PostgreSQL connections one process holds at most (0: no pool; see below).
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")
 }
@@ -117,7 +119,6 @@ else:
     # DATABASE_POOL_MAX_SIZE connections whatever its threads (an ASGI server runs each
     # request's sync code on a thread of its own), and a request waits DATABASE_POOL_TIMEOUT
     # for one before its 503. Without a pool each thread keeps its own for CONN_MAX_AGE.
-    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
     if DATABASE_POOL_MAX_SIZE > 0:
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pool lends connections per request
         DATABASES["default"]["OPTIONS"]["pool"] = {
@@ -293,6 +294,14 @@ API_PATH_PREFIXES = ("/v1/", "/v2/", "/api/")
 if EMBEDDED:
     # One process: local memory *is* the shared store.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+# gunicorn: requests one process serves at once; past it the process's spare threads answer
+# 503 + Retry-After at once (config/overload.py). Below GUNICORN_THREADS, and no more than the
+# process's database pool: a request past the pool would only wait for a connection.
+_threads = env.int("GUNICORN_THREADS", default=32)
+WEB_MAX_IN_FLIGHT = env.int(
+    "WEB_MAX_IN_FLIGHT",
+    default=max(1, min(_threads * 3 // 4, DATABASE_POOL_MAX_SIZE or _threads)),
+)
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 

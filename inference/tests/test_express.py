@@ -354,11 +354,11 @@ def test_it_is_the_wsgi_application_unless_turned_off(settings):
     import config.wsgi
 
     assert settings.INFERENCE_EXPRESS_LANE
-    # Inside the body limit (config.bodylimit), which is outermost.
-    assert config.wsgi.application.app.__qualname__ == "lane.<locals>.application"
+    # Inside the overload bound and the body limit (config.overload, config.bodylimit).
+    assert config.wsgi.application.app.app.__qualname__ == "lane.<locals>.application"
     settings.INFERENCE_EXPRESS_LANE = False
     try:
-        assert isinstance(importlib.reload(config.wsgi).application.app, WSGIHandler)
+        assert isinstance(importlib.reload(config.wsgi).application.app.app, WSGIHandler)
     finally:
         settings.INFERENCE_EXPRESS_LANE = True
         importlib.reload(config.wsgi)
