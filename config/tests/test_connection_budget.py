@@ -37,7 +37,14 @@ def provisioned(tmp_path_factory) -> Iterator[tuple[dict[str, str], str]]:
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         pytest.skip("a connection pool is PostgreSQL's (the PostgreSQL + Redis pass runs it)")
     with own_database(tmp_path_factory.mktemp("budget")) as url:
-        env = server_env(url, RATELIMIT_ENABLE="false", DATABASE_POOL_MAX_SIZE=str(POOL))
+        # gunicorn admits all its threads (not the pool's worth): requests wait for a
+        # connection instead of being shed, so the pool's bound is what is tested.
+        env = server_env(
+            url,
+            RATELIMIT_ENABLE="false",
+            DATABASE_POOL_MAX_SIZE=str(POOL),
+            WEB_MAX_IN_FLIGHT="16",
+        )
         manage(env, "migrate", "--no-input", "-v0")
         manage(env, "createtenant", "Budget", "--streams", "20")
         env["KEY"] = manage(
