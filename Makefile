@@ -14,7 +14,7 @@ MODEL_EXTRAS ?= requirements-models-extra.txt
 # Generated cases per operation of `make fuzz` (schemathesis' fuzzing phase).
 FUZZ_EXAMPLES ?= 50
 
-.PHONY: run test test-embedded test-services lint fmt web unary asgi worker beat check-deploy bench clean worker-jobs fuzz
+.PHONY: run test test-embedded test-services lint fmt audit web unary asgi worker beat check-deploy bench clean worker-jobs fuzz
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -65,16 +65,24 @@ lint: $(VENV)/.installed-dev
 fmt: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+## audit: known vulnerabilities in the pinned requirements and the installed environment
+# (pip-audit; AUDIT_SERVICE=osv asks OSV instead of PyPI). CI adds --allow-unreachable.
+AUDIT_SERVICE ?= pypi
+AUDIT_FLAGS ?=
+audit: $(VENV)/.installed-dev
+	$(PY) scripts/audit.py --service $(AUDIT_SERVICE) $(AUDIT_FLAGS) \
+		requirements.txt requirements-models.txt requirements-models-extra.txt requirements-dev.txt
+
 ## Production processes, configured from the environment (as docker-compose.yml runs them)
 web: $(VENV)/.installed-run
 	$(VENV)/bin/gunicorn config.wsgi --config deploy/gunicorn.conf.py
 
 # The unary inference server: POST /v1/models/{name}/infer on one event loop (docs/architecture.md).
 unary: $(VENV)/.installed-run
-	$(VENV)/bin/uvicorn config.unary:application --host 0.0.0.0 --port $(PORT) --http httptools --loop uvloop --no-access-log --lifespan off --proxy-headers
+	$(VENV)/bin/uvicorn config.unary:application --host 0.0.0.0 --port $(PORT) --http httptools --loop uvloop --no-access-log --lifespan off --no-proxy-headers
 
 asgi: $(VENV)/.installed-run
-	$(VENV)/bin/python manage.py serve --no-worker --host 0.0.0.0 --port $(PORT) --proxy-headers
+	$(VENV)/bin/python manage.py serve --no-worker --host 0.0.0.0 --port $(PORT)
 
 worker: $(VENV)/.installed-run
 	$(VENV)/bin/celery -A config worker --loglevel INFO --queues $${CELERY_QUEUES:-celery,cpu,jobs} --pool threads --concurrency $${CELERY_CONCURRENCY:-4}

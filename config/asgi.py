@@ -11,6 +11,7 @@ django_asgi_app = asgi_application()  # Django's handler, closing what a client 
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from config.bodylimit import LimitASGI  # noqa: E402
 from inference.media.routing import websocket_urlpatterns as media_routes  # noqa: E402
 from inference.routing import websocket_urlpatterns as inference_ws  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
@@ -18,7 +19,9 @@ from streaming.security import StaffSessionMiddleware, origin_validated  # noqa:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # daphne (manage.py serve) holds the body limit itself (config/asgi_server.py); this
+        # holds it under any other ASGI server.
+        "http": LimitASGI(django_asgi_app),
         # The session lets staff (the admin's dashboard) follow platform streams; API clients
         # authenticate with a key or token as before. The Origin check guards the cookie.
         "websocket": origin_validated(

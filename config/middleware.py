@@ -1,4 +1,5 @@
-"""Project-wide middleware: request log and id, API body limit, per-IP rate limit."""
+"""Project-wide middleware: forwarded headers from trusted proxies only, request log and id,
+API body limit, per-IP rate limit."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
 from config import metrics, ratelimit
+from config.bodylimit import body_limit
 from config.log import request_id_var
-from config.net import client_ip
-from config.problems import is_api_path, problem_response
+from config.net import client_ip, drop_untrusted_forwarded_headers
+from config.problems import (
+    database_unavailable,
+    database_unavailable_response,
+    is_api_path,
+    problem_response,
+)
 
 access_log = logging.getLogger("sluice.access")
+log = logging.getLogger(__name__)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -67,6 +76,15 @@ def add_ratelimit_headers(request: HttpRequest, response: HttpResponse) -> HttpR
     return response
 
 
+class ProxyHeadersMiddleware(MiddlewareMixin):
+    """First in the stack: ``X-Forwarded-*`` headers count only when a trusted proxy sent
+    them (``TRUSTED_PROXY_COUNT``, ``TRUSTED_PROXY_IPS``); a client's own are dropped before
+    anything (the HTTPS redirect, the scheme of built URLs) reads them."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        drop_untrusted_forwarded_headers(request)
+
+
 class RequestLogMiddleware(MiddlewareMixin):
     """Assigns a request id (or keeps a sane incoming ``X-Request-ID``) and logs one line per
     request: id, method, path, status, duration and tenant. Keys are never logged."""
@@ -79,21 +97,22 @@ class RequestLogMiddleware(MiddlewareMixin):
 
 
 class ApiBodyLimitMiddleware(MiddlewareMixin):
-    """413 before reading a body whose declared length is over ``API_MAX_BODY_BYTES``."""
+    """413 before reading a body whose declared length is over the path's limit
+    (``config.bodylimit``: the servers hold it first, chunked bodies too)."""
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
-        if not is_api_path(request.path):
+        limit = body_limit(request.path)
+        if limit is None:
             return None
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return problem_response(400, slug="malformed-request", detail="Bad Content-Length.")
-        if length > settings.API_MAX_BODY_BYTES:
+        if length > limit:
             return problem_response(
                 413,
                 slug="payload-too-large",
-                detail=f"Request body is {length} bytes; the limit is "
-                f"{settings.API_MAX_BODY_BYTES}.",
+                detail=f"Request body is {length} bytes; the limit is {limit}.",
                 instance=request.path,
             )
         return None
@@ -129,3 +148,31 @@ class ApiIpRateLimitMiddleware(MiddlewareMixin):
 
     def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         return add_ratelimit_headers(request, response)
+
+
+class DatabaseUnavailableMiddleware(MiddlewareMixin):
+    """A view that found the database unreachable (or out of connections) answers 503 with
+    ``Retry-After``, not 500: the request may be retried as it is. Errors raised outside a
+    view reach ``config.problems.handler500``, which answers the same."""
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not database_unavailable(exception):
+            return None
+        log.error("database unavailable, answered 503: %s", exception)
+        return database_unavailable_response(request)
+
+
+class StreamReleasesDatabaseMiddleware(MiddlewareMixin):
+    """A streaming answer (SSE, NDJSON, media) may stay open for an hour: the request's
+    database connection goes back (to the pool, or closed) before the stream starts, so an
+    open stream does not hold one of its process's connections (docs/deployment.md). What the
+    stream reads later takes a connection again."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.streaming:
+            # This thread's connections (the ones that ran the view); one inside a
+            # transaction is not the view's to give back (a test's, say).
+            for connection in connections.all(initialized_only=True):
+                if not connection.in_atomic_block:
+                    connection.close()
+        return response

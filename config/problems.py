@@ -6,9 +6,11 @@ HTTP errors without a more specific meaning use ``about:blank`` as the RFC sugge
 
 from __future__ import annotations
 
+import sys
 from http import HTTPStatus
 from typing import Any
 
+from django import db
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -167,6 +169,30 @@ def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     return problem_response(404, detail="No such API endpoint.", instance=request.path)
 
 
+def database_unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the database cannot be reached or used now (refused, timed out,
+    out of connections, gone mid-query): worth a retry, not a bug."""
+    return isinstance(exc, (db.OperationalError, db.InterfaceError))
+
+
+def database_unavailable_response(request: HttpRequest) -> HttpResponse:
+    """503 with ``Retry-After``: problem+json on API paths, plain text elsewhere."""
+    headers = {"Retry-After": str(settings.DATABASE_RETRY_AFTER_SECONDS)}
+    if is_api_path(request.path):
+        return problem_response(
+            503,
+            slug="unavailable",
+            detail="The database is unavailable; retry later.",
+            instance=request.path,
+            headers=headers,
+        )
+    response = HttpResponse(
+        "The database is unavailable; retry later.\n", status=503, content_type="text/plain"
+    )
+    response["Retry-After"] = headers["Retry-After"]
+    return response
+
+
 def _django_error(status: int, fallback: Any) -> Any:
     def handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
         if is_api_path(request.path):
@@ -181,4 +207,12 @@ def _django_error(status: int, fallback: Any) -> Any:
 handler400 = _django_error(400, defaults.bad_request)
 handler403 = _django_error(403, defaults.permission_denied)
 handler404 = _django_error(404, defaults.page_not_found)
-handler500 = _django_error(500, defaults.server_error)
+_server_error = _django_error(500, defaults.server_error)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    """Django's last resort, reached with the exception being handled (a database error in a
+    middleware or the express lanes answers 503, not 500)."""
+    if database_unavailable(sys.exc_info()[1]):
+        return database_unavailable_response(request)
+    return _server_error(request)

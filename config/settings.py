@@ -61,6 +61,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.middleware.ProxyHeadersMiddleware",
     "config.middleware.RequestLogMiddleware",
     "streaming.middleware.RequestLogStreamMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -74,6 +75,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.middleware.StreamReleasesDatabaseMiddleware",
+    # Last, so its process_exception is the first to see a view's error.
+    "config.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -96,6 +100,8 @@ TEMPLATES = [
 ]
 
 # --- Data -------------------------------------------------------------------------------------
+# PostgreSQL connections one process holds at most (0: no pool; see below).
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")
 }
@@ -104,8 +110,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # A database that does not answer costs a request this long, not the OS's minutes.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int(
+        "DATABASE_CONNECT_TIMEOUT", default=5
+    )
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # The connection budget (docs/deployment.md): a process with a pool holds at most
+    # DATABASE_POOL_MAX_SIZE connections whatever its threads (an ASGI server runs each
+    # request's sync code on a thread of its own), and a request waits DATABASE_POOL_TIMEOUT
+    # for one before its 503. Without a pool each thread keeps its own for CONN_MAX_AGE.
+    if DATABASE_POOL_MAX_SIZE > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pool lends connections per request
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": min(2, DATABASE_POOL_MAX_SIZE),
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=3.0),
+        }
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+# A request that found the database unavailable is answered 503 with this Retry-After.
+DATABASE_RETRY_AFTER_SECONDS = env.int("DATABASE_RETRY_AFTER_SECONDS", default=5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Short socket timeouts: a dead Redis must cost a request milliseconds, not the default minutes.
@@ -275,12 +299,29 @@ RATELIMIT_IP_RATE = env.str("RATELIMIT_IP_RATE", default="100/m")
 # True: when the counter store (Redis) is down, requests pass and an error is logged.
 RATELIMIT_FAIL_OPEN = env.bool("RATELIMIT_FAIL_OPEN", default=True)
 RATELIMIT_USE_CACHE = "default"
-# Trust X-Forwarded-For only behind a proxy that sets it: the number of proxies in front of us.
+# X-Forwarded-For and -Proto are believed only behind proxies that set them: how many proxies
+# are in front of us, and the peers (addresses, networks, or "*") allowed to send the headers.
+# Servers take the address from the socket; config/net.py alone reads the headers.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+TRUSTED_PROXY_IPS = env.list("TRUSTED_PROXY_IPS", default=["127.0.0.1", "::1"])
+for _peer in TRUSTED_PROXY_IPS:
+    if _peer != "*":
+        try:
+            ipaddress.ip_network(_peer)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"TRUSTED_PROXY_IPS: {exc}") from exc
 API_PATH_PREFIXES = ("/v1/", "/v2/", "/api/")
 if EMBEDDED:
     # One process: local memory *is* the shared store.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+# gunicorn: requests one process serves at once; past it the process's spare threads answer
+# 503 + Retry-After at once (config/overload.py). Below GUNICORN_THREADS, and no more than the
+# process's database pool: a request past the pool would only wait for a connection.
+_threads = env.int("GUNICORN_THREADS", default=32)
+WEB_MAX_IN_FLIGHT = env.int(
+    "WEB_MAX_IN_FLIGHT",
+    default=max(1, min(_threads * 3 // 4, DATABASE_POOL_MAX_SIZE or _threads)),
+)
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # JSON nested deeper than this does not parse (config.untrusted: one policy for every parser).

@@ -47,10 +47,15 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 200)
 SHM = "/dev/shm"  # noqa: S108 - gunicorn's own advice for containers; files are per worker
 worker_tmp_dir = SHM if os.path.isdir(SHM) else None
 
-# Peers whose X-Forwarded-Proto gunicorn believes (wsgi.url_scheme). Django decides on its own
-# from TRUSTED_PROXY_COUNT; keep the two in step. Compose and Kubernetes set "*": there only
-# the proxy, whose address is not fixed, is meant to reach gunicorn.
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# Peers whose X-Forwarded-Proto gunicorn believes (wsgi.url_scheme): the settings Django reads
+# (config/net.py), so the two never disagree: TRUSTED_PROXY_IPS, and nobody at all unless
+# TRUSTED_PROXY_COUNT says a proxy is in front. gunicorn never takes the client address from
+# X-Forwarded-For; Django does, from the same peers.
+forwarded_allow_ips = (
+    os.environ.get("TRUSTED_PROXY_IPS", "127.0.0.1,::1")
+    if _int("TRUSTED_PROXY_COUNT", 0) > 0
+    else ""
+)
 
 accesslog = None
 errorlog = "-"

@@ -48,7 +48,7 @@ from rest_framework import exceptions
 from config import ratelimit, untrusted
 from config.log import log_stream_var
 from config.middleware import add_ratelimit_headers, begin_request, finish_request
-from config.net import client_ip
+from config.net import client_ip, proxied
 from config.problems import exception_response
 from inference import selectors, serving
 from inference.selectors import RoutingTable
@@ -95,9 +95,10 @@ def eligible(environ: dict[str, Any]) -> bool:
 
 
 def _secure(environ: dict[str, Any]) -> bool:
-    """What ``request.is_secure()`` will say (SECURE_PROXY_SSL_HEADER honoured)."""
+    """What ``request.is_secure()`` will say (SECURE_PROXY_SSL_HEADER honoured from a trusted
+    proxy, as config.middleware.ProxyHeadersMiddleware does)."""
     header = settings.SECURE_PROXY_SSL_HEADER
-    if header is not None:
+    if header is not None and proxied(environ):
         name, value = header
         if name in environ:
             return str(environ[name]).split(",")[0].strip() == value

@@ -59,6 +59,7 @@ def environ_of(scope: Scope) -> dict[str, Any]:
         "PATH_INFO": scope["path"],
         "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
         "wsgi.url_scheme": scope.get("scheme", "http"),
+        "REMOTE_ADDR": (scope.get("client") or ("",))[0],
     }
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1").upper().replace("-", "_")

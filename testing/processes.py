@@ -121,6 +121,24 @@ def running_process(
         log.close()
 
 
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in a process group (a server and its workers), MiB."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def stop(proc: subprocess.Popen[bytes], *, grace: float) -> None:
     """SIGTERM to the process group, SIGKILL if it is still there after ``grace`` seconds."""
     with contextlib.suppress(ProcessLookupError):
@@ -167,6 +185,7 @@ def uvicorn(port: int) -> list[str]:
         "--no-access-log",
         "--lifespan",
         "off",
+        "--no-proxy-headers",
     ]
 
 

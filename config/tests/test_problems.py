@@ -66,3 +66,34 @@ def test_non_api_paths_keep_html_errors():
     assert response.status_code == 500
     assert response["Content-Type"].startswith("text/html")
     assert client.get("/no-such-page")["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.urls("config.tests.error_urls")
+def test_a_view_that_finds_the_database_down_answers_503_with_retry_after(settings):
+    settings.DATABASE_RETRY_AFTER_SECONDS = 7
+    client = Client(raise_request_exception=False)
+    response = client.get("/v1/database-down")
+    body = _assert_problem(response, 503)
+    assert body["type"] == "urn:sluice:problem:unavailable"
+    assert "Connection refused" not in str(body)
+    assert response["Retry-After"] == "7"
+    page = client.get("/html/database-down")
+    assert page.status_code == 503
+    assert page["Retry-After"] == "7"
+
+
+def test_the_last_resort_handler_answers_503_for_a_database_error(rf):
+    from django.db import InterfaceError
+
+    from config.problems import handler500
+
+    try:
+        raise InterfaceError("connection already closed")
+    except InterfaceError:
+        response = handler500(rf.get("/v1/jobs"))
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        assert handler500(rf.get("/v1/jobs")).status_code == 500

@@ -66,3 +66,9 @@ def test_it_rejects_a_malformed_integer_setting():
     result = _settings_import(DEBUG="true", TRUSTED_PROXY_COUNT="two")
     assert result.returncode != 0
     assert "TRUSTED_PROXY_COUNT" in result.stderr or "invalid literal" in result.stderr
+
+
+def test_it_rejects_a_trusted_proxy_that_is_not_an_address_or_network():
+    result = _settings_import(DEBUG="true", TRUSTED_PROXY_IPS="10.0.0.0/8,nginx")
+    assert result.returncode != 0
+    assert "TRUSTED_PROXY_IPS" in result.stderr

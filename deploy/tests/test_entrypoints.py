@@ -38,7 +38,7 @@ MAKE_TARGETS = {
 def option(cmd: list[str], *names: str) -> str | None:
     for i, arg in enumerate(cmd):
         if arg in names:
-            # a flag without a value (--proxy-headers, --no-worker) has none to return
+            # a flag without a value (--no-proxy-headers, --no-worker) has none to return
             return cmd[i + 1] if arg in TAKES_VALUE and i + 1 < len(cmd) else None
     return None
 

@@ -354,10 +354,11 @@ def test_it_is_the_wsgi_application_unless_turned_off(settings):
     import config.wsgi
 
     assert settings.INFERENCE_EXPRESS_LANE
-    assert config.wsgi.application.__qualname__ == "lane.<locals>.application"
+    # Inside the overload bound and the body limit (config.overload, config.bodylimit).
+    assert config.wsgi.application.app.app.__qualname__ == "lane.<locals>.application"
     settings.INFERENCE_EXPRESS_LANE = False
     try:
-        assert isinstance(importlib.reload(config.wsgi).application, WSGIHandler)
+        assert isinstance(importlib.reload(config.wsgi).application.app.app, WSGIHandler)
     finally:
         settings.INFERENCE_EXPRESS_LANE = True
         importlib.reload(config.wsgi)
@@ -404,6 +405,7 @@ def test_eligibility_is_decided_from_the_environ(environ, eligible):
 def test_a_plain_http_request_goes_to_the_full_stack_when_https_is_enforced(settings):
     settings.SECURE_SSL_REDIRECT = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.TRUSTED_PROXY_COUNT = 1
     base = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": PATH,
@@ -411,9 +413,14 @@ def test_a_plain_http_request_goes_to_the_full_stack_when_https_is_enforced(sett
         "CONTENT_LENGTH": "20",
         "HTTP_X_API_KEY": "sk_live_x.y",
         "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": "127.0.0.1",
     }
     assert not express.eligible(base)
     assert express.eligible({**base, "HTTP_X_FORWARDED_PROTO": "https"})
+    # "https" from a peer that is no trusted proxy is the client's word: redirected in full.
+    assert not express.eligible(
+        {**base, "HTTP_X_FORWARDED_PROTO": "https", "REMOTE_ADDR": "192.0.2.1"}
+    )
 
 
 @pytest.mark.django_db(transaction=True)  # the request threads must see the tenant and key

@@ -239,4 +239,3 @@ def test_every_asgi_command_line_is_the_configured_daphne():
     ]
     for command in commands:
         assert "manage.py serve --no-worker" in command, command
-        assert "--proxy-headers" in command, command

@@ -1,5 +1,6 @@
-"""``manage.py serve``: daphne configured for Sluice. The all-in-one server of the quick start
-(with an in-process Celery worker) and, with ``--no-worker``, the production ASGI process."""
+"""``manage.py serve``: daphne configured for Sluice (``config.asgi_server``). The all-in-one
+server of the quick start (with an in-process Celery worker) and, with ``--no-worker``, the
+production ASGI process."""
 
 from __future__ import annotations
 
@@ -10,26 +11,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 
-def closing_handshake(server: Any) -> None:
-    server.ws_factory.setProtocolOptions(failByDrop=False)
-
-
-def server_class() -> type:
-    """daphne's Server, putting a probe of each connection's write buffer into the scope, so
-    stream deliveries can wait for a slow client instead of buffering without limit
-    (streaming.flow)."""
-    from daphne.server import Server
-
-    from streaming.flow import add_probe
-
-    class FlowControlledServer(Server):
-        def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
-            add_probe(scope, protocol)
-            return super().create_application(protocol, scope)
-
-    return FlowControlledServer
-
-
 class Command(BaseCommand):
     help = "Serve HTTP and WebSocket with daphne (and an in-process Celery worker)."
 
@@ -37,26 +18,22 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--no-worker", action="store_true", help="Serve only.")
-        parser.add_argument(
-            "--proxy-headers",
-            action="store_true",
-            help="Take the client address and scheme from X-Forwarded-* (behind nginx only).",
-        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        # Imported here: daphne installs Twisted's asyncio reactor when it is imported.
         from daphne.endpoints import build_endpoint_description_strings
 
         from config.asgi import application
+        from config.asgi_server import SluiceServer, closing_handshake
         from config.embedded import start_worker
 
-        proxied = opts["proxy_headers"]
-        server: Any = server_class()(
+        server: Any = SluiceServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
             verbosity=0,  # the request log middleware writes one line per request
-            proxy_forwarded_address_header="X-Forwarded-For" if proxied else None,
-            proxy_forwarded_port_header="X-Forwarded-Port" if proxied else None,
-            proxy_forwarded_proto_header="X-Forwarded-Proto" if proxied else None,
+            # No proxy_forwarded_* options: daphne would believe X-Forwarded-For from any peer
+            # (its left-most, client-written address). The client address stays the socket's,
+            # and config/net.py reads the headers from trusted proxies only.
             # A WebSocket message over the limit is refused by the protocol layer with 1009 (an
             # application may only send 1000 and 3000-4999) ...
             websocket_max_message_size=settings.WS_MAX_FRAME_BYTES,
