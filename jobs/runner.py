@@ -127,6 +127,12 @@ def _store_large(job: Job, task_id: int, index: int, result: Any) -> tuple[str, 
     return "", saved
 
 
+# What a tenant reads in a failed task's error: fixed texts, never an exception's (the worker
+# logs that with the job and task ids).
+MODEL_UNAVAILABLE = "model unavailable: the version failed to load (see the worker log)"
+ENGINE_ERROR = "engine error: the model failed on this input (see the worker log)"
+
+
 def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
     outcome = Outcome()
     if not claimed:
@@ -134,9 +140,11 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
     try:
         spec = inference_selectors.version_spec(job.version_id)
         runtime = serving.model_cache().get(spec).runtime
-    except Exception as exc:  # noqa: BLE001 - a load failure is every task's (retried) failure
+    except Exception:  # a load failure is every task's (retried) failure
+        # The engine's text stays in the worker's log: tenants read last_error (docs/errors.md).
+        log.exception("job %s: version %s failed to load", job.pk, job.version_id)
         for task_id, *_ in claimed:
-            outcome.failed[task_id] = f"model unavailable: {exc}"[:1000]
+            outcome.failed[task_id] = MODEL_UNAVAILABLE
         return outcome
     validate = validator_for(dict(job.version.input_schema or {}))
     batch: list[tuple[int, int, dict[str, Any]]] = []
@@ -161,9 +169,10 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
         for task_id, _index, item in batch:
             try:
                 answers.append(runtime.predict([item])[0])
-            except Exception as exc:  # noqa: BLE001 - recorded on the task, retried
+            except Exception:  # recorded on the task, retried
+                log.exception("job %s task %s: the engine failed on its input", job.pk, task_id)
                 answers.append(None)
-                outcome.failed[task_id] = f"{type(exc).__name__}: {exc}"[:1000]
+                outcome.failed[task_id] = ENGINE_ERROR
     outcome.model_seconds = time.perf_counter() - started
     for (task_id, index, _item), answer in zip(batch, answers, strict=True):
         if task_id in outcome.failed:

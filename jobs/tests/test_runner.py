@@ -83,14 +83,20 @@ def test_the_job_is_finalized_once_with_its_end_event(
 
 
 def test_an_always_failing_task_is_dead_after_exactly_max_attempts(
-    tenant: Tenant, broken: Any, run_jobs: Any
+    tenant: Tenant, broken: Any, run_jobs: Any, caplog: Any
 ) -> None:
-    job = run_jobs(lambda: _create(tenant, broken, 2, max_attempts=4))
+    from jobs.runner import ENGINE_ERROR
+
+    with caplog.at_level("ERROR", logger="jobs.runner"):
+        job = run_jobs(lambda: _create(tenant, broken, 2, max_attempts=4))
     job.refresh_from_db()
     assert (job.status, job.failed, job.succeeded) == ("failed", 2, 0)
     for task in Task.objects.filter(job=job):
         assert (task.status, task.attempts) == (TaskStatus.DEAD, 4)
-        assert task.last_error == "RuntimeError: model exploded"
+        # What the tenant reads is fixed text; the engine's own is in the worker's log.
+        assert task.last_error == ENGINE_ERROR
+        assert f"job {job.pk} task {task.pk}: the engine failed" in caplog.text
+    assert "RuntimeError: model exploded" in caplog.text
 
 
 def test_replay_gives_dead_tasks_new_attempts(
@@ -253,4 +259,6 @@ def test_a_model_that_cannot_load_is_retried_then_dead(tenant: Tenant, run_jobs:
     job.refresh_from_db()
     assert (job.status, job.failed) == ("failed", 2)
     assert set(job.tasks.values_list("attempts", flat=True)) == {2}
-    assert "model unavailable" in job.tasks.first().last_error
+    from jobs.runner import MODEL_UNAVAILABLE
+
+    assert job.tasks.first().last_error == MODEL_UNAVAILABLE
