@@ -53,7 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
-    "config",  # project-level commands (serve, demo) that span the apps
+    "plumbing",  # the library every app shares (problem+json, rate limits, metrics, ...)
     "tenants",
     "inference",
     "streaming",
@@ -61,23 +61,23 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.middleware.ProxyHeadersMiddleware",
-    "config.middleware.RequestLogMiddleware",
+    "plumbing.middleware.ProxyHeadersMiddleware",
+    "plumbing.middleware.RequestLogMiddleware",
     "streaming.middleware.RequestLogStreamMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "config.middleware.ApiBodyLimitMiddleware",
-    "config.middleware.ApiIpRateLimitMiddleware",
+    "plumbing.middleware.ApiBodyLimitMiddleware",
+    "plumbing.middleware.ApiIpRateLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "config.middleware.StreamReleasesDatabaseMiddleware",
+    "plumbing.middleware.StreamReleasesDatabaseMiddleware",
     # Last, so its process_exception is the first to see a view's error.
-    "config.middleware.DatabaseUnavailableMiddleware",
+    "plumbing.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -161,7 +161,7 @@ else:
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT = "config.broker:Transport"  # one Redis client per channel
+    CELERY_BROKER_TRANSPORT = "plumbing.redis_wire:Transport"  # one Redis client per channel
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -301,7 +301,7 @@ RATELIMIT_FAIL_OPEN = env.bool("RATELIMIT_FAIL_OPEN", default=True)
 RATELIMIT_USE_CACHE = "default"
 # X-Forwarded-For and -Proto are believed only behind proxies that set them: how many proxies
 # are in front of us, and the peers (addresses, networks, or "*") allowed to send the headers.
-# Servers take the address from the socket; config/net.py alone reads the headers.
+# Servers take the address from the socket; plumbing/net.py alone reads the headers.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 TRUSTED_PROXY_IPS = env.list("TRUSTED_PROXY_IPS", default=["127.0.0.1", "::1"])
 for _peer in TRUSTED_PROXY_IPS:
@@ -315,7 +315,7 @@ if EMBEDDED:
     # One process: local memory *is* the shared store.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 # gunicorn: requests one process serves at once; past it the process's spare threads answer
-# 503 + Retry-After at once (config/overload.py). Below GUNICORN_THREADS, and no more than the
+# 503 + Retry-After at once (plumbing/overload.py). Below GUNICORN_THREADS, and no more than the
 # process's database pool: a request past the pool would only wait for a connection.
 _threads = env.int("GUNICORN_THREADS", default=32)
 WEB_MAX_IN_FLIGHT = env.int(
@@ -324,7 +324,7 @@ WEB_MAX_IN_FLIGHT = env.int(
 )
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
-# JSON nested deeper than this does not parse (config.untrusted: one policy for every parser).
+# JSON nested deeper than this does not parse (plumbing.untrusted: one policy for every parser).
 API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=64)
 
 # --- REST framework and OpenAPI ---------------------------------------------------------------
@@ -339,14 +339,14 @@ REST_FRAMEWORK: dict[str, Any] = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": [
-        "config.untrusted.JSONParser",
+        "plumbing.untrusted.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "config.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "plumbing.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": ["tenants.limits.PlanThrottle"],
-    "EXCEPTION_HANDLER": "config.problems.drf_exception_handler",
+    "EXCEPTION_HANDLER": "plumbing.problems.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -425,7 +425,7 @@ LOGGING: dict[str, Any] = {
         },
         "text": {"format": "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s %(message)s"},
     },
-    "filters": {"request_id": {"()": "config.log.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "plumbing.logcontext.RequestIdFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

@@ -14,14 +14,14 @@ django_asgi_app = asgi_application()  # Django's handler, closing what a client 
 
 from django.conf import settings  # noqa: E402
 
-from config import metrics  # noqa: E402
-from config.bodylimit import LimitASGI  # noqa: E402
 from config.startup import freeze_startup_objects  # noqa: E402
 from inference.express_asgi import Lane  # noqa: E402
+from plumbing import metrics  # noqa: E402
+from plumbing.bodylimit import LimitASGI  # noqa: E402
 
 metrics.serve_as("unary")  # its requests, served or handed over, are the unary tier's
 lane = Lane(django_asgi_app) if settings.INFERENCE_EXPRESS_LANE else django_asgi_app
-# Outermost: an oversized body is refused before anything reads it (config/bodylimit.py).
+# Outermost: an oversized body is refused before anything reads it (plumbing/bodylimit.py).
 application = LimitASGI(lane)
 
 freeze_startup_objects()

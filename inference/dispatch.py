@@ -27,11 +27,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from config.broker import redis_wire
 from inference import backpressure, lane
 from inference.redis_client import client
 from inference.replies import LoopSignal, LoopWaiter, Waiter, inbox
 from inference.selectors import VersionRoute
+from plumbing.redis_wire import redis_wire
 from tenants.limits import PlanTicket, settle
 
 log = logging.getLogger(__name__)
@@ -396,7 +396,7 @@ def batch_wire(
 ) -> tuple[str, str] | None:
     """The batch's message as a list key and bytes, for a push in a round trip made anyway:
     onto the batch lane (:mod:`inference.lane`) where it runs, else the Celery task's message
-    (:func:`config.broker.redis_wire`); None where Celery must publish it."""
+    (:func:`plumbing.redis_wire.redis_wire`); None where Celery must publish it."""
     if lane.enabled():
         return lane.wire(version_id, queue, items, reply_to, batch_id)
     from inference.tasks import inference_predict_batch

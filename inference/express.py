@@ -45,15 +45,15 @@ from django.middleware.security import SecurityMiddleware
 from django.utils.cache import patch_vary_headers
 from rest_framework import exceptions
 
-from config import ratelimit, untrusted
-from config.log import log_stream_var
-from config.middleware import add_ratelimit_headers, begin_request, finish_request
-from config.net import client_ip, proxied
-from config.problems import exception_response
 from inference import selectors, serving
 from inference.selectors import RoutingTable
 from inference.serializers import InferRequestSerializer
 from inference.views import stream_answer
+from plumbing import ratelimit, untrusted
+from plumbing.logcontext import log_stream_var
+from plumbing.middleware import add_ratelimit_headers, begin_request, finish_request
+from plumbing.net import client_ip, proxied
+from plumbing.problems import exception_response
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import PlanTicket, enforce_plan, plan_ticket, settle
 from tenants.selectors import KeyContext
@@ -96,7 +96,7 @@ def eligible(environ: dict[str, Any]) -> bool:
 
 def _secure(environ: dict[str, Any]) -> bool:
     """What ``request.is_secure()`` will say (SECURE_PROXY_SSL_HEADER honoured from a trusted
-    proxy, as config.middleware.ProxyHeadersMiddleware does)."""
+    proxy, as plumbing.middleware.ProxyHeadersMiddleware does)."""
     header = settings.SECURE_PROXY_SSL_HEADER
     if header is not None and proxied(environ):
         name, value = header

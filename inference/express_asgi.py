@@ -35,10 +35,10 @@ from django.db import close_old_connections, connections
 from django.http import HttpResponseBase
 from rest_framework import exceptions
 
-from config import ratelimit
 from inference import selectors, serving
 from inference.express import answered, begin, eligible, finish, infer_arguments, refused, take
 from inference.selectors import RoutingTable
+from plumbing import ratelimit
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan, plan_ticket
 from tenants.selectors import KeyContext, NotCached, cache_only

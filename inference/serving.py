@@ -30,8 +30,6 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
-from config.exceptions import GatewayTimeout, ServiceUnavailable
-from config.log import request_id_var
 from inference import backpressure, dispatch, selectors, shadows, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
@@ -42,6 +40,8 @@ from inference.router import CircuitBreaker, NoRoute, NotServed, route
 from inference.runtimes import VersionSpec
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
+from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
+from plumbing.logcontext import request_id_var
 from tenants.limits import PlanTicket
 from tenants.models import Tenant
 

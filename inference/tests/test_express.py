@@ -354,7 +354,7 @@ def test_it_is_the_wsgi_application_unless_turned_off(settings):
     import config.wsgi
 
     assert settings.INFERENCE_EXPRESS_LANE
-    # Inside the overload bound and the body limit (config.overload, config.bodylimit).
+    # Inside the overload bound and the body limit (plumbing.overload, plumbing.bodylimit).
     assert config.wsgi.application.app.app.__qualname__ == "lane.<locals>.application"
     settings.INFERENCE_EXPRESS_LANE = False
     try:

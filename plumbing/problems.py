@@ -19,7 +19,7 @@ from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from config.exceptions import PayloadTooLarge
+from plumbing.exceptions import PayloadTooLarge
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
