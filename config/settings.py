@@ -236,9 +236,12 @@ for _network in INFERENCE_REMOTE_ALLOWED_NETWORKS:
 # How long a web process trusts its copy of a model's routing table and circuit states (a change
 # made in another process is seen within this; the process that made it sees it at once).
 INFERENCE_ROUTING_CACHE_SECONDS = env.float("INFERENCE_ROUTING_CACHE_SECONDS", default=1.0)
-# The WSGI process serves well-formed POST /v1/models/{name}/infer requests without the
-# middleware stack and DRF's request cycle, with the same answers (inference/express.py).
-INFERENCE_EXPRESS_LANE = env.bool("INFERENCE_EXPRESS_LANE", default=True)
+# The unary server serves well-formed POST /v1/models/{name}/infer requests on its event loop
+# without the middleware stack and DRF's request cycle, with the same answers
+# (inference/frontdoor.py); off, it hands every request to Django's ASGI handler.
+if "INFERENCE_EXPRESS_LANE" in os.environ:
+    raise ImproperlyConfigured("INFERENCE_EXPRESS_LANE is now INFERENCE_FRONT_DOOR: rename it.")
+INFERENCE_FRONT_DOOR = env.bool("INFERENCE_FRONT_DOOR", default=True)
 # With Redis, web processes push unary batches onto a Redis list that every inference worker
 # serves from lane threads of its own, not as Celery task messages (inference/lane.py). Workers
 # serve the lane whatever this says; web processes and workers of one deployment set it alike.

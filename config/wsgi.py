@@ -8,16 +8,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 application = get_wsgi_application()
 
-from django.conf import settings  # noqa: E402
 
 from config.startup import freeze_startup_objects  # noqa: E402
-
-if settings.INFERENCE_EXPRESS_LANE:
-    from inference.express import lane
-
-    # Well-formed unary inference requests skip the middleware stack (inference/express.py).
-    application = lane(application)  # type: ignore[assignment]
-
 from plumbing.bodylimit import LimitWSGI  # noqa: E402
 from plumbing.overload import ShedWSGI  # noqa: E402
 

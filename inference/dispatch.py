@@ -285,8 +285,8 @@ class Collector:
 
 
 class LoopCollector(Collector):
-    """The open batch of one version for the requests of an event loop (the ASGI express
-    lane, :mod:`inference.express_asgi`): the same batches, limits and message as
+    """The open batch of one version for the requests of an event loop (the unary
+    front door, :mod:`inference.frontdoor`): the same batches, limits and message as
     :class:`Collector`, with the loop in the leader's place. A request joins the open batch
     in a loop callback; the batch goes at once while none of the version's is being
     computed, else when it is full, when its oldest request has waited ``max_delay_ms`` (a
@@ -470,7 +470,7 @@ def call(
     gives the answer, or raises what refused the request (QueueFull, a limit of ``ticket``, a
     broker or Redis error) — as this call may, when its thread led the batch. ``ticket``: the
     request's limits, not counted yet — they are counted with the batch, one round trip for
-    all of its requests (the express lane)."""
+    all of its requests (the front door)."""
     pending = Pending(request_id, payload, deadline, ticket, inbox.expect(request_id))
     try:
         collector(route).submit(pending)

@@ -136,7 +136,7 @@ def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, 
     assert "Task inference_predict_batch[" in log  # these requests came as Celery tasks
 
 
-# --- the unary server: the express lane on an event loop (inference/express_asgi.py) ---------
+# --- the unary server: the front door on an event loop (inference/frontdoor.py) -------------
 
 
 def _comparable(response: httpx.Response) -> tuple[Any, ...]:
