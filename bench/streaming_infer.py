@@ -99,10 +99,10 @@ def engine_ttfe(samples: int) -> dict[str, float]:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    from inference.builtin import TEXTGEN_OPTIONS
+    from inference.registry.builtin import TEXTGEN_OPTIONS
+    from inference.registry.textgen import textgen_build
     from inference.runtimes import VersionSpec
     from inference.runtimes.transformers import TransformersRuntime
-    from inference.textgen import textgen_build
 
     runtime = TransformersRuntime(
         VersionSpec(

@@ -78,8 +78,8 @@ class MiniLMEmbeddings:
 
 
 class TorchMLP:
-    """The benchmark MLP (:func:`inference.builtin.mlp_build`, a chain of ONNX ``Gemm`` nodes
-    with ``Relu`` between them) run by PyTorch on the version's device, from the same ONNX
+    """The benchmark MLP (:func:`inference.registry.builtin.mlp_build`, a chain of ONNX ``Gemm``
+    nodes with ``Relu`` between them) run by PyTorch on the version's device, from the same ONNX
     artifact the ``onnx`` runtime serves.
 
     It exists for GPU machines whose onnxruntime has no CUDA provider (the CPU wheel; the GPU

@@ -65,7 +65,7 @@ class Model(models.Model):
         return Model.objects.select_for_update().get(pk=self.pk)
 
     def clean(self) -> None:
-        from inference.canary import PolicyError, policy_parse
+        from inference.registry.canary import PolicyError, policy_parse
 
         try:
             policy = policy_parse(self.canary_policy)
@@ -77,7 +77,8 @@ class Model(models.Model):
         self, version: ModelVersion, *, actor: str, check: dict[str, Any] | None = None
     ) -> None:
         """Make ``version`` the stable one with all the traffic; others stay active at 0.
-        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
+        ``check``: how the version was proven (:mod:`inference.registry.checks`), for the audit
+        log."""
         with transaction.atomic():
             # Locks the model: two concurrent promotions must not both leave a version at 100.
             model = self._locked()
@@ -177,8 +178,8 @@ class Model(models.Model):
     def canary_cut(
         self, version_id: int, *, judged_since: datetime | None, figures: dict[str, Any]
     ) -> bool:
-        """The canary policy's rollback (:mod:`inference.canary`): the canary's weight goes to
-        0 and the stable version takes its share. ``judged_since``: the canary's
+        """The canary policy's rollback (:mod:`inference.registry.canary`): the canary's weight
+        goes to 0 and the stable version takes its share. ``judged_since``: the canary's
         ``serving_since`` when it was judged. False when there was nothing to cut: another
         process cut it first, or an operator changed its traffic since."""
         with transaction.atomic():
@@ -307,7 +308,7 @@ class ModelVersion(models.Model):
         return f"{self.model.name}:{self.version}"
 
     def clean(self) -> None:
-        from inference.schema import SchemaError, validate_schema
+        from inference.registry.input_schema import SchemaError, validate_schema
 
         try:
             validate_schema(self.input_schema or {})
@@ -345,7 +346,8 @@ class ModelVersion(models.Model):
 
     def activate(self, *, actor: str, check: dict[str, Any] | None = None) -> None:
         """draft/retired → active. The first active version becomes stable with all traffic.
-        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
+        ``check``: how the version was proven (:mod:`inference.registry.checks`), for the audit
+        log."""
         with transaction.atomic():
             # Locks the model: two first activations must not both become the stable version.
             model = Model.objects.select_for_update().get(pk=self.model_id)

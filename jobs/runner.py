@@ -37,9 +37,9 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
-from inference import selectors as inference_selectors
-from inference import serving
+from inference.registry import selectors as inference_selectors
 from inference.runtimes.base import InvalidInput
+from inference.worker import predict
 from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.validation import validator_for
@@ -139,7 +139,7 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
         return outcome
     try:
         spec = inference_selectors.version_spec(job.version_id)
-        runtime = serving.model_cache().get(spec).runtime
+        runtime = predict.model_cache().get(spec).runtime
     except Exception:  # a load failure is every task's (retried) failure
         # The engine's text stays in the worker's log: tenants read last_error (docs/errors.md).
         log.exception("job %s: version %s failed to load", job.pk, job.version_id)

@@ -24,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from inference import selectors as inference_selectors
+from inference.registry import selectors as inference_selectors
 from jobs import inputs, selectors, services
 from jobs.feed import Feed, lines_async, lines_sync
 from jobs.models import Job, JobStatus, Task, TaskStatus

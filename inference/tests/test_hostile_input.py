@@ -16,10 +16,10 @@ from django.test import AsyncClient
 from rest_framework.test import APIClient
 
 from config.asgi import application as asgi_application
-from inference import selectors
-from inference.frontdoor import FrontDoor
+from inference.api.frontdoor import FrontDoor
 from inference.media.tests.samples import wav
 from inference.models import ModelVersion
+from inference.registry import selectors
 from inference.tests.conftest import lane_queue, make_version
 from inference.tests.test_frontdoor import Counting, call
 

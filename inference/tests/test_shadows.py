@@ -1,4 +1,4 @@
-"""Shadow versions report (inference/shadows.py): each shadow's answers are paired with the
+"""Shadow versions report (inference/registry/shadows.py): each shadow's answers are paired with the
 primary's by request and compared, shown in the admin and in metrics."""
 
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from inference import dispatch, services, shadows, version_health
 from inference.models import ModelVersion
-from inference.shadows import Comparison, compare
+from inference.registry import services, shadows, version_health
+from inference.registry.shadows import Comparison, compare
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, SCORER
+from inference.transport import dispatch
 
 pytestmark = pytest.mark.django_db
 
