@@ -226,7 +226,7 @@ async def ws_cancels(base: str, key: str, trials: int) -> dict[str, Any]:
 def sse_disconnects(base: str, key: str, trials: int, redis_url: str, prefix: str) -> dict:
     import httpx
 
-    from streaming.log import RedisLog
+    from streaming.eventlog import RedisLog
 
     stream_log = RedisLog(redis_url, prefix)
     latencies: list[float] = []

@@ -210,7 +210,7 @@ INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120
 # How long activating a version (or giving it traffic) waits for its check in a worker.
 INFERENCE_CHECK_TIMEOUT_SECONDS = env.int("INFERENCE_CHECK_TIMEOUT_SECONDS", default=120)
 # How often a web process judges the canaries of the models it routes
-# (inference/registry/canary.py).
+# (inference/catalog/canary.py).
 INFERENCE_CANARY_INTERVAL_SECONDS = env.float("INFERENCE_CANARY_INTERVAL_SECONDS", default=1.0)
 # API keys of remote upstreams (kserve / openai runtimes): every UPSTREAM_KEY_<NAME> (or
 # UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
@@ -366,9 +366,9 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/v[0-9]",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "streaming.schema.add_sse_paths",
-        "jobs.schema.add_sse_paths",
-        "inference.media.schema.add_media_paths",
+        "streaming.openapi.add_sse_paths",
+        "jobs.openapi.add_sse_paths",
+        "inference.media.openapi.add_media_paths",
     ],
 }
 
@@ -438,7 +438,7 @@ LOGGING: dict[str, Any] = {
             "filters": ["request_id"],
         },
         # Lines of work that has a log stream (a request, a job, a worker) also go there.
-        "streams": {"class": "streaming.logs.StreamLogHandler", "filters": ["request_id"]},
+        "streams": {"class": "streaming.loglines.StreamLogHandler", "filters": ["request_id"]},
     },
     "root": {"handlers": ["console", "streams"], "level": LOG_LEVEL},
     "loggers": {

@@ -17,9 +17,11 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
+from inference.catalog import selectors
 from inference.models import Model, ModelEvent, ModelVersion
-from inference.registry import selectors, services, shadows
+from inference.registry import services
 from inference.registry.checks import describe
+from inference.transport import shadows
 
 
 def _actor(request: HttpRequest) -> str:

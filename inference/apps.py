@@ -17,8 +17,8 @@ class InferenceConfig(AppConfig):
         from celery.signals import worker_ready
         from django.db.models.signals import post_delete, post_save
 
+        from inference.catalog import selectors
         from inference.models import Model, ModelEvent, ModelVersion
-        from inference.registry import selectors
 
         worker_ready.connect(_preload_on_worker_ready, weak=False)
         # Every registry change writes a row of one of these (routing changes that use

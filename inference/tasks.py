@@ -8,7 +8,9 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from inference.transport import unary_flow
+from inference.catalog import canary
+from inference.registry import checks
+from inference.transport import replies, streams
 
 
 @shared_task(
@@ -30,7 +32,7 @@ def inference_predict_batch(
     """Many requests (``[request_id, payload, deadline]`` each) collected by a web process;
     one answer message for all of them on ``reply_to``. ``shadow`` marks a shadow copy in
     monitors (the message's kwargsrepr); it is run and answered like any batch."""
-    unary_flow.predict_batch(
+    replies.predict_batch(
         version_id=version_id,
         queue=queue,
         items=[(str(rid), payload, float(deadline)) for rid, payload, deadline in items],
@@ -58,13 +60,11 @@ def inference_check(
 ) -> None:
     """The pre-activation check of a version (:mod:`inference.registry.checks`), answered on
     ``reply_id`` with the name of the worker that ran it."""
-    from inference.registry import checks
-    from inference.transport.replies import reply_publish
 
     found = checks.check_run(
         version_id=version_id, examples=examples, declared=declared, deadline=deadline
     )
-    reply_publish(reply_id, {**found, "worker": self.request.hostname})
+    replies.reply_publish(reply_id, {**found, "worker": self.request.hostname})
 
 
 @shared_task(
@@ -76,8 +76,7 @@ def inference_check(
     soft_time_limit=50,
 )
 def inference_canary() -> None:
-    """Judge every model's canaries against its canary policy (:mod:`inference.registry.canary`)."""
-    from inference.registry import canary
+    """Judge every model's canaries against its canary policy (:mod:`inference.catalog.canary`)."""
 
     canary.evaluate_all()
 
@@ -98,8 +97,6 @@ def inference_stream(
     deadline: float,
     queue: str,
 ) -> None:
-    from inference.transport import streams
-
     streams.stream_run(
         version_id=version_id,
         kind=kind,

@@ -37,12 +37,13 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
-from inference.registry import selectors as inference_selectors
+from inference.catalog import selectors as inference_selectors
 from inference.runtimes.base import InvalidInput
 from inference.worker import predict
 from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.validation import validator_for
+from plumbing.taskref import task_named
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,11 @@ def backoff_seconds(attempt: int) -> float:
 
 
 def _send(job_id: str, chunks: list[int], *, countdown: float | None = None) -> None:
-    from jobs.tasks import jobs_run_chunk
-
     options: dict[str, Any] = {"queue": settings.JOBS_QUEUE}
     if countdown:
         options["countdown"] = countdown
     for chunk in chunks:
-        jobs_run_chunk.apply_async(args=(job_id, chunk), **options)
+        task_named("jobs_run_chunk").apply_async(args=(job_id, chunk), **options)  # jobs.tasks
 
 
 def send_on_commit(job_id: str, chunks: list[int], *, countdown: float | None = None) -> None:

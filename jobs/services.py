@@ -17,9 +17,9 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
+from inference.catalog import selectors as inference_selectors
+from inference.catalog.router import NoRoute, route
 from inference.models import Model, ModelVersion
-from inference.registry import selectors as inference_selectors
-from inference.registry.router import NoRoute, route
 from inference.transport.unary_flow import unroutable
 from jobs import bulk, events, leases, runner
 from jobs.inputs import Inputs

@@ -27,8 +27,8 @@ from django.http import Http404
 from rest_framework import exceptions
 
 from inference.api.serializers import StreamInferRequestSerializer
+from inference.catalog import selectors
 from inference.models import Model
-from inference.registry import selectors
 from inference.transport import streams
 from streaming import fanout, flow, services
 from streaming.consumers import (
@@ -40,7 +40,7 @@ from streaming.consumers import (
     _bearer,
     _redis_call,
 )
-from streaming.log import END, StreamNotFound
+from streaming.eventlog import END, StreamNotFound
 from tenants.authentication import authenticate_credential
 
 

@@ -33,8 +33,8 @@ from django.utils.cache import patch_vary_headers
 from rest_framework import exceptions
 
 from inference.api.serializers import InferRequestSerializer
-from inference.registry import selectors
-from inference.registry.selectors import RoutingTable
+from inference.catalog import selectors
+from inference.catalog.selectors import RoutingTable
 from inference.transport import unary_flow
 from plumbing import ratelimit, untrusted
 from plumbing.logcontext import log_stream_var

@@ -20,8 +20,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inference.api.serializers import ModelInfoSerializer
+from inference.catalog import selectors
 from inference.models import ModelVersion
-from inference.registry import selectors, services
+from inference.registry import services
 from inference.registry.checks import CheckFailed
 
 

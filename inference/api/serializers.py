@@ -10,8 +10,8 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from inference.catalog import selectors
 from inference.models import Model, ModelVersion
-from inference.registry import selectors
 
 
 class CircuitSerializer(serializers.Serializer):
@@ -42,7 +42,7 @@ class HealthSerializer(serializers.Serializer):
 class VersionSerializer(serializers.ModelSerializer):
     """A version and, in Sluice's fields, whether it would be served now: its engine, its
     circuit and its recent outcomes (context: ``states`` from
-    :func:`inference.registry.selectors.version_states`, ``staff`` to include error texts)."""
+    :func:`inference.catalog.selectors.version_states`, ``staff`` to include error texts)."""
 
     shadow = serializers.BooleanField(source="is_shadow")
     stable = serializers.SerializerMethodField()

@@ -19,9 +19,9 @@ from inference.api.serializers import (
     ModelListSerializer,
     StreamInferRequestSerializer,
 )
+from inference.catalog import selectors
+from inference.catalog.selectors import RoutingTable
 from inference.models import Model
-from inference.registry import selectors
-from inference.registry.selectors import RoutingTable
 from inference.transport import streams, unary_flow
 from streaming.responses import Hold, LiveResponse, event_response, hold_release, hold_take
 from tenants.authentication import presented_credential
@@ -29,7 +29,7 @@ from tenants.models import Tenant
 from tenants.selectors import KeyContext
 
 
-def _tenant(request: Request) -> Tenant | None:
+def caller_tenant(request: Request) -> Tenant | None:
     """The caller's tenant; None for a staff session (which sees every model)."""
     return request.auth.tenant if isinstance(request.auth, KeyContext) else None
 
@@ -42,7 +42,7 @@ class ModelListView(APIView):
 
     @extend_schema(operation_id="models_list", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
-        tenant = _tenant(request)
+        tenant = caller_tenant(request)
         models = selectors.models_for_tenant(tenant)
         context = _state_context(models, tenant)
         data = ModelInfoSerializer(models, many=True, context=context).data
@@ -55,7 +55,7 @@ class ModelDetailView(APIView):
 
     @extend_schema(operation_id="models_retrieve", responses=ModelInfoSerializer)
     def get(self, request: Request, name: str) -> Response:
-        tenant = _tenant(request)
+        tenant = caller_tenant(request)
         model = selectors.model_for_tenant(name, tenant)
         context = _state_context([model], tenant)
         return Response(ModelInfoSerializer(model, context=context).data)
@@ -137,7 +137,7 @@ class InferView(APIView):
     )
     def post(self, request: Request, name: str) -> HttpResponseBase:
         # The routing table, not the model row: no query while this process's copy is fresh.
-        model = selectors.routing_table_for_tenant(name, _tenant(request))
+        model = selectors.routing_table_for_tenant(name, caller_tenant(request))
         if wants_stream(request):
             return self._stream(request, model)
         valid = InferRequestSerializer.fast(request.data)
@@ -147,7 +147,7 @@ class InferView(APIView):
             valid = body.validated_data
         answer = unary_flow.infer(
             model=model,
-            tenant=_tenant(request),
+            tenant=caller_tenant(request),
             data=valid["input"],
             version=valid.get("version"),
             timeout_ms=valid.get("timeout_ms"),
@@ -159,7 +159,7 @@ class InferView(APIView):
     def _stream(self, request: Request, model: RoutingTable) -> HttpResponseBase:
         body = StreamInferRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return stream_answer(request._request, _tenant(request), model, body.validated_data)
+        return stream_answer(request._request, caller_tenant(request), model, body.validated_data)
 
 
 def stream_answer(

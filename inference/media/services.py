@@ -30,16 +30,17 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
+from inference.catalog import selectors
+from inference.catalog.router import CircuitBreaker, NoRoute, route
 from inference.engines import MediaInputError
-from inference.registry import selectors
-from inference.registry.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable
 from inference.transport import admission
 from inference.transport.unary_flow import ModelUnavailable, QueueFull
 from inference.worker.predict import model_cache
 from plumbing.exceptions import ServiceUnavailable
 from plumbing.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
-from streaming.log import END, GAP, StreamNotFound, get_log
+from plumbing.taskref import task_named
+from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,7 @@ def media_start(
         if upload is not None:
             stored = default_storage.save(_input_name(stream_id, suffix), ContentFile(upload))
             item = {**item, "input": stored}
-        from inference.media.tasks import media_stream
-
-        media_stream.apply_async(
+        task_named("media_stream").apply_async(  # inference.media.tasks
             args=(version.pk, stream_id, item, input_stream), queue=version.queue
         )
     except (RedisError, KombuError, OSError) as exc:

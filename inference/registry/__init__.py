@@ -1,4 +1,4 @@
-"""The model registry: reads (routing tables, selectors), writes (services, with the audit
-log in ``ModelEvent``), the version router and circuit breakers, per-version health, the
-canary policy, shadow comparisons, the pre-activation checks, input schemas and the
-built-in models. The rows themselves are ``inference.models``."""
+"""Changing the model registry: the services that register, activate, weigh, promote and
+roll back versions (each change recorded in the audit log, ``ModelEvent``), the
+pre-activation check that proves a version on a worker first, the built-in models, and
+the version-health metrics collector. Reads are ``inference.catalog``'s."""

@@ -19,7 +19,8 @@ from typing import Any
 
 from inference.models import Model, ModelVersion
 from inference.registry.services import version_register
-from inference.registry.textgen import Recipe
+from inference.registry.textgen import Recipe, textgen_build
+from inference.runtimes import unavailable_reason
 from inference.runtimes.transformers import text_generation_schema
 
 DIGITS = "digits"
@@ -373,8 +374,6 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
     registered instead, which shows as unavailable with the install hint; the first run with
     the engine installed replaces it (promoted, the placeholder retired). A build with the same
     checksum as a registered version is reused."""
-    from inference.runtimes import unavailable_reason
-
     description = (
         "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis (King "
         "James Version, public domain) that ships in the repository: King James-sounding text "
@@ -401,8 +400,6 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
         if activate:
             placeholder.activate(actor=actor)
         return placeholder, True
-    from inference.registry.textgen import textgen_build
-
     built = textgen_build()
     checksum = hashlib.sha256(built.archive).hexdigest()
     version = next((v for v in versions if v.checksum == checksum), None)

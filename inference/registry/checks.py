@@ -27,8 +27,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from rest_framework import serializers
 
+from inference.catalog import selectors
 from inference.models import ModelVersion
-from inference.registry.input_schema import validate_input
+from inference.rules.input_schema import validate_input
+from inference.transport.lane import live_workers
+from inference.transport.replies import reply_wait
+from inference.worker import predict
+from plumbing.taskref import task_named
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +253,6 @@ def check_run(
 ) -> dict[str, Any]:
     """Load the version in this process's model cache and run the examples through its
     batcher (the path requests take); ``{"ok", "error"?, "ms"}``. The worker half."""
-    from inference.registry import selectors
-    from inference.worker import predict
-
     started = time.perf_counter()
 
     def answer(error: str | None) -> dict[str, Any]:
@@ -258,7 +260,7 @@ def check_run(
         return {"ok": error is None, "ms": ms, **({"error": error} if error else {})}
 
     try:
-        # Read afresh, not from serving's spec cache: an operator may just have edited it.
+        # Read afresh, not from the worker's spec cache: an operator may just have edited it.
         spec = selectors.version_spec(version_id)
         loaded = predict.model_cache().get(spec)
         if loaded.checks:  # what only the loaded engine can refuse, as for a request
@@ -282,8 +284,6 @@ def _workers(queue: str) -> list[str]:
     """Workers consuming ``queue`` now (their batch-lane heartbeat); none when embedded."""
     if settings.EMBEDDED:
         return []
-    from inference.transport.lane import live_workers
-
     return live_workers(queue)
 
 
@@ -306,11 +306,8 @@ def version_check(version: ModelVersion) -> CheckReport:
             version_id=version.pk, examples=examples, declared=declared, deadline=deadline
         )
     else:
-        from inference.tasks import inference_check
-        from inference.transport.replies import reply_wait
-
         reply_id = f"check-{uuid.uuid4().hex}"
-        inference_check.apply_async(
+        task_named("inference_check").apply_async(  # inference.tasks
             args=(version.pk, examples, declared, reply_id, deadline),
             queue=version.queue,
             expires=timeout,

@@ -1,5 +1,5 @@
 """Each version's state for Prometheus, read at scrape time from what every process shares
-(the circuits and :mod:`inference.registry.version_health` in the cache, the registry in the
+(the circuits and :mod:`inference.catalog.version_health` in the cache, the registry in the
 database), so any one process's ``/metrics`` tells the whole truth and nothing is summed
 twice in multiprocess mode. The per-request outcomes are a counter of each process instead
 (``sluice_inference_outcomes_total``, :mod:`plumbing.metrics`)."""
@@ -15,9 +15,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from inference.catalog import selectors
+from inference.catalog.router import CircuitBreaker
 from inference.models import ModelVersion
-from inference.registry import selectors
-from inference.registry.router import CircuitBreaker
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 
 from inference.models import Model, ModelEvent, ModelVersion
-from inference.registry import checks, shadows
-from inference.registry.input_schema import SchemaError, validate_schema
+from inference.registry import checks
+from inference.rules.input_schema import SchemaError, validate_schema
 from inference.runtimes import RuntimeUnavailable, runtime_class
+from inference.transport import shadows
 
 log = logging.getLogger(__name__)
 

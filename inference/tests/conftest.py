@@ -15,13 +15,13 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from inference.catalog import canary, router, selectors, version_health
+from inference.catalog.selectors import VersionRoute
 from inference.models import Model, ModelVersion
-from inference.registry import canary, router, selectors, shadows, version_health
 from inference.registry.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
-from inference.registry.selectors import VersionRoute
 from inference.registry.services import version_register
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
-from inference.transport import admission, dispatch, lane, replies, streams
+from inference.transport import admission, dispatch, lane, replies, shadows, streams
 from inference.transport.lane import Lane, alive_key, held_key, lane_key
 from inference.transport.redis_client import client
 from inference.worker import predict

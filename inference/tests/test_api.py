@@ -7,13 +7,13 @@ import pytest
 from django.conf import settings
 from sklearn.datasets import load_digits
 
+from inference.catalog import version_health
+from inference.catalog.router import CircuitBreaker
 from inference.models import ModelVersion
-from inference.registry import shadows, version_health
-from inference.registry.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, PICKY
-from inference.transport import admission, dispatch
+from inference.transport import admission, dispatch, shadows
 from inference.worker import outcomes, predict
 from plumbing.logcontext import RequestIdFilter
 from tenants.tests.factories import make_key
@@ -282,7 +282,7 @@ def test_it_validates_timeout(api, doubler) -> None:
 
 
 def test_onnx_digits_predictions_match_scikit_learn(digits) -> None:
-    from inference.registry.selectors import version_spec
+    from inference.catalog.selectors import version_spec
 
     loaded = predict.model_cache().get(version_spec(digits.pk))
     data = load_digits()

@@ -21,7 +21,7 @@ from inference.registry.builtin import (
     mlp_install,
     sentiment_install,
 )
-from inference.registry.input_schema import validate_input
+from inference.rules.input_schema import validate_input
 from inference.tests.conftest import lane_queue, make_version
 from inference.tests.fakes import DOUBLER
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 from inference.api.frontdoor import FrontDoor, eligible, environ_of
-from inference.registry import selectors
+from inference.catalog import selectors
 from inference.tests.conftest import lane_queue, make_version
 from tenants import selectors as key_selectors
 

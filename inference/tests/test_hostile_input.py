@@ -17,9 +17,9 @@ from rest_framework.test import APIClient
 
 from config.asgi import application as asgi_application
 from inference.api.frontdoor import FrontDoor
+from inference.catalog import selectors
 from inference.media.tests.samples import wav
 from inference.models import ModelVersion
-from inference.registry import selectors
 from inference.tests.conftest import lane_queue, make_version
 from inference.tests.test_frontdoor import Counting, call
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from inference.registry.selectors import VersionRoute
+from inference.catalog.selectors import VersionRoute
 from inference.tests.conftest import lane_queue, make_route, make_version
 from inference.tests.fakes import Doubler
 from inference.transport import admission, dispatch

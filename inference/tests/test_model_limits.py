@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from inference.catalog.router import CircuitBreaker
 from inference.models import Model, ModelVersion
-from inference.registry.router import CircuitBreaker
 from inference.registry.services import version_register
 from inference.tests.test_streams import sse_events
 from jobs import runner, services

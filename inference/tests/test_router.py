@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from inference.registry.router import (
+from inference.catalog.router import (
     Candidate,
     CircuitBreaker,
     NoRoute,

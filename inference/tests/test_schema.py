@@ -9,7 +9,7 @@ import pytest
 from rest_framework import serializers
 
 from inference.registry.builtin import DIGITS_SCHEMA, MLP_SCHEMA, TEXT_SCHEMA
-from inference.registry.input_schema import (
+from inference.rules.input_schema import (
     fast_validator,
     serializer_for,
     validate_input,

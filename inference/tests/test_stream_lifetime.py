@@ -25,7 +25,7 @@ from rest_framework.test import APIClient
 from inference.models import Model
 from inference.tests.conftest import make_version
 from inference.transport import streams
-from streaming.log import get_log
+from streaming.eventlog import get_log
 from streaming.services import stream_slots_held
 from tenants.models import TenantAPIKey
 from tenants.selectors import forget_key

@@ -34,7 +34,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from streaming.log import RedisLog
+from streaming.eventlog import RedisLog
 from testing.processes import (
     celery_worker,
     free_port,

@@ -20,7 +20,7 @@ from inference.tests.fakes import BROKEN
 from inference.transport import streams
 from inference.worker import predict
 from streaming import services as stream_slots
-from streaming.log import get_log
+from streaming.eventlog import get_log
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ import pytest
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.tests.conftest import make_version
 from inference.tests.fakes import DOUBLER, PICKY, Doubler
-from inference.transport import unary_flow
+from inference.transport import replies
 from inference.transport.replies import reply_publish, reply_wait
 from inference.worker import outcomes, predict
 from inference.worker.cache import ModelCache
@@ -85,7 +85,7 @@ def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
         done.set()
         return []
 
-    monkeypatch.setattr(unary_flow, "preload", fake_preload)
+    monkeypatch.setattr(predict, "preload", fake_preload)
     monkeypatch.setattr(outcomes, "outage_over", lambda queues: [])
     consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
     apps._preload_on_worker_ready(sender=consumer)
@@ -99,10 +99,10 @@ def test_an_input_that_fails_the_engine_does_not_fail_its_batch(monkeypatch, cap
     version = make_version("picky", options=PICKY, max_batch_size=16)
     sent: dict[str, dict] = {}
     monkeypatch.setattr(
-        unary_flow, "batch_reply_publish", lambda to, batch, replies, **kw: sent.update(replies)
+        replies, "batch_reply_publish", lambda to, batch, answers, **kw: sent.update(answers)
     )
     items = [(f"r{x}", {"x": x}, time.time() + 10) for x in range(16)]
-    unary_flow.predict_batch(
+    replies.predict_batch(
         version_id=version.pk, queue="cpu", items=items, reply_to="inbox", batch_id="b"
     )
     assert [sent[f"r{x}"]["output"]["y"] for x in range(16) if x != 13] == [

@@ -27,14 +27,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from inference.registry.selectors import VersionRoute
+from inference.catalog.selectors import VersionRoute
 from inference.transport import admission, lane
 from inference.transport.redis_client import client
 from inference.transport.replies import LoopSignal, LoopWaiter, Waiter, inbox
 from plumbing.redis_wire import redis_wire
+from plumbing.taskref import task_named
 from tenants.limits import PlanTicket, settle
 
 log = logging.getLogger(__name__)
+
+PREDICT_BATCH = "inference_predict_batch"  # the task (inference.tasks), sent by name
 
 
 class Pending:
@@ -399,10 +402,8 @@ def batch_wire(
     message (:func:`plumbing.redis_wire.redis_wire`); None where Celery must publish it."""
     if lane.enabled():
         return lane.wire(version_id, queue, items, reply_to, batch_id)
-    from inference.tasks import inference_predict_batch
-
     options = _batch_task(version_id, queue, items, reply_to, batch_id, False)
-    return redis_wire(inference_predict_batch, options.pop("args"), task_id=batch_id, **options)
+    return redis_wire(task_named(PREDICT_BATCH), options.pop("args"), task_id=batch_id, **options)
 
 
 def enqueue_batch(
@@ -417,9 +418,7 @@ def enqueue_batch(
     """One message for many requests on the version's queue; Celery discards it once the
     last deadline has passed, so a backlog never spends worker time on answers nobody waits
     for."""
-    from inference.tasks import inference_predict_batch
-
-    inference_predict_batch.apply_async(  # type: ignore[call-arg]  # stubs lack these options
+    task_named(PREDICT_BATCH).apply_async(
         kwargs={"shadow": shadow} if shadow else {},
         task_id=batch_id,
         # Straight to the queue's list (the default exchange) without re-declaring the queue
@@ -566,7 +565,7 @@ def shadow_copy(
 ) -> bool:
     """Best effort: a full queue or a broker error skips the copy, never the real request.
     The worker answers it on ``reply_to`` with ``rid`` as its batch id (the web process
-    compares it with the primary's answer, :mod:`inference.registry.shadows`) and frees the slot.
+    compares it with the primary's answer, :mod:`inference.transport.shadows`) and frees the slot.
     Whether the copy went."""
     try:
         if admission.admit_many(route.queue, {rid: deadline}):

@@ -1,21 +1,17 @@
 """The batch lane: the unary path's batch messages straight off Redis, inside the Celery worker.
 
 A web process's batch of unary requests (:mod:`inference.transport.dispatch`) is one message.
-Through Celery, the worker's consumer spent about 2 ms of CPU on each, nearly all of it around the
-model rather than in it: kombu's copy of the message into its unacked hash, the envelope's
-JSON and base64, Celery's request and strategy objects, the hand-off to a pool thread and the
-ack (docs/performance.md, the worker profile). Those serve redelivery, time limits, revocation
-and monitoring for tasks in general; a batch of unary requests needs only redelivery, since
-every item carries its own deadline and is dropped, not run, once it has passed.
+It needs only redelivery of what Celery offers tasks in general (every item carries its own
+deadline), so it skips Celery's consumer, whose per-message cost docs/performance.md measures.
 
-So with ``INFERENCE_BATCH_LANE`` (on by default wherever ``REDIS_URL`` is set) the web
-process pushes the batch as compact JSON onto the queue's lane list, in the same Lua round
-trip that takes the batch's queue slots, and every Celery worker consuming an inference queue
-runs :class:`Lane` (a worker bootstep, ``config.celery``): threads that ``BLMOVE`` a message
-from the lane list onto the worker's own *held* list, run it through the worker's batcher
-(:func:`inference.transport.unary_flow.predict_batch`, as the Celery task does) and remove it
-from the held list in the pipeline that answers the batch — one round trip on each side of the
-model.
+So with ``INFERENCE_BATCH_LANE`` (on by default wherever ``REDIS_URL`` is set) the web process
+pushes the batch as compact JSON onto the queue's lane list, in the same Lua round trip that
+takes the batch's queue slots, and every Celery worker consuming an inference queue runs
+:class:`Lane` (started by the :class:`BatchLane` worker bootstep): threads that ``BLMOVE`` a
+message from the lane list onto the worker's own *held* list, run it through the worker's
+batcher (:func:`inference.transport.replies.predict_batch`, as the Celery task does) and remove
+it from the held list in the pipeline that answers the batch — one round trip on each side of
+the model.
 
 Redelivery, as ``task_acks_late`` with ``task_reject_on_worker_lost`` gives the Celery path:
 a worker refreshes a heartbeat key while it lives and keeps its held lists in a set of all
@@ -42,6 +38,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from redis.exceptions import RedisError
 
+from inference.transport import replies
 from inference.transport.redis_client import client, key
 
 log = logging.getLogger(__name__)
@@ -191,8 +188,6 @@ class Lane:
     def handle(self, queue: str, held: str, raw: bytes) -> None:
         """Run one lane message; it leaves the held list with its answer (or at once when it
         cannot be read: a malformed message is logged and dropped, never retried)."""
-        from inference.transport import unary_flow
-
         try:
             message = json.loads(raw)
             items = [
@@ -208,7 +203,7 @@ class Lane:
             client().lrem(held, 1, raw)
             return
         try:
-            unary_flow.predict_batch(
+            replies.predict_batch(
                 version_id=version_id,
                 queue=queue,
                 items=items,

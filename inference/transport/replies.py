@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from inference.transport import admission
 from inference.transport.redis_client import client, key
+from inference.worker import predict
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +290,29 @@ class Inbox:
 
 
 inbox = Inbox()
+
+
+def predict_batch(
+    *,
+    version_id: int,
+    queue: str,
+    items: list[tuple[str, dict[str, Any], float]],
+    reply_to: str,
+    batch_id: str,
+    done: tuple[str, bytes] | None = None,
+) -> None:
+    """Run a web process's batch (``(request_id, payload, deadline)`` each) on this worker
+    (:func:`inference.worker.predict.run_batch`) and answer all of it in one message. Every
+    item's queue slot is freed in the same round trip, as is the batch lane's held message
+    (``done``: its list and bytes, :mod:`inference.transport.lane`). A shadow copy is such a
+    batch too, answered to the web process that compares it."""
+    replies = predict.run_batch(version_id=version_id, items=items)
+    # Answered even when every item was dropped: the web process counts the batch as done.
+    batch_reply_publish(
+        reply_to,
+        batch_id,
+        replies,
+        queue=queue,
+        release=[rid for rid, _, _ in items],
+        done=done,
+    )

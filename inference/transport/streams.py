@@ -35,18 +35,19 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
+from inference.catalog import selectors
+from inference.catalog.router import CircuitBreaker, NoRoute, route
+from inference.catalog.selectors import RoutingTable
 from inference.models import Model
-from inference.registry import selectors
-from inference.registry.input_schema import validate_input, validate_with
-from inference.registry.router import CircuitBreaker, NoRoute, route
-from inference.registry.selectors import RoutingTable
+from inference.rules.input_schema import validate_input, validate_with
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import InvalidInput, Item, UpstreamError
 from inference.transport import admission, unary_flow
 from inference.worker import predict
 from plumbing.exceptions import ServiceUnavailable
 from plumbing.redis_wire import redis_wire
-from streaming.log import RedisLog, StreamNotFound, get_log
+from plumbing.taskref import task_named
+from streaming.eventlog import RedisLog, StreamNotFound, get_log
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,7 @@ def stream_start(
     deadline = _deadline(timeout_ms)
     stream_id = f"inf-{uuid.uuid4().hex}"
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
-    from inference.tasks import inference_stream
-
+    inference_stream = task_named("inference_stream")  # inference.tasks
     task: dict[str, Any] = {
         "args": (chosen.id, kind, payloads, stream_id, deadline, chosen.queue),
         "queue": chosen.queue,
@@ -150,9 +150,7 @@ def stream_start(
             admission.admit(chosen.queue, stream_id, deadline)
             try:
                 # The queue is not declared again per message: workers declare theirs.
-                inference_stream.apply_async(  # type: ignore[call-arg]  # stubs lack options
-                    kwargsrepr="{}", declare=[], **task
-                )
+                inference_stream.apply_async(kwargsrepr="{}", declare=[], **task)
             except BaseException:
                 admission.release(chosen.queue, stream_id)
                 raise

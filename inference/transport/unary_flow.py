@@ -4,7 +4,7 @@ Web: route (the process's routing table) → validate the input against the chos
 schema → join the version's next batch (:mod:`inference.transport.dispatch`: one queue-slot round
 trip and one ``inference_predict_batch`` message per batch; 503 when the queue is full) → wait for
 the reply → record the outcome on the version's circuit breaker. Shadow versions get a copy whose
-answer nobody waits for; it is compared with the primary's (:mod:`inference.registry.shadows`).
+answer nobody waits for; it is compared with the primary's (:mod:`inference.transport.shadows`).
 
 Worker: drop expired work → the process's model cache → the version's batcher → one answer
 message per batch (:func:`predict_batch`).
@@ -25,14 +25,12 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
+from inference.catalog import selectors, version_health
+from inference.catalog.router import CircuitBreaker, NoRoute, NotServed, route
+from inference.catalog.selectors import RoutingTable
 from inference.models import Model
-from inference.registry import selectors, shadows, version_health
-from inference.registry.input_schema import validate_input, validate_with
-from inference.registry.router import CircuitBreaker, NoRoute, NotServed, route
-from inference.registry.selectors import RoutingTable
-from inference.transport import admission, dispatch
-from inference.transport.replies import batch_reply_publish
-from inference.worker import predict
+from inference.rules.input_schema import validate_input, validate_with
+from inference.transport import admission, dispatch, shadows
 from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
 from plumbing.logcontext import request_id_var
 from tenants.limits import PlanTicket
@@ -353,29 +351,3 @@ async def infer_async(
         if copies:
             shadows.primary_answered(copies, reply)
     return _conclude(planned, reply, pending)
-
-
-def predict_batch(
-    *,
-    version_id: int,
-    queue: str,
-    items: list[tuple[str, dict[str, Any], float]],
-    reply_to: str,
-    batch_id: str,
-    done: tuple[str, bytes] | None = None,
-) -> None:
-    """Run a web process's batch (``(request_id, payload, deadline)`` each) on this worker
-    (:func:`inference.worker.predict.run_batch`) and answer all of it in one message. Every
-    item's queue slot is freed in the same round trip, as is the batch lane's held message
-    (``done``: its list and bytes, :mod:`inference.transport.lane`). A shadow copy is such a
-    batch too, answered to the web process that compares it."""
-    replies = predict.run_batch(version_id=version_id, items=items)
-    # Answered even when every item was dropped: the web process counts the batch as done.
-    batch_reply_publish(
-        reply_to,
-        batch_id,
-        replies,
-        queue=queue,
-        release=[rid for rid, _, _ in items],
-        done=done,
-    )

@@ -1,7 +1,7 @@
 """What a request's failure means, for its client, the version's breaker and its health stats.
 
 Worker side: a failed request's reply (:func:`failure_reply`: the client's status and words,
-the operator's text apart, and the outcome of :mod:`inference.registry.version_health`), the
+the operator's text apart, and the outcome of :mod:`inference.catalog.version_health`), the
 engine's own check before an input joins a batch (:func:`checked`) and each request's reply from its
 batcher result (:func:`answer`). For the breaker: the circuits a worker outage opened close
 when a worker serves their queue again (:func:`outage_over`).
@@ -15,8 +15,8 @@ from typing import Any
 
 from django.db import connection
 
-from inference.registry import selectors, version_health
-from inference.registry.router import CircuitBreaker
+from inference.catalog import selectors, version_health
+from inference.catalog.router import CircuitBreaker
 from inference.runtimes import RuntimeUnavailable
 from inference.runtimes.base import InvalidInput, UpstreamError, blames_input
 from inference.worker.batcher import DeadlineExceeded
@@ -31,7 +31,7 @@ def failure_reply(
     """The worker's reply for a request that failed (one mapping for single and batched work).
 
     ``outcome`` says what the failure means for the version
-    (:mod:`inference.registry.version_health`); ``error`` is what the client may read;
+    (:mod:`inference.catalog.version_health`); ``error`` is what the client may read;
     ``internal``, the engine's or upstream's own text, is for the operator only (logged here with
     the request ids, recorded as the version's last error by the web tier, never answered):
 

@@ -1,7 +1,7 @@
 """The worker's half of a unary batch: the process's model cache, each version's spec (cached:
 immutable per id and checksum), preloading, and running a batch through the version's
 batcher into one reply per request. Publishing the replies is the transport's
-(:func:`inference.transport.unary_flow.predict_batch`)."""
+(:func:`inference.transport.replies.predict_batch`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import connection
 
-from inference.registry import selectors
+from inference.catalog import selectors
 from inference.runtimes import VersionSpec
 from inference.worker.cache import ModelCache
 from inference.worker.outcomes import answer, checked, failure_reply

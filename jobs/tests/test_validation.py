@@ -8,7 +8,7 @@ import pytest
 from rest_framework import exceptions
 
 from inference.registry.builtin import DIGITS_SCHEMA, TEXT_SCHEMA
-from inference.registry.input_schema import validate_input
+from inference.rules.input_schema import validate_input
 from jobs.validation import compile_validator
 
 MIXED: dict[str, Any] = {

@@ -23,11 +23,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from inference.api.views import _tenant, start_streaming
+from inference.api.views import caller_tenant, start_streaming
+from inference.catalog import selectors
 from inference.models import Model
-from inference.registry import selectors
 from inference.transport import streams, unary_flow
-from streaming.log import Event
+from streaming.eventlog import Event
 from streaming.responses import event_response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
@@ -88,7 +88,7 @@ class EmbeddingsRequest(serializers.Serializer):
 
 def _model_for_task(request: Request, name: str, task: str, what: str) -> Model:
     try:
-        model = selectors.model_for_tenant(name, _tenant(request))
+        model = selectors.model_for_tenant(name, caller_tenant(request))
     except Http404 as exc:
         raise exceptions.NotFound(
             f"The model '{name}' does not exist (no {what} is registered under that name)."
@@ -99,7 +99,7 @@ def _model_for_task(request: Request, name: str, task: str, what: str) -> Model:
 
 
 def _run(model: Model, request: Request, rows: list[dict[str, Any]]) -> list[unary_flow.Answer]:
-    tenant = _tenant(request)
+    tenant = caller_tenant(request)
     if len(rows) == 1:
         return [unary_flow.infer(model=model, tenant=tenant, data=rows[0])]
 
@@ -286,7 +286,7 @@ class _TextView(OpenAIView):
     ) -> HttpResponseBase:
         started, hold, on_close = start_streaming(
             request._request,
-            _tenant(request),
+            caller_tenant(request),
             model,
             kind=streams.CHAT if self.chat else streams.TEXT,
             items=[row],

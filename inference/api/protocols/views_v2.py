@@ -23,9 +23,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inference.api.protocols import v2
-from inference.api.views import _tenant
+from inference.api.views import caller_tenant
+from inference.catalog import selectors
 from inference.models import Model, ModelVersion
-from inference.registry import selectors
 from inference.transport import unary_flow
 from plumbing.untrusted import JSONParser
 
@@ -95,7 +95,7 @@ class ServerMetadataView(V2View):
 
 def _model(request: Request, name: str) -> Model:
     try:
-        return selectors.model_for_tenant(name, _tenant(request))
+        return selectors.model_for_tenant(name, caller_tenant(request))
     except Http404 as exc:
         raise NotFound(f"Unknown model '{name}'.") from exc
 
@@ -162,7 +162,7 @@ class InferV2View(V2View):
         responses={200: OpenApiTypes.OBJECT},
     )
     def post(self, request: Request, name: str, version: str | None = None) -> Response:
-        tenant = _tenant(request)
+        tenant = caller_tenant(request)
         model = _model(request, name)
         chosen = _serving_version(model, version)
         rows = v2.decode_request(chosen.input_schema, request.data)

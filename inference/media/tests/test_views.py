@@ -21,7 +21,7 @@ from inference.registry.builtin import translate_install
 from inference.registry.services import version_register
 from inference.transport import admission
 from inference.worker import predict
-from streaming.log import get_log
+from streaming.eventlog import get_log
 from streaming.services import stream_slots_held
 from tenants.models import Tenant
 from tenants.tests.factories import make_key

@@ -6,7 +6,7 @@ exceed the stable version's, and how many times the stable version's p99 its own
 canary is an active, non-shadow version with weight above 0 other than the stable one. It is
 judged on its outcomes since it last got traffic (``serving_since``), at most the window,
 against the stable version's over the same span — per-version windows summed over every
-process (:mod:`inference.registry.version_health`). When it breaks the policy its weight goes to 0,
+process (:mod:`inference.catalog.version_health`). When it breaks the policy its weight goes to 0,
 the stable version takes its share, a ``canary-rollback`` event records why with the figures, a
 warning is logged and ``sluice_canary_rollbacks_total`` counts it (:meth:`Model.canary_cut`,
 exactly once across processes).
@@ -21,19 +21,18 @@ covers a model whose web processes went idle or restarted.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from inference.catalog import version_health
 from inference.models import Model, ModelVersion
-from inference.registry import version_health
+from inference.rules.canary_policy import Policy, policy_parse
 from plumbing.metrics import CANARY_ROLLBACKS
 
 log = logging.getLogger(__name__)
@@ -42,55 +41,6 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 120
 # A p99 of fewer requests is their slowest one: latency is judged once both sides have this many.
 P99_MIN_REQUESTS = 100
-
-
-class PolicyError(ValueError):
-    """The policy is malformed (an operator's mistake)."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    window_seconds: int = 60
-    min_requests: int = 20
-    max_error_rate_increase: float = 0.05
-    max_p99_ratio: float | None = 2.0  # None: latency is not judged
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def policy_parse(raw: Any) -> Policy | None:
-    """The policy a model declares (missing keys take their defaults), or None when it
-    declares none; PolicyError when it is malformed."""
-    if raw in (None, {}):
-        return None
-    if not isinstance(raw, dict):
-        raise PolicyError("a canary policy is an object")
-    unknown = sorted(set(raw) - set(Policy.__dataclass_fields__))
-    if unknown:
-        raise PolicyError(f"unknown canary policy key(s) {unknown}")
-    policy = Policy(**raw)
-    checks = (
-        (policy.window_seconds, int, 5, version_health.RETENTION_SECONDS, "window_seconds"),
-        (policy.min_requests, int, 1, 1_000_000, "min_requests"),
-        (policy.max_error_rate_increase, float, 0.0, 1.0, "max_error_rate_increase"),
-    )
-    for value, kind, low, high, name in checks:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PolicyError(f"{name} must be a number")
-        if kind is int and int(value) != value:
-            raise PolicyError(f"{name} must be a whole number")
-        if not low <= value <= high:
-            raise PolicyError(f"{name} must be within {low}..{high}")
-    ratio = policy.max_p99_ratio
-    if ratio is not None and (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, (int, float))
-        or not math.isfinite(ratio)
-        or ratio < 1
-    ):
-        raise PolicyError("max_p99_ratio must be a number of at least 1 (or null)")
-    return policy
 
 
 def judge(

@@ -7,7 +7,7 @@ answer before its deadline), ``worker_lost`` (the worker holding it died, where 
 tell; the web tier cannot tell a dead worker from a hung one within the worker's heartbeat
 time, and records ``timeout``) or ``unavailable`` (nothing could serve it: no worker took
 it, the engine is missing). Shadow answers are recorded the same way where they are compared
-(:mod:`inference.registry.shadows`). :func:`window` reads them back, summed over every process, for
+(:mod:`inference.transport.shadows`). :func:`window` reads them back, summed over every process, for
 the router's decisions, ``/v1/models``, ``listmodels``, the admin and Prometheus.
 
 Recording is in-process and cheap (a lock, a few additions): the counts wait in a buffer that a
@@ -37,6 +37,7 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
+from inference.rules.canary_policy import HEALTH_RETENTION_SECONDS
 from plumbing.metrics import INFERENCE_OUTCOMES
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ FAILURES = frozenset({ENGINE_ERROR, TIMEOUT, WORKER_LOST})
 COUNTED = frozenset({OK, INPUT_ERROR, *FAILURES})
 
 BUCKET_SECONDS = 5
-RETENTION_SECONDS = 3600
+RETENTION_SECONDS = HEALTH_RETENTION_SECONDS
 FLUSH_SECONDS = 1.0
 ERRORS_KEPT = 10
 ERROR_MAX_CHARS = 500

@@ -127,7 +127,7 @@ class StreamLogHandler(logging.Handler):
                 self._sender.start()
 
     def _send_forever(self) -> None:
-        from streaming.log import StreamNotFound, get_log
+        from streaming.eventlog import StreamNotFound, get_log
 
         append = self._append or get_log().append
         warned = 0.0
@@ -175,7 +175,7 @@ def log_to(stream: str | None) -> Iterator[None]:
 
 def open_log_stream(*, tenant_id: int, subject: str) -> str:
     """A new ``logs`` stream owned by ``tenant_id`` (0: platform, staff only)."""
-    from streaming.log import get_log
+    from streaming.eventlog import get_log
 
     stream = f"logs.{subject}"
     get_log().create(stream, tenant_id=tenant_id, kind="logs")
@@ -227,7 +227,7 @@ def _worker_started(sender: Any = None, **kwargs: Any) -> None:
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     stream = worker_stream_name(str(hostname))
     try:
-        from streaming.log import get_log
+        from streaming.eventlog import get_log
 
         log = get_log()
         if log.meta(stream) is None:

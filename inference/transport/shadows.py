@@ -9,7 +9,7 @@ one. Whichever side arrives second completes the pair. Nothing of this runs for 
 without a shadow, and nothing waits for a shadow: the primary's answer goes to the client
 at once.
 
-The shadow's answer is also its health (:mod:`inference.registry.version_health`: outcome, latency,
+The shadow's answer is also its health (:mod:`inference.catalog.version_health`: outcome, latency,
 last error), shown for it where every version's is. A completed pair is compared output by
 output (:func:`compare`): labels (strings, integers, booleans, anything that is not a number
 or a list of numbers) agree or not; numbers (floats, lists of numbers of the same shape) add
@@ -39,8 +39,8 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
-from inference.registry import version_health
-from inference.registry.selectors import VersionRoute
+from inference.catalog import version_health
+from inference.catalog.selectors import VersionRoute
 from inference.transport import dispatch
 from inference.transport.replies import Waiter, inbox
 from plumbing.metrics import (

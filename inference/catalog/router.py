@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 
-from inference.registry import version_health
+from inference.catalog import version_health
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ class CircuitBreaker:
         caller: str | None = None,
     ) -> str:
         """Count an outcome; the state after it. A failure's ``outcome`` is one of
-        :mod:`inference.registry.version_health`'s; without one it is the version's own (a remote
+        :mod:`inference.catalog.version_health`'s; without one it is the version's own (a remote
         upstream's breaker counts only those). ``caller``: who sent the request (a tenant)."""
         if ok:
             opened, fails = self._read(version_id)

@@ -16,10 +16,10 @@ from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 from rest_framework import serializers
 
+from inference.catalog import canary, version_health
+from inference.catalog.router import Candidate, CircuitBreaker
 from inference.models import Model, ModelEvent, ModelVersion
-from inference.registry import canary, version_health
-from inference.registry.input_schema import SchemaError, fast_validator, serializer_for
-from inference.registry.router import Candidate, CircuitBreaker
+from inference.rules.input_schema import SchemaError, fast_validator, serializer_for
 from inference.runtimes import VersionSpec
 from inference.runtimes import unavailable_reason as _runtime_reason
 from tenants.models import Tenant
@@ -33,7 +33,7 @@ def version_unavailable(version: ModelVersion) -> str | None:
 @dataclass(frozen=True)
 class VersionState:
     """What a version looks like to its callers now: its circuit, its recent outcomes
-    (:mod:`inference.registry.version_health`, over ``INFERENCE_HEALTH_WINDOW_SECONDS``) and why it
+    (:mod:`inference.catalog.version_health`, over ``INFERENCE_HEALTH_WINDOW_SECONDS``) and why it
     would not be served now (None: it would)."""
 
     circuit: str  # closed, open, half_open
