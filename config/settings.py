@@ -408,6 +408,8 @@ CSRF_COOKIE_SECURE = not DEBUG
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
+# Where `manage.py demo` keeps the demo key (mode 600); the home page shows it with DEBUG only.
+DEMO_KEY_FILE = env.path("DEMO_KEY_FILE", default=BASE_DIR / "var" / "demo-key")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
