@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Development settings kept in a file (``make run`` writes one: DEBUG and a generated
+# SECRET_KEY), so every manage.py command works without exports. Variables already in the
+# environment win; ENV_FILE names another file, or none when empty (scripts/check_deploy.py).
+ENV_FILE = os.environ.get("ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and os.path.isfile(ENV_FILE):
+    environ.Env.read_env(ENV_FILE)
 env = environ.FileAwareEnv()
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -26,10 +33,13 @@ if DEBUG:
 else:
     try:
         SECRET_KEY = env.str("SECRET_KEY")
-    except ImproperlyConfigured as exc:
-        raise ImproperlyConfigured(
-            "SECRET_KEY (or SECRET_KEY_FILE) must be set; use DEBUG=true for local development."
-        ) from exc
+    except ImproperlyConfigured:
+        # One line, not a traceback through Django's start-up, for manage.py and every server
+        # (SystemExit prints its message and ends the process with status 1).
+        sys.exit(
+            "Sluice cannot start: SECRET_KEY (or SECRET_KEY_FILE) is not set; "
+            "set it in the environment or .env, or DEBUG=true for local development."
+        )
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -403,6 +413,8 @@ CSRF_COOKIE_SECURE = not DEBUG
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
+# Where `manage.py demo` keeps the demo key (mode 600); the home page shows it with DEBUG only.
+DEMO_KEY_FILE = env.path("DEMO_KEY_FILE", default=BASE_DIR / "var" / "demo-key")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

@@ -4,11 +4,13 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from config import home
 from inference.api.protocols.views_v2 import ServerMetadataView
 from plumbing import health, metrics, problems
 from streaming.dashboard import metrics_dashboard
 
 urlpatterns = [
+    path("", home.home, name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),

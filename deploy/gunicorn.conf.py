@@ -69,3 +69,11 @@ def child_exit(server: object, worker: object) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_starting(server: object) -> None:
+    """Load the settings once in the master: a missing SECRET_KEY then stops gunicorn with the
+    settings' one-line message, instead of every worker failing and being respawned forever."""
+    import importlib
+
+    importlib.import_module(os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"))
