@@ -10,5 +10,10 @@ from celery import current_app
 
 
 def task_named(name: str) -> Any:
-    """The registered task ``name`` (the app's ``tasks`` modules are autodiscovered)."""
-    return current_app.tasks[name]
+    """The registered task ``name``. A web process has imported no ``tasks`` module until it
+    first sends one: the apps' modules are then imported as a worker imports them
+    (autodiscovery), once."""
+    registry = current_app.tasks
+    if name not in registry:
+        current_app.loader.import_default_modules()
+    return registry[name]
