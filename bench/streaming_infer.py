@@ -101,15 +101,15 @@ def engine_ttfe(samples: int) -> dict[str, float]:
     django.setup()
     from inference.builtin import TEXTGEN_OPTIONS
     from inference.runtimes import VersionSpec
-    from inference.runtimes.transformers import TransformersRuntime
-    from inference.textgen import textgen_build
+    from inference.runtimes.onnx_textgen import OnnxTextgenRuntime
+    from inference.textgen import ARTIFACT
 
-    runtime = TransformersRuntime(
+    runtime = OnnxTextgenRuntime(
         VersionSpec(
-            id=0, model="textgen", version="0", runtime="transformers", options=TEXTGEN_OPTIONS
+            id=0, model="textgen", version="0", runtime="onnx-textgen", options=TEXTGEN_OPTIONS
         )
     )
-    runtime.load(textgen_build().archive)
+    runtime.load(ARTIFACT.read_bytes())
     runtime.warmup()
     times = []
     for n in range(samples + 5):
