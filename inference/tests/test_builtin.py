@@ -57,3 +57,19 @@ def test_the_demo_names_the_one_command_that_enables_each_unavailable_model(
     }
     # everything else in the quick start serves: textgen, media, digits, sentiment
     assert ModelVersion.objects.get(model__name="textgen").runtime == "onnx-textgen"
+
+
+def test_digits_is_built_once_per_package_versions(tmp_path, monkeypatch) -> None:
+    """A second `make run` does not train digits again (nor import scikit-learn for it)."""
+    from inference import builtin, textgen
+
+    monkeypatch.setattr(textgen, "cache_dir", lambda: tmp_path)
+    builds = []
+    real = builtin.digits_build
+    monkeypatch.setattr(builtin, "digits_build", lambda: builds.append(1) or real())
+    first = builtin.digits_cached()
+    again = builtin.digits_cached()
+    assert builds == [1] and again == first and 0.9 < again.accuracy <= 1
+    monkeypatch.setattr(builtin, "DIGITS_RECIPE", 2)  # a changed build is built afresh
+    builtin.digits_cached()
+    assert builds == [1, 1]
