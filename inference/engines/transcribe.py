@@ -27,7 +27,7 @@ MAX_IDLE_DECODERS = 4
 
 class PocketsphinxTranscriber:
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        self.ps = load_engine("pocketsphinx", "requirements-models-extra.txt")
+        self.ps = load_engine("pocketsphinx", "requirements-models.txt")
         self.partial_interval = float(options.get("partial_interval", 0.5))
         self.vad_window = float(options.get("vad_window", 0.3))
         self.max_seconds = float(options.get("max_seconds", 600))

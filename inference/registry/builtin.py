@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.models import Model, ModelVersion
+from inference.registry import textgen
 from inference.registry.services import version_register
-from inference.registry.textgen import Recipe, textgen_build
-from inference.runtimes import unavailable_reason
+from inference.registry.textgen import Recipe
 from inference.runtimes.transformers import text_generation_schema
 
 DIGITS = "digits"
@@ -131,12 +131,40 @@ def digits_build() -> Built:
     return Built(onnx=onnx.SerializeToString(), accuracy=float(clf.score(x_test, y_test)))
 
 
+# What decides the digits build besides the code: its packages (a new release may fit other
+# weights). Bump DIGITS_RECIPE when digits_build changes.
+DIGITS_RECIPE = 1
+DIGITS_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "numpy")
+
+
+def digits_cached() -> Built:
+    """:func:`digits_build`, cached under ``var/cache`` by the installed versions of its
+    packages: a second ``manage.py demo`` (a second ``make run``) imports neither scikit-learn
+    nor skl2onnx, seconds of its start. A missing package raises ImportError, as the build."""
+    import json
+    from importlib.metadata import version
+
+    from inference.registry.textgen import cache_dir
+
+    versions = [DIGITS_RECIPE, *(version(name) for name in DIGITS_PACKAGES)]
+    digest = hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]
+    path = cache_dir() / f"digits-{digest}.onnx"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return Built(onnx=path.read_bytes(), accuracy=json.loads(meta.read_text())["accuracy"])
+    built = digits_build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(built.onnx)
+    meta.write_text(json.dumps({"accuracy": built.accuracy}))
+    return built
+
+
 def digits_install(
     *, actor: str = "builddigits", activate: bool = True
 ) -> tuple[ModelVersion, bool]:
     """Register (and activate) the digits model; a version with the same checksum is reused.
     Returns the version and whether it was created."""
-    built = digits_build()
+    built = digits_cached()
     checksum = hashlib.sha256(built.onnx).hexdigest()
     existing = ModelVersion.objects.filter(model__name=DIGITS, checksum=checksum).first()
     if existing is not None:
@@ -287,7 +315,10 @@ def _handler_install(
     reused, so running it again (``manage.py demo``) changes nothing."""
     schema = TEXT_SCHEMA if schema is None else schema
     for existing in ModelVersion.objects.filter(model__name=name):
-        if existing.runtime_options == options and existing.input_schema == schema:
+        if _same_but_hint(existing.runtime_options, options) and existing.input_schema == schema:
+            if existing.runtime_options != options:  # only the install hint moved on
+                existing.runtime_options = options
+                existing.save(update_fields=["runtime_options", "updated_at"])
             _declare_examples(existing, examples or [])
             if activate and existing.state != ModelVersion.State.ACTIVE:
                 existing.activate(actor=actor)
@@ -310,6 +341,16 @@ def _handler_install(
     if activate:
         version.activate(actor=actor)
     return version, True
+
+
+def _same_but_hint(stored: dict[str, Any], options: dict[str, Any]) -> bool:
+    """The same handler options, whatever their ``install_hint`` (the engines moved from the
+    extras to the quick start's install: a database from before keeps its versions)."""
+
+    def strip(o: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (o or {}).items() if k != "install_hint"}
+
+    return strip(stored) == strip(options)
 
 
 def sentiment_install(
@@ -367,41 +408,23 @@ TEXTGEN_EXAMPLES: list[dict[str, Any]] = [{"prompt": "In the beginning", "max_to
 
 
 def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
-    """Train (or take from the build cache) the tiny GPT-2 of :mod:`inference.registry.textgen` and
-    register it as ``textgen`` (a ``text`` model on the ``transformers`` runtime).
-
-    Without torch/transformers nothing can be trained: a version without an artifact is
-    registered instead, which shows as unavailable with the install hint; the first run with
-    the engine installed replaces it (promoted, the placeholder retired). A build with the same
-    checksum as a registered version is reused."""
+    """Register the tiny GPT-2 of :mod:`inference.registry.textgen` as ``textgen``: the ONNX
+    artifact kept in the repository, on the ``onnx-textgen`` runtime (ONNX Runtime +
+    ``tokenizers``, the quick start's install). Nothing is trained here. A version with the
+    same checksum is reused; a new one (the artifact was rebuilt, or a database from before
+    the ONNX export) is promoted, and the artifact-less placeholder older releases registered
+    without torch is retired. Without the engines the version shows as unavailable with the
+    install hint."""
     description = (
         "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis (King "
-        "James Version, public domain) that ships in the repository: King James-sounding text "
-        "with no sense, for trying token streaming. Real LLMs plug in as a local model "
-        "directory on the transformers runtime or through an OpenAI-compatible upstream."
+        "James Version, public domain) that ships in the repository, served with ONNX Runtime: "
+        "King James-sounding text with no sense, for trying token streaming. Real LLMs plug in "
+        "as a local model directory on the transformers runtime or through an "
+        "OpenAI-compatible upstream."
     )
     versions = list(ModelVersion.objects.filter(model__name=TEXTGEN))
-    if unavailable_reason(ModelVersion.Runtime.TRANSFORMERS, TEXTGEN_OPTIONS):
-        for existing in versions:
-            if existing.state != ModelVersion.State.RETIRED:
-                return existing, False
-        placeholder = version_register(
-            model_name=TEXTGEN,
-            version=_next_label(versions),
-            runtime=ModelVersion.Runtime.TRANSFORMERS,
-            runtime_options=TEXTGEN_OPTIONS,
-            input_schema=TEXTGEN_SCHEMA,
-            max_batch_size=8,
-            max_delay_ms=5,
-            task=Model.Task.TEXT,
-            description=description,
-            actor=actor,
-        )
-        if activate:
-            placeholder.activate(actor=actor)
-        return placeholder, True
-    built = textgen_build()
-    checksum = hashlib.sha256(built.archive).hexdigest()
+    archive = textgen.ARTIFACT.read_bytes()
+    checksum = hashlib.sha256(archive).hexdigest()
     version = next((v for v in versions if v.checksum == checksum), None)
     created = version is None
     if version is not None:
@@ -410,8 +433,8 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
         version = version_register(
             model_name=TEXTGEN,
             version=_next_label(versions),
-            runtime=ModelVersion.Runtime.TRANSFORMERS,
-            artifact=built.archive,
+            runtime=ModelVersion.Runtime.ONNX_TEXTGEN,
+            artifact=archive,
             artifact_filename="textgen.zip",
             runtime_options=TEXTGEN_OPTIONS,
             input_schema=TEXTGEN_SCHEMA,
@@ -419,11 +442,12 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
             max_batch_size=8,
             max_delay_ms=5,
             task=Model.Task.TEXT,
-            description=f"{description} Training loss {built.loss:.2f}.",
+            description=description,
             actor=actor,
         )
     if activate:
-        version.activate(actor=actor)
+        if version.state != ModelVersion.State.ACTIVE:
+            version.activate(actor=actor)
         model = version.model
         model.refresh_from_db()
         if model.stable_version_id != version.pk:
@@ -448,8 +472,8 @@ def _next_label(versions: list[ModelVersion]) -> str:
     return str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
 
 
-# --- Media engines (docs/media.md); heavy, so in requirements-models-extra.txt -----------------
-MEDIA_EXTRA = "pip install -r requirements-models-extra.txt"
+# --- Media engines (docs/media.md): plain wheels in requirements-models.txt (the quick start) ---
+MEDIA_EXTRA = "pip install -r requirements-models.txt"
 TRANSCRIBE = "transcribe-en"
 TRANSCRIBE_OPTIONS: dict[str, Any] = {
     "handler": "inference.engines.transcribe.PocketsphinxTranscriber",

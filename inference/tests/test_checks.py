@@ -227,7 +227,6 @@ def test_each_builtin_passes_its_own_check() -> None:
 
 
 def test_textgen_passes_its_own_check() -> None:
-    pytest.importorskip("transformers")
     from inference.registry.builtin import textgen_install
 
     version, _ = textgen_install(actor="test", activate=False)

@@ -47,8 +47,6 @@ def other_key(other_tenant: Tenant) -> str:
 def test_textgen_past_its_context_window_is_a_422_and_other_tenants_are_served(
     stack, key, other_key
 ) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     from inference.registry.builtin import textgen_install
 
     textgen_install(actor="test")
