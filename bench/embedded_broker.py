@@ -1,4 +1,4 @@
-"""The embedded default's shared spool (config/spool.py), measured: unary latency of
+"""The embedded default's shared spool (plumbing/spool.py), measured: unary latency of
 ``manage.py serve`` with the spool (its own work on the in-process memory transport, a bridge
 polling the spool) against the in-process memory broker alone (``EMBEDDED_BROKER_DIR=`` empty,
 what the embedded default had before), and the time from ``manage.py submitjob`` (no

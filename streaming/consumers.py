@@ -26,7 +26,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
-from config import untrusted
+from plumbing import untrusted
 from streaming import fanout, flow, services
 from streaming.access import staff_may_read
 from streaming.credentials import Binding, bind_on_loop, unbind

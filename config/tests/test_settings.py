@@ -153,3 +153,9 @@ def test_it_rejects_a_trusted_proxy_that_is_not_an_address_or_network():
     result = _settings_import(DEBUG="true", TRUSTED_PROXY_IPS="10.0.0.0/8,nginx")
     assert result.returncode != 0
     assert "TRUSTED_PROXY_IPS" in result.stderr
+
+
+def test_the_old_name_of_the_front_door_switch_names_the_new_one():
+    result = _settings_import(DEBUG="true", INFERENCE_EXPRESS_LANE="false")
+    assert result.returncode != 0
+    assert "INFERENCE_EXPRESS_LANE is now INFERENCE_FRONT_DOOR" in result.stderr

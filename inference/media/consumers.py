@@ -33,9 +33,9 @@ from django.conf import settings
 from django.http import Http404
 from rest_framework import exceptions
 
-from config import untrusted
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH
 from inference.media import services
+from plumbing import untrusted
 from streaming import services as stream_services
 from streaming.consumers import (
     CLOSE_AUTH_TIMEOUT,

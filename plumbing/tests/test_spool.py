@@ -1,4 +1,4 @@
-"""The embedded default's shared spool (config/spool.py): one broker for every process of a
+"""The embedded default's shared spool (plumbing/spool.py): one broker for every process of a
 checkout, so a job queued by a manage.py command reaches the running server at once."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from config.spool import Transport
+from plumbing.spool import Transport
 from testing.processes import ROOT, free_port, manage, own_database, running, server_env
 
 
@@ -130,7 +130,7 @@ def test_the_serving_process_keeps_its_own_work_on_the_memory_transport(tmp_path
     code = (
         "import django; django.setup()\n"
         "from config.celery import app\n"
-        "from config.embedded import _keep_own_work_in_process\n"
+        "from plumbing.embedded import _keep_own_work_in_process\n"
         "assert app.conf.broker_url == 'filesystem://'\n"
         "bridge = _keep_own_work_in_process(['jobs'])\n"
         "for conn in (app.connection_for_read(), app.connection_for_write()):\n"

@@ -1,6 +1,6 @@
 """The embedded all-in-one process: daphne serving HTTP and WebSocket, plus a Celery worker on
 a thread of the same process (memory transport when no broker is configured, fed by the
-shared spool of config/spool.py)."""
+shared spool of plumbing/spool.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import logging
 import threading
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-
-from config.celery import app
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def start_worker(*, queues: list[str] | None = None, concurrency: int = 4) -> An
 
 
 def _keep_own_work_in_process(queues: list[str]) -> Any:
-    """On the embedded default's shared spool (config/spool.py): this process's own messages
+    """On the embedded default's shared spool (plumbing/spool.py): this process's own messages
     go to the in-process memory transport instead (no file, no polling on the unary path), and
     a bridge moves onto it what other processes (manage.py commands) spool for ``queues``.
     Returns the bridge, not started; None on any other broker.
@@ -55,7 +54,7 @@ def _keep_own_work_in_process(queues: list[str]) -> Any:
     Runs before this process publishes anything: Celery connects on first use."""
     if not app.conf.broker_url.startswith("filesystem://"):
         return None
-    from config.spool import Bridge
+    from plumbing.spool import Bridge
 
     spooled = dict(app.conf.broker_transport_options or {})
     # The names the app reads its settings under (namespace CELERY): plain ``broker_url``

@@ -16,7 +16,7 @@ Kombu's ``filesystem://`` transport with three changes:
 
 ``manage.py serve`` keeps its own work on the in-process memory transport (no polling on the
 unary path) and runs a :class:`Bridge` that moves what other processes spool onto it
-(``config.embedded.start_worker``).
+(``plumbing.embedded.start_worker``).
 """
 
 from __future__ import annotations
