@@ -11,8 +11,8 @@ fresh ``manage.py serve`` per configuration, interleaved (memory, spool, memory,
 warm-up requests, then ``--requests`` sequential ``POST /v1/models/digits/infer`` on one
 keep-alive connection; p50 and p99 per round, medians over rounds. With the spool, ``--jobs``
 times: ``submitjob`` of a 20-line sentiment file, then ``GET /v1/jobs/{id}`` every 20 ms until
-the job is terminal (the clock starts before the command starts, so it includes its ~1 s of
-Django start-up). Without the spool the same job stays queued (its chunk is on the command's
+the job is terminal, from the command's start (its Django start-up included) and from its
+exit (the job queued). Without the spool the same job stays queued (its chunk is on the command's
 own broker) until the reconciler resends it: one such run is recorded with a 10 s cap.
 Writes bench/results/embedded_broker.json.
 """
@@ -86,18 +86,28 @@ def _latencies(base: str, key: str, n: int) -> list[float]:
     return out
 
 
-def _job_seconds(env: dict[str, str], base: str, key: str, file: Path, cap: float) -> float:
+def _job_seconds(
+    env: dict[str, str], base: str, key: str, file: Path, cap: float
+) -> tuple[float, float]:
+    """Seconds from starting ``submitjob`` to the job's end, and from the command's exit (the
+    job queued) to its end; infinite past ``cap``."""
     started = time.perf_counter()
     job_id = _manage(env, "submitjob", str(file), "--model", "sentiment")
+    queued = time.perf_counter()
     with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=10) as client:
         while time.perf_counter() - started < cap:
             status = client.get(f"/v1/jobs/{job_id}").json()["status"]
             if status not in ("queued", "running"):
                 if status != "succeeded":
                     raise RuntimeError(f"job {job_id} {status}")
-                return time.perf_counter() - started
+                done = time.perf_counter()
+                return done - started, done - queued
             time.sleep(0.02)
-    return float("inf")
+    return float("inf"), float("inf")
+
+
+def _s(seconds: float) -> float | None:
+    return round(seconds, 2) if seconds != float("inf") else None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -119,7 +129,7 @@ def main() -> int:
         lines = [json.dumps({"text": f"I like item {n} a lot"}) for n in range(20)]
         (tmp / "job.jsonl").write_text("\n".join(lines) + "\n")
         per: dict[str, list[dict[str, float]]] = {"memory": [], "spool": []}
-        jobs: dict[str, list[float]] = {"memory": [], "spool": []}
+        jobs: dict[str, list[tuple[float, float]]] = {"memory": [], "spool": []}
         for round_ in range(args.rounds):
             for label in ("memory", "spool"):
                 env = _env(tmp, label == "spool")
@@ -142,9 +152,8 @@ def main() -> int:
                 "p50_ms": round(statistics.median(r["p50"] for r in rows), 2),
                 "p99_ms": round(statistics.median(r["p99"] for r in rows), 2),
                 # None: not done within the cap (10 s without the spool).
-                "submitjob_to_done_s": [
-                    round(s, 2) if s != float("inf") else None for s in jobs[label]
-                ],
+                "submitjob_to_done_s": [_s(total) for total, _ in jobs[label]],
+                "queued_to_done_s": [_s(after) for _, after in jobs[label]],
             }
     out = ROOT / "bench" / "results" / "embedded_broker.json"
     with contextlib.suppress(OSError):

@@ -55,7 +55,7 @@ class Channel(filesystem.Channel):
         return list(super()._lookup(exchange, routing_key, default))
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        # Names sort in the order they were written (kombu's milliseconds do not within one).
+        # Names sort in the order they were written (kombu's millisecond names tie within one).
         name = f"{monotonic_ns():020d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = final + _WRITING
