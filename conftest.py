@@ -127,6 +127,6 @@ def _textgen_built() -> None:
     import importlib.util
 
     if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
-        from inference.textgen import textgen_build
+        from inference.registry.textgen import textgen_build
 
         textgen_build()

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
-from inference.builtin import (
+from inference.registry.builtin import (
     MEDIA_INSTALLS,
     digits_install,
     embeddings_install,
