@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plumbing.logcontext import log_stream_var
+from streaming.eventlog import StreamNotFound, get_log
 
 PLATFORM_TENANT = 0
 LOG_EVENT = "log"
@@ -127,8 +128,6 @@ class StreamLogHandler(logging.Handler):
                 self._sender.start()
 
     def _send_forever(self) -> None:
-        from streaming.eventlog import StreamNotFound, get_log
-
         append = self._append or get_log().append
         warned = 0.0
         while True:
@@ -175,8 +174,6 @@ def log_to(stream: str | None) -> Iterator[None]:
 
 def open_log_stream(*, tenant_id: int, subject: str) -> str:
     """A new ``logs`` stream owned by ``tenant_id`` (0: platform, staff only)."""
-    from streaming.eventlog import get_log
-
     stream = f"logs.{subject}"
     get_log().create(stream, tenant_id=tenant_id, kind="logs")
     return stream
@@ -227,8 +224,6 @@ def _worker_started(sender: Any = None, **kwargs: Any) -> None:
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     stream = worker_stream_name(str(hostname))
     try:
-        from streaming.eventlog import get_log
-
         log = get_log()
         if log.meta(stream) is None:
             log.create(stream, tenant_id=PLATFORM_TENANT, kind="logs")

@@ -38,6 +38,9 @@ from celery import current_app as app
 from django.conf import settings
 
 from plumbing.metrics import BATCH_SIZE, HTTP_DURATION, broker_queues
+from streaming.eventlog import StreamNotFound, get_log
+from streaming.loglines import PLATFORM_TENANT
+from streaming.services import stream_slots_total
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +275,6 @@ class Sampler:
         return False
 
     def _ensure_stream(self) -> None:
-        from streaming.eventlog import get_log
-        from streaming.loglines import PLATFORM_TENANT
-
         if get_log().meta(STREAM) is None:
             get_log().create(
                 STREAM, tenant_id=PLATFORM_TENANT, kind="metrics", maxlen=STREAM_MAXLEN
@@ -295,9 +295,6 @@ class Sampler:
 
     def tick(self, second: int) -> str | None:
         """Append the sample of ``second`` if this process leads; its id."""
-        from streaming.eventlog import StreamNotFound, get_log
-        from streaming.services import stream_slots_total
-
         if not self.is_leader():
             return None
         data = sample(
