@@ -22,7 +22,8 @@ from inference.serializers import (
     ModelListSerializer,
     StreamInferRequestSerializer,
 )
-from streaming.responses import Hold, LiveResponse, event_response, hold_release, hold_take
+from streaming.responses import Hold, LiveResponse, hold_release, hold_take
+from streaming.sse import event_response
 from tenants.authentication import presented_credential
 from tenants.models import Tenant
 from tenants.selectors import KeyContext
@@ -81,7 +82,7 @@ def start_streaming(
     timeout_ms: int | None = None,
 ) -> tuple[streams.Started, Hold, Callable[[bool], None]]:
     """Take one of the tenant's stream slots (429 when all are in use) and start the stream;
-    return it with what the answer (:func:`streaming.responses.event_response`) holds — the
+    return it with what the answer (:func:`streaming.sse.event_response`) holds — the
     slot and the request's credential — and its ``on_close``, which cancels the producing
     work when the client left before the end. ``tenant``: None for a staff session (no
     slots)."""

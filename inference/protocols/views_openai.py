@@ -27,7 +27,7 @@ from inference import selectors, serving, streams
 from inference.models import Model
 from inference.views import _tenant, start_streaming
 from streaming.log import Event
-from streaming.responses import event_response
+from streaming.sse import event_response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
 _TYPES |= {404: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
