@@ -15,8 +15,8 @@ per run, `--repeats` runs, medians. Redis and PostgreSQL are the machine's own s
 not re-pinned (we do not own them). Each configuration — a model with batching on (the
 version's max_batch_size/max_delay_ms) or off (max_batch_size=1, in the web process and in the
 worker) — gets fresh processes, once per unary server (`--servers`): uvicorn serving
-``config.unary`` (the express lane on an event loop) and gunicorn serving ``config.wsgi`` (the
-express lane on threads); the targets are read from the first. daphne (ASGI, `manage.py serve
+``config.unary`` (the front door on an event loop) and gunicorn serving ``config.wsgi`` (the
+full stack on threads); the targets are read from the first. daphne (ASGI, `manage.py serve
 --no-worker`, the full stack) serving digits with batching on is measured too, at the top
 concurrency. Besides wrk's figures, each run records the CPU time the web and worker processes
 spent per request (from /proc), which stays meaningful on a busy machine where req/s does not.

@@ -14,6 +14,9 @@ from prometheus_client import start_http_server
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("sluice")
+# The default app of every thread, so library code reaches it as ``celery.current_app``
+# without importing this module (apps never import config).
+app.set_default()
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -28,7 +31,7 @@ class WakeLoop(bootsteps.StartStopStep):
     timer — kombu's 10 s ``maybe_restore_messages`` — with messages waiting. Measured: 16
     concurrent unbatched requests stalled a 16-thread worker 10 s at a time. Here ``call_soon``
     from any other thread also writes a byte to a pipe the loop watches
-    (``config.broker.Transport.wake_loop``).
+    (``plumbing.redis_wire.Transport.wake_loop``).
     """
 
     requires = ("celery.worker.consumer.connection:Connection",)

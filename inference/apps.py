@@ -36,6 +36,19 @@ class InferenceConfig(AppConfig):
         for kind in (*KINDS, *DEFAULT_MODELS):
             stream_kind_permissions(kind, "inference.view_model")
 
+        from django.conf import settings
+
+        from inference import backpressure
+        from inference.health_metrics import VersionHealthCollector
+        from plumbing.metrics import register_shared_collector
+        from streaming.metrics import register_gauge
+
+        # /metrics reads the versions' health; the metrics stream's samples carry the
+        # per-queue in-flight counts (neither streaming nor plumbing imports inference).
+        register_shared_collector(VersionHealthCollector)
+        queues = list(settings.INFERENCE_QUEUES)
+        register_gauge("in_flight", lambda: {q: backpressure.in_flight(q) for q in queues})
+
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     """``celery worker`` is consuming: close the circuits a worker outage opened on its queues

@@ -50,7 +50,7 @@ def admit_many(
     """Take a slot on ``queue`` for each request id (until its deadline) in one step; the ids
     refused because the bound was reached (the last ones given), which hold no slot.
 
-    On Redis, ``send`` — a broker list key and message (:func:`config.broker.redis_wire`) —
+    On Redis, ``send`` — a broker list key and message (:func:`plumbing.redis_wire.redis_wire`) —
     is pushed in the same step when every slot was taken, and ``before`` adds commands of
     its own to the same round trip (they run first). The caller sends the message itself
     when some were refused."""

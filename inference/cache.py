@@ -15,10 +15,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from config.metrics import BATCH_SIZE
 from inference.batcher import Batcher
 from inference.runtimes import Runtime, VersionSpec, runtime_class
 from inference.runtimes.base import Item, blames_input
+from plumbing.metrics import BATCH_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from config.metrics import CANARY_ROLLBACKS
 from inference import version_health
 from inference.models import Model, ModelVersion
+from plumbing.metrics import CANARY_ROLLBACKS
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from config.broker import redis_wire
 from inference import backpressure, lane
 from inference.redis_client import client
 from inference.replies import LoopSignal, LoopWaiter, Waiter, inbox
 from inference.selectors import VersionRoute
+from plumbing.redis_wire import redis_wire
 from tenants.limits import PlanTicket, settle
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,8 @@ class Collector:
 
 
 class LoopCollector(Collector):
-    """The open batch of one version for the requests of an event loop (the ASGI express
-    lane, :mod:`inference.express_asgi`): the same batches, limits and message as
+    """The open batch of one version for the requests of an event loop (the unary
+    front door, :mod:`inference.frontdoor`): the same batches, limits and message as
     :class:`Collector`, with the loop in the leader's place. A request joins the open batch
     in a loop callback; the batch goes at once while none of the version's is being
     computed, else when it is full, when its oldest request has waited ``max_delay_ms`` (a
@@ -396,7 +396,7 @@ def batch_wire(
 ) -> tuple[str, str] | None:
     """The batch's message as a list key and bytes, for a push in a round trip made anyway:
     onto the batch lane (:mod:`inference.lane`) where it runs, else the Celery task's message
-    (:func:`config.broker.redis_wire`); None where Celery must publish it."""
+    (:func:`plumbing.redis_wire.redis_wire`); None where Celery must publish it."""
     if lane.enabled():
         return lane.wire(version_id, queue, items, reply_to, batch_id)
     from inference.tasks import inference_predict_batch
@@ -470,7 +470,7 @@ def call(
     gives the answer, or raises what refused the request (QueueFull, a limit of ``ticket``, a
     broker or Redis error) — as this call may, when its thread led the batch. ``ticket``: the
     request's limits, not counted yet — they are counted with the batch, one round trip for
-    all of its requests (the express lane)."""
+    all of its requests (the front door)."""
     pending = Pending(request_id, payload, deadline, ticket, inbox.expect(request_id))
     try:
         collector(route).submit(pending)

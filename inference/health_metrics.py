@@ -2,7 +2,7 @@
 (the circuits and :mod:`inference.version_health` in the cache, the registry in the
 database), so any one process's ``/metrics`` tells the whole truth and nothing is summed
 twice in multiprocess mode. The per-request outcomes are a counter of each process instead
-(``sluice_inference_outcomes_total``, :mod:`config.metrics`)."""
+(``sluice_inference_outcomes_total``, :mod:`plumbing.metrics`)."""
 
 from __future__ import annotations
 

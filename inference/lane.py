@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 from django.db import close_old_connections, connections
 from redis.exceptions import RedisError
@@ -53,8 +54,6 @@ def enabled() -> bool:
     Redis is configured, so a lane message is never stranded by a mixed setting)."""
     if settings.EMBEDDED or not settings.INFERENCE_BATCH_LANE:
         return False
-    from config.celery import app
-
     return not app.conf.task_always_eager
 
 

@@ -1,9 +1,9 @@
 """The result channel: a worker publishes answers, the waiting views take them.
 
-Per request (:func:`reply_publish` / :func:`reply_wait`): a Redis list per request (RPUSH +
-EXPIRE, BLPOP), keys under REDIS_KEY_PREFIX with a time to live so an answer nobody waits for
-any more disappears. Embedded: a dict and a condition in this process (the worker is a thread
-of it).
+Per call (:func:`reply_publish` / :func:`reply_wait`; the pre-activation check of a version,
+:mod:`inference.checks`): a Redis list per call (RPUSH + EXPIRE, BLPOP), keys under
+REDIS_KEY_PREFIX with a time to live so an answer nobody waits for any more disappears.
+Embedded: a dict and a condition in this process (the worker is a thread of it).
 
 Per batch (the unary path, :mod:`inference.dispatch`): every web process has one reply list of
 its own (:data:`inbox`); the worker answers a whole batch with one message on it

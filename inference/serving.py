@@ -7,8 +7,7 @@ reply → record the outcome on the version's circuit breaker. Shadow versions g
 answer nobody waits for; it is compared with the primary's (:mod:`inference.shadows`).
 
 Worker: drop expired work → the process's model cache → the version's batcher → one answer
-message per batch (:func:`predict_batch`). :func:`predict` is the same for one request with a
-reply list of its own (``inference_predict`` messages).
+message per batch (:func:`predict_batch`).
 """
 
 from __future__ import annotations
@@ -30,18 +29,17 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
-from config.exceptions import GatewayTimeout, ServiceUnavailable
-from config.log import request_id_var
 from inference import backpressure, dispatch, selectors, shadows, version_health
-from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
 from inference.outcomes import answer, checked, failure_reply
-from inference.replies import batch_reply_publish, reply_publish
+from inference.replies import batch_reply_publish
 from inference.router import CircuitBreaker, NoRoute, NotServed, route
 from inference.runtimes import VersionSpec
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
+from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
+from plumbing.logcontext import request_id_var
 from tenants.limits import PlanTicket
 from tenants.models import Tenant
 
@@ -111,7 +109,7 @@ class Answer:
     failed_over: bool
 
     def body(self) -> dict[str, Any]:
-        """The answer of ``POST /v1/models/{name}/infer`` (the view and the express lane)."""
+        """The answer of ``POST /v1/models/{name}/infer`` (the view and the front door)."""
         return {
             "id": self.request_id,
             "object": "inference",
@@ -127,20 +125,6 @@ class Answer:
 def _deadline(timeout_ms: int | None) -> float:
     ms = timeout_ms or settings.INFERENCE_DEFAULT_TIMEOUT_MS
     return time.time() + min(ms, settings.INFERENCE_MAX_TIMEOUT_MS) / 1000
-
-
-def enqueue(
-    *, version_id: int, queue: str, payload: dict[str, Any], request_id: str, deadline: float
-) -> None:
-    """Queue the work on the version's queue; Celery itself also discards it after the
-    deadline, so a backlog never spends worker time on answers nobody waits for."""
-    from inference.tasks import inference_predict
-
-    inference_predict.apply_async(
-        args=(version_id, payload, request_id, deadline),
-        queue=queue,
-        expires=max(1.0, deadline - time.time()),
-    )
 
 
 @dataclass(frozen=True)
@@ -346,7 +330,7 @@ async def infer_async(
     timeout_ms: int | None = None,
     limits: PlanTicket | None = None,
 ) -> Answer:
-    """:func:`infer` for a request served on an event loop (:mod:`inference.express_asgi`):
+    """:func:`infer` for a request served on an event loop (:mod:`inference.frontdoor`):
     it joins the version's batch on the loop (:class:`inference.dispatch.LoopCollector`)
     and awaits its answer instead of blocking a thread; shadow copies go from a thread."""
     planned = _plan(model, tenant, data, version, timeout_ms)
@@ -422,30 +406,6 @@ def preload(queues: set[str]) -> list[str]:
     finally:
         connection.close()  # this runs on a thread of its own
     return done
-
-
-def predict(*, version_id: int, payload: dict[str, Any], request_id: str, deadline: float) -> None:
-    """Run one request through the version's batcher and publish its reply (worker side)."""
-    started = time.perf_counter()
-    if time.time() >= deadline:
-        # Dropped, not run: the view has already answered 504.
-        log.info("dropped expired request %s for version %s", request_id, version_id)
-        return
-    reply: dict[str, Any]
-    try:
-        spec = _spec(version_id)
-        loaded = _models.get(spec)
-        if loaded.checks:
-            payload = loaded.runtime.check(payload)
-        output, batch_size = loaded.batcher.submit(payload, deadline=deadline)
-        reply = {"ok": True, "output": output, "batch_size": batch_size}
-    except DeadlineExceeded:
-        log.info("dropped request %s: deadline passed while batching", request_id)
-        return
-    except Exception as exc:  # noqa: BLE001 - failure_reply logs it and answers the client
-        reply = failure_reply(version_id, exc, request_ids=[request_id])
-    reply["ms"] = round((time.perf_counter() - started) * 1000, 2)
-    reply_publish(request_id, reply)
 
 
 def predict_batch(

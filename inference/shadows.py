@@ -39,16 +39,16 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
-from config.metrics import (
+from inference import dispatch, version_health
+from inference.replies import Waiter, inbox
+from inference.selectors import VersionRoute
+from plumbing.metrics import (
     SHADOW_ABS_DIFF,
     SHADOW_AGREED,
     SHADOW_COMPARED,
     SHADOW_LATENCY,
     SHADOW_REQUESTS,
 )
-from inference import dispatch, version_health
-from inference.replies import Waiter, inbox
-from inference.selectors import VersionRoute
 
 log = logging.getLogger(__name__)
 

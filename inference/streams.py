@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachetools import TTLCache
+from celery import current_app as app
 from django.conf import settings
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
-from config.broker import redis_wire
-from config.exceptions import ServiceUnavailable
 from inference import backpressure, selectors, serving
 from inference.models import Model
 from inference.router import CircuitBreaker, NoRoute, route
@@ -43,6 +42,8 @@ from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import InvalidInput, Item, UpstreamError
 from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
+from plumbing.exceptions import ServiceUnavailable
+from plumbing.redis_wire import redis_wire
 from streaming.log import RedisLog, StreamNotFound, get_log
 from tenants.models import Tenant
 
@@ -174,8 +175,6 @@ def stream_cancel(stream_id: str) -> None:
     except StreamNotFound:
         return
     try:
-        from config.celery import app
-
         app.control.revoke(stream_id)
     except (KombuError, RedisError, OSError):  # best effort: the flag alone stops it
         log.warning("revoking stream task %s failed", stream_id, exc_info=True)

@@ -12,26 +12,6 @@ from inference import serving
 
 
 @shared_task(
-    name="inference_predict",
-    ignore_result=True,
-    # No retries: the client waits with a deadline, and a redelivered message (acks_late after
-    # a lost worker) past that deadline is dropped by the service, not run.
-    max_retries=0,
-    time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 30,
-    soft_time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 20,
-)
-def inference_predict(
-    version_id: int,
-    payload: dict[str, Any],
-    request_id: str,
-    deadline: float,
-) -> None:
-    serving.predict(
-        version_id=version_id, payload=payload, request_id=request_id, deadline=deadline
-    )
-
-
-@shared_task(
     name="inference_predict_batch",
     ignore_result=True,
     # As above: a redelivered batch past its deadlines is dropped, item by item.

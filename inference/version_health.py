@@ -37,7 +37,7 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
-from config.metrics import INFERENCE_OUTCOMES
+from plumbing.metrics import INFERENCE_OUTCOMES
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ def stream_answer(
     request: HttpRequest, tenant: Tenant | None, model: RoutingTable, data: dict[str, Any]
 ) -> LiveResponse:
     """Start the stream of a validated ``?stream=true`` body and answer with its events
-    (the view's and the express lane's answer)."""
+    (the view's answer)."""
     if "inputs" in data:
         kind, items = streams.ANALYSIS, list(data["inputs"])
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -19,11 +20,9 @@ def ensure_worker() -> None:
     """The embedded default has no separate worker: its broker lives in this process, so the
     job is run by an in-process worker here (as ``manage.py serve`` does)."""
     global _worker
-    from config.celery import app
-
     if not settings.EMBEDDED or app.conf.task_always_eager or _worker is not None:
         return
-    from config.embedded import start_worker
+    from plumbing.embedded import start_worker
 
     _worker = start_worker(queues=[settings.JOBS_QUEUE], concurrency=2)
 

@@ -6,9 +6,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.untrusted import INT64_MAX
 from jobs.models import FINISHED_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor
+from plumbing.untrusted import INT64_MAX
 
 
 class JobOptionsSerializer(serializers.Serializer):

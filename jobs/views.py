@@ -24,9 +24,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config import untrusted
-from config.pagination import IntegerCursorPagination
-from config.problems import problem_response
 from inference import selectors as inference_selectors
 from jobs import inputs, selectors, services
 from jobs.feed import Feed, lines_async, lines_sync
@@ -42,6 +39,9 @@ from jobs.serializers import (
     ResultsQuerySerializer,
     TaskResultSerializer,
 )
+from plumbing import untrusted
+from plumbing.pagination import IntegerCursorPagination
+from plumbing.problems import problem_response
 from streaming.log import END, Event, get_log
 from streaming.responses import (
     LiveResponse,

@@ -2,11 +2,11 @@
 events of a stream.
 
 - :class:`StreamLogHandler` (in ``LOGGING``) sends each record to the stream named by the
-  ``config.log.log_stream_var`` context variable, if any, and to the process's worker stream,
-  if it has one. ``emit`` never blocks and never raises: it puts the line on a bounded queue
-  that one sender thread drains into the stream log; a full queue drops the line and counts
-  it (the next line delivered carries ``dropped``); the sender's own log records (a Redis
-  error, say) never come back to the handler.
+  ``plumbing.logcontext.log_stream_var`` context variable, if any, and to the process's worker
+  stream, if it has one. ``emit`` never blocks and never raises: it puts the line on a bounded
+  queue that one sender thread drains into the stream log; a full queue drops the line and
+  counts it (the next line delivered carries ``dropped``); the sender's own log records (a
+  Redis error, say) never come back to the handler.
 - :func:`log_to` sets the context variable around a piece of work (a job's processing, say).
 - A request with an ``X-Log-Stream: true`` header gets a stream of its log lines
   (:class:`RequestLogStreamMiddleware`); the answer names it in ``X-Log-Stream``.
@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from config.log import log_stream_var
+from plumbing.logcontext import log_stream_var
 
 PLATFORM_TENANT = 0
 LOG_EVENT = "log"

@@ -7,7 +7,7 @@ Two parts:
 
 - A **recorder** thread in every process that serves or works (started by the request
   middleware, ``manage.py serve`` and the Celery worker): once a second it takes the change of
-  its own Prometheus counters and histograms (``config.metrics``: requests and their duration,
+  its own Prometheus counters and histograms (``plumbing.metrics``: requests and their duration,
   the batcher's batch sizes) and adds it to the platform's bucket of that second (a Redis hash
   that lives 2 minutes; a dict in the embedded process). Nothing is added to the request path.
 - A **sampler** thread in ``manage.py serve``: each second it sums the last complete second's
@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _histogram(metric: Any) -> tuple[dict[float, float], float, float]:
 
 def snapshot() -> dict[str, float]:
     """This process's cumulative figures, flattened to ``name -> value``."""
-    from config.metrics import BATCH_SIZE, HTTP_DURATION
+    from plumbing.metrics import BATCH_SIZE, HTTP_DURATION
 
     out: dict[str, float] = {}
     buckets, _, count = _histogram(HTTP_DURATION)
@@ -196,7 +197,7 @@ def queue_depths(connection: Any) -> dict[str, int]:
     """Messages waiting per Celery queue, through kombu (Redis broker or in-process memory)."""
     from kombu import exceptions as kombu_errors
 
-    from config.metrics import broker_queues
+    from plumbing.metrics import broker_queues
 
     # A passive declare of a queue nobody declared yet (the stubs lack ChannelError).
     CHANNEL_ERROR: type[Exception] = getattr(kombu_errors, "ChannelError")  # noqa: B009
@@ -211,8 +212,8 @@ def queue_depths(connection: Any) -> dict[str, int]:
     return depths
 
 
-# Figures other apps add to each sample (name -> reader), registered at start-up by the
-# project (config.apps), so this app imports none of its producers.
+# Figures other apps add to each sample (name -> reader), registered by those apps in their
+# AppConfig.ready, so this app imports none of its producers.
 gauges: dict[str, Callable[[], Any]] = {}
 
 
@@ -282,8 +283,6 @@ class Sampler:
             )
 
     def _queues(self) -> dict[str, int]:
-        from config.celery import app
-
         try:
             if self._connection is None:
                 self._connection = app.connection_for_read()

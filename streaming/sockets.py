@@ -20,7 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
-from config import untrusted
+from plumbing import untrusted
 from streaming import services
 from streaming.credentials import Binding, bind_on_loop, unbind
 from tenants.authentication import authenticate_credential

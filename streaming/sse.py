@@ -23,7 +23,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from rest_framework import exceptions
 
-from config.problems import exception_response, problem_response
+from plumbing.problems import exception_response, problem_response
 from streaming import fanout, flow
 from streaming.log import END, GAP, Event, StreamNotFound, get_log, valid_id
 from streaming.responses import TICK_SECONDS, Hold, LiveResponse, Piece

@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.problems import problem_response
+from plumbing.problems import problem_response
 from streaming.access import staff_may_read, staff_permissions_for
 from streaming.log import StreamMeta, get_log
 from streaming.responses import TooManyStreams, hold_take_async

@@ -30,13 +30,13 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
-from config.exceptions import ServiceUnavailable
-from config.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
 from inference import backpressure, selectors
 from inference.engines import MediaInputError
 from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable
 from inference.serving import ModelUnavailable, QueueFull, model_cache
+from plumbing.exceptions import ServiceUnavailable
+from plumbing.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
 from streaming.log import END, GAP, StreamNotFound, get_log
 from tenants.models import Tenant
 

@@ -22,11 +22,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.untrusted import JSONParser
 from inference import selectors, serving
 from inference.models import Model, ModelVersion
 from inference.protocols import v2
 from inference.views import _tenant
+from plumbing.untrusted import JSONParser
 
 SERVER = {"name": "sluice", "version": "1", "extensions": []}
 

@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from config.metrics import UPSTREAM_CALLS, UPSTREAM_DURATION
 from inference.router import CircuitBreaker
 from inference.runtimes import egress
 from inference.runtimes.base import (
@@ -44,6 +43,7 @@ from inference.runtimes.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from plumbing.metrics import UPSTREAM_CALLS, UPSTREAM_DURATION
 
 if TYPE_CHECKING:
     import httpx

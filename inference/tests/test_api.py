@@ -7,13 +7,13 @@ import pytest
 from django.conf import settings
 from sklearn.datasets import load_digits
 
-from config.log import RequestIdFilter
 from inference import backpressure, dispatch, outcomes, serving, shadows, version_health
 from inference.models import ModelVersion
 from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, PICKY
+from plumbing.logcontext import RequestIdFilter
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db

@@ -136,7 +136,7 @@ def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, 
     assert "Task inference_predict_batch[" in log  # these requests came as Celery tasks
 
 
-# --- the unary server: the express lane on an event loop (inference/express_asgi.py) ---------
+# --- the unary server: the front door on an event loop (inference/frontdoor.py) -------------
 
 
 def _comparable(response: httpx.Response) -> tuple[Any, ...]:
@@ -243,13 +243,12 @@ def test_the_unary_server_answers_503_when_full_and_504_past_the_deadline(
                 "/v1/models/doubler/infer", json={"input": {"x": 3}, "timeout_ms": timeout_ms}
             )
 
-    from inference import backpressure
-    from inference.redis_client import client, key
+    from inference import backpressure, redis_client
 
     # The in-flight set is this run's (its Redis prefix): a request of an earlier test that
     # ended without its answer (a killed worker, a deadline) holds its slot until its deadline,
     # and with a bound of one that slot would be the only one.
-    client().delete(key("inflight", "cpu"))
+    redis_client.client().delete(redis_client.key("inflight", "cpu"))
     # Loaded and warm first; its deadline is generous because a busy machine loads slowly.
     warm = ask(30000)
     assert warm.status_code == 200, warm.text

@@ -1,4 +1,4 @@
-"""Batching on an event loop (inference.dispatch.LoopCollector, the ASGI express lane's): the
+"""Batching on an event loop (inference.dispatch.LoopCollector, the front door's): the
 same batches, refusals and deadlines as the threads' collector, with futures instead of
 threads. Real Redis; the worker's half is lane threads in this process."""
 

@@ -6,13 +6,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
 
 from inference import outcomes, serving
 from inference.cache import ModelCache
 from inference.replies import reply_publish, reply_wait
 from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.tasks import inference_predict
 from inference.tests.conftest import make_version
 from inference.tests.fakes import DOUBLER, PICKY, Doubler
 
@@ -52,56 +50,6 @@ def test_it_reports_a_missing_handler_as_unavailable() -> None:
     cache = ModelCache(max_models=2, read_artifact=lambda spec: None)
     with pytest.raises(RuntimeUnavailable, match="not installed"):
         cache.get(_spec(handler="sluice_missing_pkg.Handler"))
-
-
-@pytest.mark.django_db
-def test_it_drops_expired_work_without_running_it() -> None:
-    version = make_version()
-    rid = uuid.uuid4().hex
-    inference_predict(version.pk, {"x": 1}, rid, time.time() - 1)
-    assert Doubler.batches == []
-    assert serving.model_cache().loaded() == []  # not even loaded
-    assert reply_wait(rid, 0.05) is None
-
-
-@pytest.mark.django_db
-def test_it_publishes_the_answer_for_the_waiting_view() -> None:
-    version = make_version()
-    rid = uuid.uuid4().hex
-    inference_predict(version.pk, {"x": 4}, rid, time.time() + 10)
-    reply = reply_wait(rid, 1)
-    assert reply is not None and reply["ok"] is True and reply["output"] == {"y": 8}
-
-
-@pytest.mark.django_db
-def test_it_publishes_unavailable_with_the_reason() -> None:
-    version = make_version(options={"handler": "sluice_missing_pkg.Handler"})
-    rid = uuid.uuid4().hex
-    inference_predict(version.pk, {"x": 4}, rid, time.time() + 10)
-    reply = reply_wait(rid, 1)
-    assert reply is not None and reply["status"] == 503
-    assert "sluice_missing_pkg is not installed" in reply["error"]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_batches_concurrent_tasks_of_one_version() -> None:
-    version = make_version(max_batch_size=8, max_delay_ms=100)
-    ids = [uuid.uuid4().hex for _ in range(8)]
-    barrier = threading.Barrier(8)
-
-    def task(i: int) -> None:
-        barrier.wait()
-        try:
-            inference_predict(version.pk, {"x": i}, ids[i], time.time() + 10)
-        finally:
-            connection.close()  # each thread opened its own
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(task, range(8)))
-    replies = [reply_wait(rid, 1) for rid in ids]
-    assert [r["output"]["y"] for r in replies] == [i * 2 for i in range(8)]
-    assert len(Doubler.batches) < 8
-    assert max(r["batch_size"] for r in replies) > 1
 
 
 def test_it_delivers_replies_across_threads_and_times_out() -> None:

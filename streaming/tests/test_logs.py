@@ -112,7 +112,7 @@ def _log_line(text: str) -> None:
 
 
 def test_tasks_queued_under_a_log_stream_log_to_it_and_the_worker_has_its_own(settings):
-    from config.embedded import start_worker
+    from plumbing.embedded import start_worker
 
     settings.LOG_STREAM_WORKERS = True
     stream = logs.open_log_stream(tenant_id=1, subject=uuid.uuid4().hex)

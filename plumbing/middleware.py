@@ -15,11 +15,11 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from config import metrics, ratelimit
-from config.bodylimit import body_limit
-from config.log import request_id_var
-from config.net import client_ip, drop_untrusted_forwarded_headers
-from config.problems import (
+from plumbing import metrics, ratelimit
+from plumbing.bodylimit import body_limit
+from plumbing.logcontext import request_id_var
+from plumbing.net import client_ip, drop_untrusted_forwarded_headers
+from plumbing.problems import (
     database_unavailable,
     database_unavailable_response,
     is_api_path,
@@ -98,7 +98,7 @@ class RequestLogMiddleware(MiddlewareMixin):
 
 class ApiBodyLimitMiddleware(MiddlewareMixin):
     """413 before reading a body whose declared length is over the path's limit
-    (``config.bodylimit``: the servers hold it first, chunked bodies too)."""
+    (``plumbing.bodylimit``: the servers hold it first, chunked bodies too)."""
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         limit = body_limit(request.path)
@@ -153,7 +153,7 @@ class ApiIpRateLimitMiddleware(MiddlewareMixin):
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
     """A view that found the database unreachable (or out of connections) answers 503 with
     ``Retry-After``, not 500: the request may be retried as it is. Errors raised outside a
-    view reach ``config.problems.handler500``, which answers the same."""
+    view reach ``plumbing.problems.handler500``, which answers the same."""
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not database_unavailable(exception):

@@ -6,6 +6,7 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 
+from celery import current_app as app
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -40,8 +41,6 @@ def _redis() -> None:
 
 
 def _broker() -> None:
-    from config.celery import app
-
     with app.connection_for_write(settings.CELERY_BROKER_URL) as conn:
         conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_SECONDS)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from django.conf import settings
 
-from config.bodylimit import WSGIApp
-from config.metrics import observe_request
-from config.problems import PROBLEM_CONTENT_TYPE, is_api_path, problem_body
+from plumbing.bodylimit import WSGIApp
+from plumbing.metrics import observe_request
+from plumbing.problems import PROBLEM_CONTENT_TYPE, is_api_path, problem_body
 
 log = logging.getLogger(__name__)
 

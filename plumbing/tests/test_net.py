@@ -1,4 +1,4 @@
-"""Forwarded headers count only from a trusted proxy (config/net.py, ProxyHeadersMiddleware),
+"""Forwarded headers count only from a trusted proxy (plumbing/net.py, ProxyHeadersMiddleware),
 and gunicorn's own setting is derived from the same two settings."""
 
 from __future__ import annotations

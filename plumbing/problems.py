@@ -19,7 +19,7 @@ from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from config.exceptions import PayloadTooLarge
+from plumbing.exceptions import PayloadTooLarge
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -147,7 +147,7 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 
 def exception_response(request: HttpRequest, exc: Exception) -> JsonResponse:
-    """An error raised outside a REST framework view (SSE and media start-up, the express
+    """An error raised outside a REST framework view (SSE and media start-up, the unary front
     inference lane) as the same problem+json, status and headers a view would answer with.
     Re-raises what the handler does not know (an unexpected error: a 500)."""
     response = drf_exception_handler(exc, {"request": None})
@@ -212,7 +212,7 @@ _server_error = _django_error(500, defaults.server_error)
 
 def handler500(request: HttpRequest) -> HttpResponse:
     """Django's last resort, reached with the exception being handled (a database error in a
-    middleware or the express lanes answers 503, not 500)."""
+    middleware or the front door answers 503, not 500)."""
     if database_unavailable(sys.exc_info()[1]):
         return database_unavailable_response(request)
     return _server_error(request)

@@ -1,6 +1,6 @@
 """Untrusted input: the one JSON parser policy, and the strings PostgreSQL cannot store.
 
-Every JSON document a client sends — API bodies (REST framework's parser, the express lanes),
+Every JSON document a client sends — API bodies (REST framework's parser, the unary front door),
 WebSocket frames, media requests, a job's JSONL/JSON/CSV inputs — is read by :func:`loads`,
 and values that arrive some other way (form fields, CSV cells, query parameters) are checked
 by :func:`refusals` or :func:`text`, so the same limits hold everywhere:

@@ -3,7 +3,7 @@ backpressure, and the request body limit held inside daphne itself.
 
 daphne reads a request's whole body (into Twisted's request content) before it calls the
 application, then queues all of it for the application at once: an ASGI middleware would see
-the body only after it had arrived, in memory. So the limit (``config.bodylimit.body_limit``)
+the body only after it had arrived, in memory. So the limit (``plumbing.bodylimit.body_limit``)
 is checked in daphne's request object as the body arrives: a declared length over it is
 refused when the headers end, a chunked body when its bytes cross it, with the 413
 problem+json written straight to the connection, which then closes. The rest of the body is
@@ -18,7 +18,7 @@ from typing import Any
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 
-from config.bodylimit import body_limit, log_refused, too_large
+from plumbing.bodylimit import body_limit, log_refused, too_large
 from streaming.flow import add_probe
 
 

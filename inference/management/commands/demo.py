@@ -1,6 +1,6 @@
 """Load the demo: a tenant, a key and the built-in models. Idempotent: the key is kept in
-var/demo-key (git-ignored, mode 600) and reused while it still verifies, so ``make run`` prints
-the same working key."""
+DEMO_KEY_FILE (var/demo-key: git-ignored, mode 600) and reused while it still verifies, so
+``make run`` and the home page (with DEBUG) show the same working key."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Command(BaseCommand):
     help = "Create the demo tenant, key and built-in models (idempotent); print the key."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--key-file", default=str(Path(settings.BASE_DIR) / "var" / "demo-key"))
+        parser.add_argument("--key-file", default=str(settings.DEMO_KEY_FILE))
 
     def handle(self, *args: Any, **opts: Any) -> None:
         tenant = demo_load()

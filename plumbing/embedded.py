@@ -7,9 +7,8 @@ import logging
 import threading
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
-
-from config.celery import app
 
 log = logging.getLogger(__name__)
 

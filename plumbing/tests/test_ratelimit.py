@@ -179,7 +179,7 @@ def test_it_fails_open_on_the_quota_when_redis_is_down_even_if_limits_fail_close
 ):
     from django.test import RequestFactory
 
-    from config import ratelimit
+    from plumbing import ratelimit
     from tenants.limits import quota_counter
 
     settings.CACHES = DEAD_REDIS
@@ -195,7 +195,7 @@ def test_a_batch_is_counted_as_if_each_request_had_counted_alone(tenant, setting
     from django.core.cache import caches
     from django.core.cache.backends.redis import RedisCache
 
-    from config import ratelimit
+    from plumbing import ratelimit
     from tenants.limits import PlanTicket, settle
 
     if not isinstance(caches["default"], RedisCache):
@@ -236,7 +236,7 @@ def test_the_counters_cache_is_one_per_thread_also_across_an_event_loops_request
     is the thread's, and a settings change builds it anew."""
     import asyncio
 
-    from config.ratelimit import counter_cache
+    from plumbing.ratelimit import counter_cache
 
     async def one() -> object:
         await asyncio.sleep(0)

@@ -85,7 +85,7 @@ def test_a_view_that_finds_the_database_down_answers_503_with_retry_after(settin
 def test_the_last_resort_handler_answers_503_for_a_database_error(rf):
     from django.db import InterfaceError
 
-    from config.problems import handler500
+    from plumbing.problems import handler500
 
     try:
         raise InterfaceError("connection already closed")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from config.overload import Admission
+from plumbing.overload import Admission
 from testing.processes import free_port, gunicorn, manage, own_database, running, server_env
 
 BOUND = 2

@@ -5,7 +5,7 @@ import re
 import pytest
 from django.conf import settings as django_settings
 
-from config.metrics import BATCH_SIZE
+from plumbing.metrics import BATCH_SIZE
 
 pytestmark = pytest.mark.django_db
 
@@ -62,7 +62,7 @@ def test_a_process_named_at_start_up_labels_its_requests_with_that_name(monkeypa
     """The unary server (config.unary) counts its requests as ``unary``, not as ``asgi``."""
     from prometheus_client import REGISTRY
 
-    from config import metrics
+    from plumbing import metrics
 
     monkeypatch.setattr(metrics, "_process", None)
     labels = {"process": "unary", "method": "POST", "status": "200"}

@@ -147,7 +147,7 @@ def counter_cache() -> BaseCache:
 
 
 # Counter names by check and window: django-ratelimit's name is a hash of them under
-# settings read each time, about a tenth of the express lane's CPU when built per request.
+# settings read each time, about a tenth of the front door's CPU when built per request.
 # Dropped when a setting changes (tests) and when it grows past a bound (windows move on).
 _names: dict[tuple[str, int, str, str, str, int], str] = {}
 
@@ -239,7 +239,7 @@ def _count_batch_on_redis(
 def hit_batch(
     requests: Sequence[tuple[Sequence[Check], Sequence[Counter]]],
 ) -> list[tuple[list[Usage | None], list[int | None]]]:
-    """:func:`hit_many` for many requests in ONE round trip (the express lane counts a web-side
+    """:func:`hit_many` for many requests in ONE round trip (the front door counts a web-side
     batch of inference requests at once; ``inference.dispatch``). Redis only
     (:func:`counts_in_batches`). The caller remembers each usage on its own request
     (:func:`remember`)."""

@@ -1,4 +1,4 @@
-"""``manage.py serve``: daphne configured for Sluice (``config.asgi_server``). The all-in-one
+"""``manage.py serve``: daphne configured for Sluice (``streaming.server``). The all-in-one
 server of the quick start (with an in-process Celery worker) and, with ``--no-worker``, the
 production ASGI process."""
 
@@ -21,11 +21,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         # Imported here: daphne installs Twisted's asyncio reactor when it is imported.
+        from channels.routing import get_default_application
         from daphne.endpoints import build_endpoint_description_strings
 
-        from config.asgi import application
-        from config.asgi_server import SluiceServer, closing_handshake
-        from config.embedded import start_worker
+        from plumbing.embedded import start_worker
+        from streaming.server import SluiceServer, closing_handshake
+
+        application = get_default_application()  # settings.ASGI_APPLICATION
 
         server: Any = SluiceServer(
             application=application,
@@ -33,7 +35,7 @@ class Command(BaseCommand):
             verbosity=0,  # the request log middleware writes one line per request
             # No proxy_forwarded_* options: daphne would believe X-Forwarded-For from any peer
             # (its left-most, client-written address). The client address stays the socket's,
-            # and config/net.py reads the headers from trusted proxies only.
+            # and plumbing/net.py reads the headers from trusted proxies only.
             # A WebSocket message over the limit is refused by the protocol layer with 1009 (an
             # application may only send 1000 and 3000-4999) ...
             websocket_max_message_size=settings.WS_MAX_FRAME_BYTES,

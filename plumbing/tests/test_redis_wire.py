@@ -1,4 +1,4 @@
-"""The Celery broker transport keeps one Redis client per channel (config/broker.py)."""
+"""The Celery broker transport keeps one Redis client per channel (plumbing/redis_wire.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from config.broker import Channel, Transport, redis_wire
-from config.log import log_stream_var
+from plumbing.logcontext import log_stream_var
+from plumbing.redis_wire import Channel, Transport, redis_wire
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_celery_uses_it_for_a_redis_broker():
     if not settings.REDIS_URL:
         assert app.conf.broker_url.startswith("memory://")
         return
-    assert app.conf.broker_transport == "config.broker:Transport"
+    assert app.conf.broker_transport == "plumbing.redis_wire:Transport"
     with app.connection_for_write() as conn:
         assert isinstance(conn.default_channel, Channel)
 
@@ -97,7 +97,7 @@ def _pushed(client, key: str) -> dict:
 
 
 def test_redis_wire_is_what_apply_async_pushes():
-    """The direct push (config.broker.redis_wire) and Celery's own publish put the same
+    """The direct push (plumbing.redis_wire.redis_wire) and Celery's own publish put the same
     message on the same list, but for the per-message delivery tag and expiry instant."""
     from config.celery import app
     from inference.redis_client import client

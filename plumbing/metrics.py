@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -142,17 +142,26 @@ class QueueDepthCollector(Collector):
         yield gauge
 
 
+_shared_collectors: list[Callable[[], Collector]] = []
+
+
+def register_shared_collector(factory: Callable[[], Collector]) -> None:
+    """Add a collector read at scrape time from state every process shares (an app registers
+    its own in ``AppConfig.ready``, so this module imports no app)."""
+    if factory not in _shared_collectors:
+        _shared_collectors.append(factory)
+
+
 def exposition() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    from inference.health_metrics import VersionHealthCollector
-
     shared = CollectorRegistry()  # read at scrape time from what every process shares
     shared.register(QueueDepthCollector())
-    shared.register(VersionHealthCollector())
+    for collector in _shared_collectors:
+        shared.register(collector())
     return generate_latest(registry) + generate_latest(shared)
 
 

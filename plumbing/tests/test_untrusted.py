@@ -1,5 +1,5 @@
-"""The one JSON parser policy (config/untrusted.py) and validated pagination
-(config/pagination.py), on their own and behind REST framework's parser."""
+"""The one JSON parser policy (plumbing/untrusted.py) and validated pagination
+(plumbing/pagination.py), on their own and behind REST framework's parser."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from config import untrusted
-from config.pagination import IntegerCursorPagination, LimitOffsetPagination
+from plumbing import untrusted
+from plumbing.pagination import IntegerCursorPagination, LimitOffsetPagination
 
 
 def refused(document: str | bytes) -> dict[str, str]:

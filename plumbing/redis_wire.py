@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from celery import current_app as app
 from celery import signals
 from django.conf import settings
 from kombu.serialization import dumps as serialize
@@ -96,7 +97,7 @@ def redis_wire(
     log-stream header of ``streaming.logs``) still shape the message. The message is built by
     Celery's ``create_task_message`` (headers, body) and laid out as kombu's virtual channel
     and Redis transport lay it out (properties, base64 body, the queue's list key); the
-    worker cannot tell the difference (``config/tests/test_broker.py`` compares the two).
+    worker cannot tell the difference (``plumbing/tests/test_redis_wire.py`` compares the two).
     """
     app = task._get_app()
     if (
@@ -161,8 +162,6 @@ def _wire_task(name: str, redis_url: str) -> tuple[str, Any, Any, bool, str] | N
     once per task (each Celery setting read costs ~10 µs): None where the broker or the task
     rules the direct push out; else the task's name, time limits, ``ignore_result`` and the
     broker's key prefix."""
-    from config.celery import app
-
     task = app.tasks[name]
     conf = app.conf
     if (

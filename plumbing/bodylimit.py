@@ -9,9 +9,9 @@ soon as the limit is crossed, so an oversized body never reaches memory or a cre
 - gunicorn: :class:`LimitWSGI` around the WSGI application (``config.wsgi``);
 - uvicorn (the unary server) and any other ASGI server: :class:`LimitASGI`;
 - daphne, which reads the whole body before it calls the application:
-  ``config.asgi_server`` checks it in daphne's own request object, chunk by chunk.
+  ``streaming.server`` checks it in daphne's own request object, chunk by chunk.
 
-``config.middleware.ApiBodyLimitMiddleware`` applies the same rule to a declared length for
+``plumbing.middleware.ApiBodyLimitMiddleware`` applies the same rule to a declared length for
 whatever reaches Django another way (the test client).
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
-from config import metrics
-from config.problems import PROBLEM_CONTENT_TYPE, is_api_path, problem_body
+from plumbing import metrics
+from plumbing.problems import PROBLEM_CONTENT_TYPE, is_api_path, problem_body
 
 access_log = logging.getLogger("sluice.access")
 

@@ -16,7 +16,7 @@ from typing import Any
 from rest_framework import exceptions, pagination
 from rest_framework.request import Request
 
-from config.untrusted import query_int, whole
+from plumbing.untrusted import query_int, whole
 
 MAX_PAGE_SIZE = 1000
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from config.bodylimit import MULTIPART_ALLOWANCE, body_limit
+from plumbing.bodylimit import MULTIPART_ALLOWANCE, body_limit
 from testing.processes import (
     free_port,
     group_rss_mb,
