@@ -28,7 +28,7 @@ from django.core.exceptions import ValidationError
 from rest_framework import serializers
 
 from inference.models import ModelVersion
-from inference.schema import validate_input
+from inference.validation import validate_input
 
 log = logging.getLogger(__name__)
 

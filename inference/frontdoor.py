@@ -34,7 +34,7 @@ from rest_framework import exceptions
 
 from inference import selectors, serving
 from inference.selectors import RoutingTable
-from inference.serializers import InferRequestSerializer
+from inference.serializers import infer_request_validator
 from plumbing import ratelimit, untrusted
 from plumbing.logcontext import log_stream_var
 from plumbing.middleware import add_ratelimit_headers, begin_request, finish_request
@@ -131,7 +131,7 @@ def take(
         body = untrusted.loads(request.body)  # the parser policy of the full stack's view
     except ValueError:
         return None  # the full stack answers it: 400 or 422, as for any other body
-    valid = InferRequestSerializer.fast(body)
+    valid = infer_request_validator().quick(body)
     if valid is None:
         return None
     return Taken(ctx, table, valid)

@@ -307,7 +307,7 @@ class ModelVersion(models.Model):
         return f"{self.model.name}:{self.version}"
 
     def clean(self) -> None:
-        from inference.schema import SchemaError, validate_schema
+        from inference.validation import SchemaError, validate_schema
 
         try:
             validate_schema(self.input_schema or {})

@@ -21,7 +21,7 @@ from django.db import transaction
 from inference import checks, shadows
 from inference.models import Model, ModelEvent, ModelVersion
 from inference.runtimes import RuntimeUnavailable, runtime_class
-from inference.schema import SchemaError, validate_schema
+from inference.validation import SchemaError, validate_schema
 
 log = logging.getLogger(__name__)
 

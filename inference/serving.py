@@ -36,7 +36,6 @@ from inference.outcomes import answer, checked, failure_reply
 from inference.replies import batch_reply_publish
 from inference.router import CircuitBreaker, NoRoute, NotServed, route
 from inference.runtimes import VersionSpec
-from inference.schema import validate_input, validate_with
 from inference.selectors import RoutingTable
 from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
 from plumbing.logcontext import request_id_var
@@ -170,10 +169,7 @@ def _plan(
         raise unroutable(exc) from exc
     chosen = table.versions[plan.primary.id]
     try:
-        if chosen.validator is not None and isinstance(data, dict):
-            payload = validate_with(chosen.validator, data, chosen.fast_validator)
-        else:
-            payload = validate_input(chosen.input_schema, data)
+        payload = chosen.validator.validate(data)
     except exceptions.ValidationError as exc:
         raise exceptions.ValidationError({"input": exc.detail}) from exc
     return _Planned(

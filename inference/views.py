@@ -21,6 +21,7 @@ from inference.serializers import (
     ModelInfoSerializer,
     ModelListSerializer,
     StreamInferRequestSerializer,
+    infer_request_validator,
 )
 from streaming.responses import Hold, LiveResponse, hold_release, hold_take
 from streaming.sse import event_response
@@ -140,11 +141,7 @@ class InferView(APIView):
         model = selectors.routing_table_for_tenant(name, _tenant(request))
         if wants_stream(request):
             return self._stream(request, model)
-        valid = InferRequestSerializer.fast(request.data)
-        if valid is None:
-            body = InferRequestSerializer(data=request.data)
-            body.is_valid(raise_exception=True)
-            valid = body.validated_data
+        valid = infer_request_validator().validate(request.data)
         answer = serving.infer(
             model=model,
             tenant=_tenant(request),

@@ -35,6 +35,7 @@ from inference.redis_client import client
 from inference.selectors import VersionRoute
 from inference.services import version_register
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
+from inference.validation import validator_for
 from testing.processes import celery_worker, free_port, gunicorn, running, server_env, uvicorn
 
 
@@ -147,8 +148,7 @@ def make_route(
         # A queue of this test only (the Redis pass shares the server).
         queue=queue or f"q{uuid.uuid4().hex[:10]}",
         input_schema={},
-        validator=None,
-        fast_validator=None,
+        validator=validator_for({}),
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
     )

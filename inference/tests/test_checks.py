@@ -21,9 +21,9 @@ from inference.builtin import (
     sentiment_install,
 )
 from inference.models import ModelEvent, ModelVersion
-from inference.schema import validate_input
 from inference.tests.conftest import lane_queue, make_version
 from inference.tests.fakes import DOUBLER
+from inference.validation import validate_input
 
 pytestmark = pytest.mark.django_db
 
