@@ -74,7 +74,7 @@ TRANSLATE_TEXT = " ".join(
 )
 CONTENT = {"chunk", "result"}
 INSTALL_MEDIA = (
-    "from inference.builtin import MEDIA_INSTALLS\nfor install in MEDIA_INSTALLS: install()"
+    "from inference.builtin import MEDIA_MODELS, install\nfor name in MEDIA_MODELS: install(name)"
 )
 
 

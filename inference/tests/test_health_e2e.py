@@ -49,9 +49,9 @@ def test_textgen_past_its_context_window_is_a_422_and_other_tenants_are_served(
 ) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from inference.builtin import textgen_install
+    from inference.builtin import TEXTGEN, install
 
-    textgen_install(actor="test")
+    install(TEXTGEN, actor="test")
     poisoner, healthy = _client(stack["base"], key[1]), _client(stack["base"], other_key)
     with poisoner, healthy:
         warm = healthy.post(

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from inference import textgen
-from inference.builtin import TEXTGEN, textgen_install
+from inference.builtin import TEXTGEN, install
 from inference.models import ModelVersion
 from inference.runtimes import VersionSpec
 from inference.runtimes.transformers import TransformersRuntime
@@ -43,12 +43,12 @@ def test_training_beats_a_uniform_guess_and_is_cached(small_builds) -> None:
 
 @pytest.mark.django_db
 def test_install_registers_a_streaming_text_model_once(small_builds) -> None:
-    version, created = textgen_install(actor="test")
+    version, created = install(TEXTGEN, actor="test")
     assert created
     assert version.runtime == ModelVersion.Runtime.TRANSFORMERS
     assert version.model.task == "text"
     assert version.state == ModelVersion.State.ACTIVE and version.traffic_weight == 100
-    again, created_again = textgen_install(actor="test")
+    again, created_again = install(TEXTGEN, actor="test")
     assert (again.pk, created_again) == (version.pk, False)
     runtime = TransformersRuntime(
         VersionSpec(
@@ -74,13 +74,13 @@ def test_without_torch_it_is_unavailable_until_an_install_with_torch(
     from inference import selectors
 
     monkeypatch.setattr(TransformersRuntime, "engines", ("sluice_absent_torch",))
-    placeholder, created = textgen_install(actor="test")
+    placeholder, created = install(TEXTGEN, actor="test")
     assert created and not placeholder.artifact
     reason = selectors.version_unavailable(placeholder)
     assert reason and "pip install -r requirements-models-extra.txt" in reason
-    assert textgen_install(actor="test") == (placeholder, False)
+    assert install(TEXTGEN, actor="test") == (placeholder, False)
     monkeypatch.setattr(TransformersRuntime, "engines", ("torch", "transformers"))
-    real, created = textgen_install(actor="test")
+    real, created = install(TEXTGEN, actor="test")
     assert created and real.checksum
     real.model.refresh_from_db()
     placeholder.refresh_from_db()

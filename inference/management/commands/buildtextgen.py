@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.builtin import textgen_install
+from inference.builtin import TEXTGEN, install
 from inference.runtimes import unavailable_reason
 
 
@@ -21,6 +21,6 @@ class Command(BaseCommand):
         reason = unavailable_reason("transformers", {})
         if reason:
             raise CommandError(reason)
-        version, created = textgen_install(actor="buildtextgen", activate=not opts["no_activate"])
+        version, created = install(TEXTGEN, actor="buildtextgen", activate=not opts["no_activate"])
         verb = "registered" if created else "already registered"
         self.stdout.write(f"{verb} {version} ({version.state}, sha256 {version.checksum[:12]})")

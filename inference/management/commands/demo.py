@@ -13,11 +13,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
 from inference.builtin import (
-    MEDIA_INSTALLS,
-    digits_install,
-    embeddings_install,
-    sentiment_install,
-    textgen_install,
+    DIGITS,
+    EMBEDDINGS,
+    MEDIA_MODELS,
+    SENTIMENT,
+    TEXTGEN,
+    install,
 )
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
@@ -51,7 +52,7 @@ class Command(BaseCommand):
     def _builtin_models(self) -> None:
         # stdout carries only the key (make run captures it); progress goes to stderr.
         try:
-            version, created = digits_install(actor="demo")
+            version, created = install(DIGITS, actor="demo")
         except ImportError as exc:
             self.stderr.write(
                 f"built-in model digits skipped: {exc} — install with "
@@ -64,12 +65,12 @@ class Command(BaseCommand):
         # without torch it registers the model as unavailable with the install hint. Registered
         # before the handler models: a starting worker preloads the newest versions first, and
         # embeddings (slow to load) must not wait behind the demo's toy text model.
-        version, created = textgen_install(actor="demo")
+        version, created = install(TEXTGEN, actor="demo")
         if created:
             self.stderr.write(f"built-in model {version} registered ({version.runtime})")
         # Handler models register without their engine: a worker without it shows them
         # "unavailable" with the install hint instead of failing.
-        for install in (sentiment_install, embeddings_install, *MEDIA_INSTALLS):
-            version, created = install(actor="demo")
+        for name in (SENTIMENT, EMBEDDINGS, *MEDIA_MODELS):
+            version, created = install(name, actor="demo")
             if created:
                 self.stderr.write(f"built-in model {version} registered")

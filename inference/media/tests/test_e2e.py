@@ -46,7 +46,7 @@ pytestmark = [
 SPOKEN = "Please open the door. The weather is nice today."
 MAX_VIDEO_BYTES = 200_000
 INSTALL_MEDIA = (
-    "from inference.builtin import MEDIA_INSTALLS\nfor install in MEDIA_INSTALLS: install()"
+    "from inference.builtin import MEDIA_MODELS, install\nfor name in MEDIA_MODELS: install(name)"
 )
 
 

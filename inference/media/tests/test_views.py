@@ -14,7 +14,7 @@ from django.db import close_old_connections
 from django.test import AsyncClient
 
 from inference import backpressure, serving
-from inference.builtin import translate_install
+from inference.builtin import TRANSLATE, install
 from inference.engines.translate import probe
 from inference.media import services
 from inference.media.tests.samples import wav
@@ -94,7 +94,7 @@ def _events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
 def translator(db: None) -> ModelVersion:
     if probe({"mode": "eng-spa"}):
         pytest.skip("Apertium eng-spa is not installed")
-    return translate_install()[0]
+    return install(TRANSLATE)[0]
 
 
 def _observed(metric: str) -> float:
