@@ -117,16 +117,3 @@ def assert_cross_tenant_404(other_api: APIClient) -> Callable[..., None]:
         assert response["Content-Type"] == "application/problem+json"
 
     return check
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _textgen_built() -> None:
-    """Train the built-in ``textgen`` once, before any test starts ``manage.py demo`` in a
-    server process with a deadline: a fresh checkout's first build takes a minute or more of
-    CPU, later ones come from ``var/cache``. Skipped where torch is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
-        from inference.textgen import textgen_build
-
-        textgen_build()

@@ -74,7 +74,8 @@ TRANSLATE_TEXT = " ".join(
 )
 CONTENT = {"chunk", "result"}
 INSTALL_MEDIA = (
-    "from inference.builtin import MEDIA_MODELS, install\nfor name in MEDIA_MODELS: install(name)"
+    "from inference.registry.builtin import MEDIA_MODELS, install\n"
+    "for name in MEDIA_MODELS: install(name)"
 )
 
 
@@ -109,7 +110,7 @@ def stack(mode: str, admin_url: str, redis_url: str) -> Iterator[dict[str, Any]]
     worker: subprocess.Popen[bytes] | None = None
     try:
         manage(env, "migrate", "--no-input", "-v0")
-        # The media models only (``demo`` would also train the toy text model: minutes here).
+        # The media models only: what these tests need, nothing more.
         manage(env, "shell", "-c", INSTALL_MEDIA)
         manage(env, "createtenant", "Bench")
         key = manage(env, "createapikey", "--tenant", "bench", "--scopes", "infer,streams")
@@ -357,7 +358,7 @@ def engines(repeats: int, tmp: Path) -> dict[str, Any]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("SECRET_KEY", "bench-only-not-a-secret")
     django.setup()  # the built-in options live next to the registry's models
-    from inference.builtin import (
+    from inference.registry.builtin import (
         FACES_OPTIONS,
         SPEAK_OPTIONS,
         TRANSCRIBE_OPTIONS,

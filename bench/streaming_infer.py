@@ -99,17 +99,17 @@ def engine_ttfe(samples: int) -> dict[str, float]:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    from inference.builtin import TEXTGEN_OPTIONS
+    from inference.registry.builtin import TEXTGEN_OPTIONS
+    from inference.registry.textgen import ARTIFACT
     from inference.runtimes import VersionSpec
-    from inference.runtimes.transformers import TransformersRuntime
-    from inference.textgen import textgen_build
+    from inference.runtimes.onnx_textgen import OnnxTextgenRuntime
 
-    runtime = TransformersRuntime(
+    runtime = OnnxTextgenRuntime(
         VersionSpec(
-            id=0, model="textgen", version="0", runtime="transformers", options=TEXTGEN_OPTIONS
+            id=0, model="textgen", version="0", runtime="onnx-textgen", options=TEXTGEN_OPTIONS
         )
     )
-    runtime.load(textgen_build().archive)
+    runtime.load(ARTIFACT.read_bytes())
     runtime.warmup()
     times = []
     for n in range(samples + 5):
@@ -226,7 +226,7 @@ async def ws_cancels(base: str, key: str, trials: int) -> dict[str, Any]:
 def sse_disconnects(base: str, key: str, trials: int, redis_url: str, prefix: str) -> dict:
     import httpx
 
-    from streaming.log import RedisLog
+    from streaming.eventlog import RedisLog
 
     stream_log = RedisLog(redis_url, prefix)
     latencies: list[float] = []

@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 
 from streaming import fanout, flow
 from streaming.access import staff_may_read
-from streaming.log import END, StreamNotFound, get_log, valid_id
+from streaming.eventlog import END, StreamNotFound, get_log, valid_id
 from streaming.sockets import (
     CLOSE_FORBIDDEN,
     CLOSE_NORMAL,

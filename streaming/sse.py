@@ -25,7 +25,7 @@ from rest_framework import exceptions
 
 from plumbing.problems import exception_response, problem_response
 from streaming import fanout, flow
-from streaming.log import END, GAP, Event, StreamNotFound, get_log, valid_id
+from streaming.eventlog import END, GAP, Event, StreamNotFound, get_log, valid_id
 from streaming.responses import TICK_SECONDS, Hold, LiveResponse, Piece
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from plumbing.problems import problem_response
 from streaming.access import staff_may_read, staff_permissions_for
-from streaming.log import StreamMeta, get_log
+from streaming.eventlog import StreamMeta, get_log
 from streaming.responses import TooManyStreams, hold_take_async
 from streaming.sse import authenticate_sse, event_response, refusal, resume_after
 from tenants.authentication import presented_credential

@@ -34,7 +34,7 @@ from rest_framework import exceptions
 
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH
 from inference.media import services
-from streaming.log import END, GAP, StreamNotFound, get_log
+from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from streaming.sockets import (
     CLOSE_NORMAL,
     CLOSE_NOT_FOUND,

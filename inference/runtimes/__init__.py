@@ -14,6 +14,7 @@ RUNTIMES: dict[str, str] = {
     "kserve": "inference.runtimes.kserve.KServeRuntime",
     "openai": "inference.runtimes.openai_remote.OpenAIRemoteRuntime",
     "transformers": "inference.runtimes.transformers.TransformersRuntime",
+    "onnx-textgen": "inference.runtimes.onnx_textgen.OnnxTextgenRuntime",
 }
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeUnavailable", "VersionSpec", "runtime_class"]

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from inference.protocols import kserve_v2
-from inference.protocols.kserve_v2 import DATATYPES
+from inference.runtimes import kserve_codec
 from inference.runtimes.base import Item, Runtime, UpstreamError, UpstreamUnavailable
+from inference.runtimes.kserve_codec import DATATYPES
 from inference.runtimes.remote import InvalidOptions, RemoteOptions, Upstream, missing_engine
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class KServeRuntime(Runtime):
                 f"{self.spec.label}: input field {spec.field!r} (tensor {spec.tensor}) is "
                 "missing; check runtime_options.inputs against the input schema"
             ) from exc
-        shapes = {tuple(kserve_v2.shape_of(v)) for v in values}
+        shapes = {tuple(kserve_codec.shape_of(v)) for v in values}
         if len(shapes) > 1:
             if len(batch) == 1:
                 raise UpstreamError(f"{self.spec.label}: ragged input {spec.field!r}")
@@ -228,7 +228,7 @@ class KServeRuntime(Runtime):
                 f"{self.spec.label}: input {spec.field!r} has shape {shape}, the tensor "
                 f"{spec.tensor} takes {list(spec.shape)}"
             )
-        return kserve_v2.encode(
+        return kserve_codec.encode(
             spec.tensor, values, row_shape=shape, datatype=spec.datatype, text=False
         )
 
@@ -252,8 +252,8 @@ class KServeRuntime(Runtime):
                     f"(it sent {sorted(by_tensor)})"
                 )
             try:
-                values = kserve_v2.decode(output, count)
-            except kserve_v2.CodecError as exc:
+                values = kserve_codec.decode(output, count)
+            except kserve_codec.CodecError as exc:
                 raise UpstreamError(f"the upstream of {self.spec.label} {exc}") from exc
             for row, value in zip(rows, values, strict=True):
                 row[field] = value

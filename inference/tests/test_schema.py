@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from rest_framework import serializers
 
-from inference.builtin import DIGITS_SCHEMA, MLP_SCHEMA, TEXT_SCHEMA
-from inference.validation import serializer_for, validator_for
+from inference.registry.builtin import DIGITS_SCHEMA, MLP_SCHEMA, TEXT_SCHEMA
+from inference.rules.input_schema import serializer_for, validator_for
 
 MIXED: dict[str, Any] = {
     "type": "object",
@@ -111,7 +111,7 @@ def test_it_compiles_each_schema_once() -> None:
 
 
 def test_the_unary_body_keeps_its_serializers_words(settings: Any) -> None:
-    from inference.serializers import infer_request_validator
+    from inference.api.serializers import infer_request_validator
 
     settings.INFERENCE_MAX_TIMEOUT_MS = 5000
     body = infer_request_validator()

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from rest_framework import exceptions
 
-from inference.builtin import DIGITS_SCHEMA, TEXT_SCHEMA
-from inference.validation import serializer_for, validator_for
+from inference.registry.builtin import DIGITS_SCHEMA, TEXT_SCHEMA
+from inference.rules.input_schema import serializer_for, validator_for
 
 MIXED: dict[str, Any] = {
     "type": "object",

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.builtin import DIGITS, install
+from inference.registry.builtin import DIGITS, install
 
 
 class Command(BaseCommand):

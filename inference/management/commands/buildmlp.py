@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.builtin import MLP, MLP_HIDDEN, install
+from inference.registry.builtin import MLP, MLP_HIDDEN, install
 
 
 def widths(text: str) -> tuple[int, ...]:

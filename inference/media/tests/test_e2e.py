@@ -46,7 +46,8 @@ pytestmark = [
 SPOKEN = "Please open the door. The weather is nice today."
 MAX_VIDEO_BYTES = 200_000
 INSTALL_MEDIA = (
-    "from inference.builtin import MEDIA_MODELS, install\nfor name in MEDIA_MODELS: install(name)"
+    "from inference.registry.builtin import MEDIA_MODELS, install\n"
+    "for name in MEDIA_MODELS: install(name)"
 )
 
 
@@ -65,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             RATELIMIT_IP_RATE="",
         )
         manage(env, "migrate", "--no-input", "-v0")
-        # The media models only (``demo`` would also train the toy text model: minutes here).
+        # The media models only: what these tests need, nothing more.
         manage(env, "shell", "-c", INSTALL_MEDIA)
         manage(env, "createtenant", "Media")
         key = manage(env, "createapikey", "--tenant", "media", "--scopes", "infer,streams")

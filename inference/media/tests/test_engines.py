@@ -11,12 +11,17 @@ from typing import Any
 
 import pytest
 
-from inference.builtin import FACES_OPTIONS, SPEAK_OPTIONS, TRANSCRIBE_OPTIONS, TRANSLATE_OPTIONS
 from inference.engines import MediaInputError
 from inference.engines.audio import read_wav, resample
 from inference.engines.text import sentences
 from inference.engines.translate import probe
 from inference.media.tests.samples import BLANK_FRAMES, FACE_FRAMES, face_video, speech_pcm, wav
+from inference.registry.builtin import (
+    FACES_OPTIONS,
+    SPEAK_OPTIONS,
+    TRANSCRIBE_OPTIONS,
+    TRANSLATE_OPTIONS,
+)
 from inference.runtimes import VersionSpec, unavailable_reason
 from inference.runtimes.python import PythonRuntime
 
@@ -259,11 +264,11 @@ def test_translation_refuses_empty_text(translate: PythonRuntime) -> None:
 
 
 def test_a_missing_engine_makes_the_version_unavailable_with_the_hint() -> None:
-    # numpy is always installed; piper is not in a run without the heavy runtimes.
+    # numpy is always installed; the voice package is not.
     options = {**SPEAK_OPTIONS, "requires": ["numpy", "no_such_voice_package"]}
     reason = unavailable_reason("python", options)
     assert reason is not None
-    assert "no_such_voice_package" in reason and "requirements-models-extra.txt" in reason
+    assert "no_such_voice_package" in reason and "requirements-models.txt" in reason
 
 
 def test_a_missing_apertium_pair_makes_translation_unavailable(tmp_path: Path) -> None:
