@@ -74,8 +74,8 @@ TRANSLATE_TEXT = " ".join(
 )
 CONTENT = {"chunk", "result"}
 INSTALL_MEDIA = (
-    "from inference.registry.builtin import MEDIA_INSTALLS\n"
-    "for install in MEDIA_INSTALLS: install()"
+    "from inference.registry.builtin import MEDIA_MODELS, install\n"
+    "for name in MEDIA_MODELS: install(name)"
 )
 
 

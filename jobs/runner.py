@@ -38,11 +38,11 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from inference.catalog import selectors as inference_selectors
+from inference.rules.input_schema import validator_for
 from inference.runtimes.base import InvalidInput
 from inference.worker import predict
 from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
-from jobs.validation import validator_for
 from plumbing.taskref import task_named
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
         for task_id, *_ in claimed:
             outcome.failed[task_id] = MODEL_UNAVAILABLE
         return outcome
-    validate = validator_for(dict(job.version.input_schema or {}))
+    validate = validator_for(dict(job.version.input_schema or {})).validate
     batch: list[tuple[int, int, dict[str, Any]]] = []
     for task_id, index, raw, _attempt in claimed:
         try:

@@ -47,13 +47,11 @@ from streaming.eventlog import END, Event, get_log
 from streaming.responses import (
     LiveResponse,
     TooManyStreams,
-    event_response,
     hold_release,
     hold_take,
     hold_take_async,
-    sse_frame,
 )
-from streaming.views import authenticate_sse, refusal, resume_after
+from streaming.sse import authenticate_sse, event_response, refusal, resume_after, sse_frame
 from tenants.authentication import presented_credential
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedMixin, for_request

@@ -1,4 +1,5 @@
-"""Long-lived HTTP responses: Server-Sent Events, results followers (NDJSON), media streams.
+"""Long-lived HTTP responses: Server-Sent Events (their bodies: :mod:`streaming.sse`), results
+followers (NDJSON), media streams.
 
 Whatever produces its body, every such response
 
@@ -22,34 +23,25 @@ cancelled where it waits, and the cancellation is taken back here.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from rest_framework import exceptions
 
-from streaming import fanout, flow
 from streaming.credentials import Binding, bind, bind_on_loop, unbind
-from streaming.eventlog import END, GAP, Event, StreamNotFound, get_log
 from streaming.services import Lease, stream_slot_release, stream_slot_take
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Piece = str | bytes
-Render = Callable[[Event], Piece | None]
 
 TICK_SECONDS = 0.25  # the longest a WSGI body waits without yielding (see the module doc)
 RETRY_AFTER_SECONDS = 1
-CONNECTED = ": connected\n\n"  # proxies and clients see the stream open at once
-HEARTBEAT = ": heartbeat\n\n"
 
 
 class TooManyStreams(exceptions.Throttled):
@@ -241,145 +233,3 @@ class LiveResponse(StreamingHttpResponse):
             # rest blocks (Redis, the broker), and the task may be being cancelled.
             if self._claim():
                 _on_thread(self._over, not finished)
-
-
-# --- Server-Sent Events (and other renderings) of a stream in the log ------------------------
-
-
-def sse_frame(event: Event) -> str:
-    """One event as SSE lines. A ``gap`` carries no id, so a reconnect resumes after it."""
-    lines = [] if event.event == GAP else [f"id: {event.id}"]
-    lines += [f"event: {event.event}", f"data: {json.dumps(event.data, separators=(',', ':'))}"]
-    return "\n".join(lines) + "\n\n"
-
-
-def _error(code: str) -> Event:
-    return Event(id="", event="error", data={"code": code})
-
-
-def _joined(pieces: list[Piece]) -> Piece:
-    """One write of a batch's pieces (a rendering gives all str or all bytes)."""
-    if isinstance(pieces[0], bytes):
-        return b"".join(cast(list[bytes], pieces))
-    return "".join(cast(list[str], pieces))
-
-
-@dataclass(frozen=True)
-class _Shape:
-    render: Render
-    first: Piece | None
-    heartbeat: Piece | None
-    last: Piece | None
-
-
-async def _events_async(
-    stream_id: str, after: str | None, scope: MutableMapping[str, Any], shape: _Shape
-) -> AsyncIterator[Piece]:
-    """The rendered stream up to ``end``, read through the process's one reader of it
-    (streaming.fanout): one write per batch read, paused while the client's socket is backed
-    up (streaming.flow)."""
-    if shape.first:
-        yield shape.first
-    try:
-        async for batch in fanout.hub().follow(
-            stream_id, after, idle=settings.SSE_HEARTBEAT_SECONDS
-        ):
-            if not batch:
-                if shape.heartbeat:
-                    yield shape.heartbeat
-                continue
-            pieces = [p for p in (shape.render(item.event) for item in batch) if p]
-            if pieces:
-                await flow.drain(scope)
-                yield _joined(pieces)
-    except StreamNotFound:
-        expired = shape.render(_error("stream_expired"))
-        if expired:
-            yield expired
-    if shape.last:
-        yield shape.last
-
-
-def _events_sync(stream_id: str, after: str | None, shape: _Shape) -> Iterator[Piece]:
-    """:func:`_events_async` for a WSGI server: blocking reads of at most ``TICK_SECONDS``,
-    an empty piece after each quiet one."""
-    stream_log = get_log()
-    if shape.first:
-        yield shape.first
-    quiet_since = time.monotonic()
-    ended = False
-    while not ended:
-        asked = time.monotonic()
-        try:
-            events = stream_log.read(
-                stream_id, after, block_ms=int(TICK_SECONDS * 1000), count=fanout.BATCH
-            )
-            if not events and time.monotonic() - asked < TICK_SECONDS / 2:
-                # Answered at once: a closed stream this reader is past the end of.
-                meta = stream_log.meta(stream_id)
-                ended = meta is None or meta.closed
-        except StreamNotFound:
-            expired = shape.render(_error("stream_expired"))
-            if expired:
-                yield expired
-            break
-        pieces = []
-        for event in events:
-            if event.event != GAP:
-                after = event.id
-            piece = shape.render(event)
-            if piece:
-                pieces.append(piece)
-            if event.event == END:
-                ended = True
-                break
-        if pieces:
-            quiet_since = time.monotonic()
-            yield _joined(pieces)
-        elif shape.heartbeat and time.monotonic() - quiet_since >= settings.SSE_HEARTBEAT_SECONDS:
-            quiet_since = time.monotonic()
-            yield shape.heartbeat
-        else:
-            yield ""
-    if shape.last:
-        yield shape.last
-
-
-def event_response(
-    request: HttpRequest,
-    stream_id: str,
-    *,
-    hold: Hold,
-    after: str | None = None,
-    render: Render = sse_frame,
-    content_type: str = "text/event-stream",
-    first: Piece | None = CONNECTED,
-    heartbeat: Piece | None = HEARTBEAT,
-    last: Piece | None = None,
-    on_close: Callable[[bool], None] | None = None,
-    headers: dict[str, str] | None = None,
-) -> LiveResponse:
-    """A stream of the log as a long-lived response, SSE by default.
-
-    ``after`` resumes after that event id; ``render`` turns an event into a piece (None:
-    nothing sent; its rendering of an ``error`` event ``unauthenticated`` is the last piece
-    when the credential is lost); ``first`` goes out at once, ``heartbeat`` after
-    ``SSE_HEARTBEAT_SECONDS`` without an event, ``last`` after ``end`` (OpenAI's
-    ``data: [DONE]``); ``on_close(abandoned)`` as :class:`LiveResponse`.
-    """
-    shape = _Shape(render, first, heartbeat, last)
-    content: Iterator[Piece] | AsyncIterator[Piece]
-    if isinstance(request, ASGIRequest):
-        content = _events_async(stream_id, after, getattr(request, "scope", {}), shape)
-    else:
-        content = _events_sync(stream_id, after, shape)
-    response = LiveResponse(
-        content,
-        hold=hold,
-        content_type=content_type,
-        lost=render(_error("unauthenticated")),
-        on_close=on_close,
-    )
-    for name, value in (headers or {}).items():
-        response[name] = value
-    return response

@@ -4,8 +4,7 @@
 there): ``id:``/``event:``/``data:`` lines, resumed from ``Last-Event-ID`` (or ``?after=``),
 a comment line every ``SSE_HEARTBEAT_SECONDS`` while the stream is quiet, until the ``end``
 event or the client goes away — a long-lived response (:mod:`streaming.responses`: a stream
-slot, the credential re-checked). The helpers here authenticate the other SSE entry points
-outside REST framework too (jobs, media).
+slot, the credential re-checked) built by :mod:`streaming.sse`, like every SSE entry point.
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from plumbing.problems import exception_response, problem_response
+from plumbing.problems import problem_response
 from streaming.access import staff_may_read, staff_permissions_for
-from streaming.eventlog import StreamMeta, get_log, valid_id
-from streaming.responses import TooManyStreams, event_response, hold_take_async
-from tenants.authentication import authenticate_credential, presented_credential
-from tenants.limits import enforce_plan
+from streaming.eventlog import StreamMeta, get_log
+from streaming.responses import TooManyStreams, hold_take_async
+from streaming.sse import authenticate_sse, event_response, refusal, resume_after
+from tenants.authentication import presented_credential
 from tenants.selectors import KeyContext
 
 
@@ -32,38 +31,6 @@ def owned_stream(ctx: KeyContext, stream_id: str) -> StreamMeta | None:
     """The stream's metadata if the caller's tenant owns it (another tenant's is "missing")."""
     meta = get_log().meta(stream_id)
     return meta if meta is not None and meta.tenant_id == ctx.tenant.pk else None
-
-
-def authenticate_sse(request: HttpRequest, scope: str = "streams") -> KeyContext:
-    """What DRF's authentication and plan throttle do, for the async SSE views (outside DRF)."""
-    raw = presented_credential(request)
-    if raw is None:
-        raise exceptions.NotAuthenticated()
-    ctx = authenticate_credential(raw)
-    if not ctx.has_scope(scope):
-        raise exceptions.PermissionDenied(f"This API key lacks the '{scope}' scope.")
-    enforce_plan(request, ctx)
-    return ctx
-
-
-def refusal(request: HttpRequest, exc: exceptions.APIException) -> HttpResponseBase:
-    """An authentication or limit refusal of an SSE view as problem+json."""
-    return exception_response(request, exc)
-
-
-def resume_after(request: HttpRequest) -> tuple[str | None, HttpResponseBase | None]:
-    """The id to resume after (``Last-Event-ID`` or ``?after=``), or a 422 when malformed."""
-    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or None
-    if after is not None and not valid_id(after):
-        return None, problem_response(
-            422,
-            slug="validation-error",
-            detail="Last-Event-ID is not a stream id.",
-            errors=[
-                {"field": "Last-Event-ID", "detail": "Expected <ms>-<seq>.", "code": "invalid"}
-            ],
-        )
-    return after, None
 
 
 def _staff_refused(meta: StreamMeta) -> exceptions.PermissionDenied:

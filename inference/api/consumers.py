@@ -1,7 +1,7 @@
 """Streaming inference over WebSocket: ``/ws/v1/models/<name>/infer``.
 
-Protocol (JSON text frames; close codes in docs/streams.md), on top of the stream consumer's
-authentication, frame checks and key re-checks:
+Protocol (JSON text frames; close codes in docs/streams.md), on top of the authentication,
+frame checks and key re-checks every socket shares (streaming.sockets):
 
 1. Authenticate (``X-API-Key``/``Authorization`` header, or ``{"type": "auth", "token"}``
    first): the key needs the ``infer`` scope and a plan that allows the model. The server
@@ -20,7 +20,7 @@ Closing the socket cancels a running inference. Refused input is an ``error`` me
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from channels.db import database_sync_to_async
 from django.http import Http404
@@ -30,56 +30,32 @@ from inference.api.serializers import StreamInferRequestSerializer
 from inference.catalog import selectors
 from inference.models import Model
 from inference.transport import streams
-from streaming import fanout, flow, services
-from streaming.consumers import (
-    CLOSE_FORBIDDEN,
-    CLOSE_NOT_FOUND,
-    CLOSE_TOO_MANY,
-    CLOSE_UNAUTHENTICATED,
-    StreamConsumer,
-    _bearer,
-    _redis_call,
-)
+from streaming import fanout, flow
 from streaming.eventlog import END, StreamNotFound
-from tenants.authentication import authenticate_credential
+from streaming.sockets import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, AuthenticatedSocket
+from tenants.selectors import KeyContext
 
 
-class InferConsumer(StreamConsumer):
+class InferConsumer(AuthenticatedSocket):
+    key_scope: ClassVar[str] = "infer"
     model: Model | None = None
     running: str | None = None  # the stream of the inference in progress
 
     async def connect(self) -> None:
         self.model_name = str(self.scope["url_route"]["kwargs"]["name"])
-        self.stream_id = ""
-        await self.accept()
-        headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
-        raw = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
-        if raw:
-            await self.authenticate(raw)
-        else:
-            self.watchdog = asyncio.create_task(self._auth_deadline())
+        await super().connect()
 
-    async def authenticate(self, raw: str) -> None:
-        try:
-            ctx = await database_sync_to_async(authenticate_credential)(raw)
-        except exceptions.AuthenticationFailed:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        if not ctx.has_scope("infer"):
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
+    async def admit(self, ctx: KeyContext) -> bool:
         try:
             self.model = await database_sync_to_async(selectors.model_for_tenant)(
                 self.model_name, ctx.tenant
             )
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)  # no such model, or not in the plan
-            return
-        self.lease = await _redis_call(services.stream_slot_take, ctx.tenant)
-        if self.lease is None:
-            await self.close(code=CLOSE_TOO_MANY)
-            return
-        self.ready(ctx, raw)  # revoked: closed with 4401 like a stream socket
+            return False
+        return True
+
+    async def begin(self) -> None:
         await self.send_json({"type": "ready", "model": self.model_name})
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from django.middleware.security import SecurityMiddleware
 from django.utils.cache import patch_vary_headers
 from rest_framework import exceptions
 
-from inference.api.serializers import InferRequestSerializer
+from inference.api.serializers import infer_request_validator
 from inference.catalog import selectors
 from inference.catalog.selectors import RoutingTable
 from inference.transport import unary_flow
@@ -132,7 +132,7 @@ def take(
         body = untrusted.loads(request.body)  # the parser policy of the full stack's view
     except ValueError:
         return None  # the full stack answers it: 400 or 422, as for any other body
-    valid = InferRequestSerializer.fast(body)
+    valid = infer_request_validator().quick(body)
     if valid is None:
         return None
     return Taken(ctx, table, valid)

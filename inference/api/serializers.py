@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -12,6 +13,7 @@ from rest_framework import serializers
 
 from inference.catalog import selectors
 from inference.models import Model, ModelVersion
+from inference.rules.input_schema import Validator
 
 
 class CircuitSerializer(serializers.Serializer):
@@ -179,25 +181,29 @@ class InferRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"At most {cap} ms.")
         return value
 
-    @staticmethod
-    def fast(data: Any) -> dict[str, Any] | None:
-        """The validated body of a well-formed request without DRF's per-field machinery (the
-        unary hot path), or None: then the serializer decides, errors and all. Accepts only
-        what the fields above accept unchanged."""
-        if type(data) is not dict or type(data.get("input")) is not dict:
-            return None
-        out: dict[str, Any] = {"input": dict(data["input"])}  # JSON object keys are strings
-        if "version" in data:
-            version = data["version"]
-            if type(version) is not str or not 0 < len(version) <= 32 or version != version.strip():
-                return None
-            out["version"] = version
-        if "timeout_ms" in data:
-            timeout = data["timeout_ms"]
-            if type(timeout) is not int or not 1 <= timeout <= settings.INFERENCE_MAX_TIMEOUT_MS:
-                return None
-            out["timeout_ms"] = timeout
-        return out
+
+def request_schema(max_timeout_ms: int) -> dict[str, Any]:
+    """The unary request body as a schema of :mod:`inference.rules.input_schema`: the fields of
+    :class:`InferRequestSerializer`, which words the errors."""
+    return {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"type": "object"},
+            "version": {"type": "string", "minLength": 1, "maxLength": 32},
+            "timeout_ms": {"type": "integer", "minimum": 1, "maximum": max_timeout_ms},
+        },
+    }
+
+
+@lru_cache(maxsize=8)
+def _request_validator(max_timeout_ms: int) -> Validator:
+    return Validator(request_schema(max_timeout_ms), serializer=InferRequestSerializer)
+
+
+def infer_request_validator() -> Validator:
+    """The unary request body's validator (``quick`` is the hot path's check)."""
+    return _request_validator(settings.INFERENCE_MAX_TIMEOUT_MS)
 
 
 class StreamInferRequestSerializer(serializers.Serializer):

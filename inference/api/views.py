@@ -18,12 +18,14 @@ from inference.api.serializers import (
     ModelInfoSerializer,
     ModelListSerializer,
     StreamInferRequestSerializer,
+    infer_request_validator,
 )
 from inference.catalog import selectors
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
 from inference.transport import streams, unary_flow
-from streaming.responses import Hold, LiveResponse, event_response, hold_release, hold_take
+from streaming.responses import Hold, LiveResponse, hold_release, hold_take
+from streaming.sse import event_response
 from tenants.authentication import presented_credential
 from tenants.models import Tenant
 from tenants.selectors import KeyContext
@@ -82,7 +84,7 @@ def start_streaming(
     timeout_ms: int | None = None,
 ) -> tuple[streams.Started, Hold, Callable[[bool], None]]:
     """Take one of the tenant's stream slots (429 when all are in use) and start the stream;
-    return it with what the answer (:func:`streaming.responses.event_response`) holds — the
+    return it with what the answer (:func:`streaming.sse.event_response`) holds — the
     slot and the request's credential — and its ``on_close``, which cancels the producing
     work when the client left before the end. ``tenant``: None for a staff session (no
     slots)."""
@@ -140,11 +142,7 @@ class InferView(APIView):
         model = selectors.routing_table_for_tenant(name, caller_tenant(request))
         if wants_stream(request):
             return self._stream(request, model)
-        valid = InferRequestSerializer.fast(request.data)
-        if valid is None:
-            body = InferRequestSerializer(data=request.data)
-            body.is_valid(raise_exception=True)
-            valid = body.validated_data
+        valid = infer_request_validator().validate(request.data)
         answer = unary_flow.infer(
             model=model,
             tenant=caller_tenant(request),

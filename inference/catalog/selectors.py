@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,12 +14,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
-from rest_framework import serializers
 
 from inference.catalog import canary, version_health
 from inference.catalog.router import Candidate, CircuitBreaker
 from inference.models import Model, ModelEvent, ModelVersion
-from inference.rules.input_schema import SchemaError, fast_validator, serializer_for
+from inference.rules.input_schema import Validator, validator_for
 from inference.runtimes import VersionSpec
 from inference.runtimes import unavailable_reason as _runtime_reason
 from tenants.models import Tenant
@@ -194,10 +193,7 @@ class VersionRoute:
     version: str
     queue: str
     input_schema: dict[str, Any]
-    # None when the schema is empty or malformed (validate_input then answers as before).
-    validator: type[serializers.Serializer] | None
-    # Accepts well-formed input without DRF's per-field machinery; None: ask the validator.
-    fast_validator: Callable[[dict[str, Any]], dict[str, Any] | None] | None
+    validator: Validator  # the input schema's, compiled once (inference.rules.input_schema)
     max_batch_size: int
     max_delay_ms: int
 
@@ -218,15 +214,6 @@ _routes: dict[str, tuple[float, RoutingTable | None]] = {}
 _routes_lock = threading.Lock()
 
 
-def _validator(schema: dict[str, Any]) -> type[serializers.Serializer] | None:
-    if not schema:
-        return None
-    try:
-        return serializer_for(schema)
-    except SchemaError:
-        return None
-
-
 def routing_table_build(model: Model) -> RoutingTable:
     """The table of a model whose versions are prefetched (``_with_versions``)."""
     return RoutingTable(
@@ -240,10 +227,7 @@ def routing_table_build(model: Model) -> RoutingTable:
                 version=v.version,
                 queue=v.queue,
                 input_schema=v.input_schema,
-                validator=_validator(v.input_schema),
-                fast_validator=fast_validator(v.input_schema)
-                if _validator(v.input_schema)
-                else None,
+                validator=validator_for(v.input_schema),
                 max_batch_size=v.max_batch_size,
                 max_delay_ms=v.max_delay_ms,
             )

@@ -1,11 +1,11 @@
 """``/ws/v1/media/transcriptions``: a live transcription session (docs/media.md).
 
-1. Authenticate like every socket (docs/streams.md): an ``X-API-Key``/``Authorization`` header
-   on the handshake, or a first message ``{"type": "auth", "token": "<key or JWT>"}`` within
-   ``WS_AUTH_TIMEOUT_SECONDS``. The key needs the ``infer`` scope; the socket holds one of the
-   tenant's stream slots and is closed with 4401 when the key stops verifying (re-checked
-   every ``WS_REAUTH_SECONDS``). ``?model=`` picks another transcription model than the
-   built-in one.
+1. Authenticate like every socket (streaming.sockets, docs/streams.md): an ``X-API-Key``/
+   ``Authorization`` header on the handshake, or a first message ``{"type": "auth", "token":
+   "<key or JWT>"}`` within ``WS_AUTH_TIMEOUT_SECONDS``. The key needs the ``infer`` scope; the
+   socket holds one of the tenant's stream slots and is closed with 4401 when the key stops
+   verifying (re-checked every ``WS_REAUTH_SECONDS``). ``?model=`` picks another transcription
+   model than the built-in one.
 2. The server starts a worker session and answers ``{"type": "ready", "stream", "format"}``.
 3. The client sends binary frames of 16 kHz mono 16-bit little-endian PCM (any length up to
    ``WS_MAX_FRAME_BYTES``, whole samples) as the audio arrives; partial and final transcripts
@@ -23,35 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 from rest_framework import exceptions
 
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH
 from inference.media import services
-from plumbing import untrusted
-from streaming import services as stream_services
-from streaming.consumers import (
-    CLOSE_AUTH_TIMEOUT,
-    CLOSE_FORBIDDEN,
+from streaming.eventlog import END, GAP, StreamNotFound, get_log
+from streaming.sockets import (
     CLOSE_NORMAL,
     CLOSE_NOT_FOUND,
-    CLOSE_PROTOCOL,
-    CLOSE_TOO_BIG,
-    CLOSE_TOO_MANY,
     CLOSE_UNAUTHENTICATED,
-    MAX_BAD_FRAMES,
+    AuthenticatedSocket,
 )
-from streaming.credentials import Binding, bind_on_loop, unbind
-from streaming.eventlog import END, GAP, StreamNotFound, get_log
-from tenants.authentication import authenticate_credential
-from tenants.selectors import KeyContext
 
 log = logging.getLogger(__name__)
 
@@ -62,60 +51,23 @@ CLOSE_UNAVAILABLE = 4503  # no version can serve now (engine missing, queue full
 FORMAT = {"encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE, "channels": 1}
 
 
-class TranscriptionConsumer(AsyncWebsocketConsumer):
-    ctx: KeyContext | None = None
+class TranscriptionConsumer(AuthenticatedSocket):
+    key_scope: ClassVar[str] = "infer"
     started: services.Started | None = None
-    forwarder: asyncio.Task[None] | None = None
-    watchdog: asyncio.Task[None] | None = None
-    lease: stream_services.Lease | None = None
-    binding: Binding | None = None
     input_done = False
     finished = False
-    bad_frames = 0
     audio_bytes = 0
 
-    async def connect(self) -> None:
-        await self.accept()
-        headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
-        raw = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
-        if raw:
-            await self.authenticate(raw)
-        else:
-            self.watchdog = asyncio.create_task(self._auth_deadline())
-
-    async def _auth_deadline(self) -> None:
-        await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
-        if self.ctx is None:
-            await self.close(code=CLOSE_AUTH_TIMEOUT)
-
     def _model(self) -> str | None:
-        from urllib.parse import parse_qs
-
         query = parse_qs(self.scope.get("query_string", b"").decode())
         return (query.get("model") or [None])[0] or None
 
-    async def authenticate(self, raw: str) -> None:
-        try:
-            ctx = await database_sync_to_async(authenticate_credential)(raw)
-        except exceptions.AuthenticationFailed:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        if not ctx.has_scope("infer"):
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
-        self.lease = await asyncio.to_thread(stream_services.stream_slot_take, ctx.tenant)
-        if self.lease is None:
-            await self.close(code=CLOSE_TOO_MANY)
-            return
-        self.ctx = ctx
-        # Like every socket: closed with 4401 once the credential stops verifying.
-        self.binding = bind_on_loop(raw, lambda: self.close(code=CLOSE_UNAUTHENTICATED))
-        if self.watchdog is not None:
-            self.watchdog.cancel()
+    async def begin(self) -> None:
+        assert self.ctx is not None
         try:
             self.started = await database_sync_to_async(services.media_start)(
                 kind="transcription",
-                tenant=ctx.tenant,
+                tenant=self.ctx.tenant,
                 item={},
                 model_name=self._model(),
                 session=True,
@@ -146,44 +98,12 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "error", "code": code, "message": message})
         await self.close(code=close)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
-        if size > settings.WS_MAX_FRAME_BYTES:
-            await self.close(code=CLOSE_TOO_BIG)
-            return
-        if bytes_data is not None:
-            await self.on_audio(bytes_data)
-            return
-        try:
-            message = untrusted.loads(text_data or "")
-        except (untrusted.Refused, untrusted.TooDeep) as exc:  # JSON, but not the API's
-            await self.refuse("bad_message", str(exc))
-            return
-        except ValueError:
-            message = None
-        kind = message.get("type") if isinstance(message, dict) else None
-        handler = getattr(self, f"on_{kind}", None) if isinstance(kind, str) else None
-        if handler is None or kind == "audio":
-            await self.refuse("bad_message", "Expected a JSON object with a known 'type'.")
-            return
-        await handler(message)
+    async def receive_binary(self, data: bytes) -> bool:
+        await self.audio(data)
+        return True
 
-    async def refuse(self, code: str, message: str) -> None:
-        self.bad_frames += 1
-        await self.send_json({"type": "error", "code": code, "message": message})
-        if self.bad_frames >= MAX_BAD_FRAMES:
-            await self.close(code=CLOSE_PROTOCOL)
-
-    async def on_auth(self, message: dict[str, Any]) -> None:
-        token = message.get("token")
-        if self.ctx is not None:
-            await self.refuse("already_authenticated", "This socket is authenticated.")
-        elif not isinstance(token, str) or not token:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-        else:
-            await self.authenticate(token)
-
-    async def on_audio(self, frame: bytes) -> None:
+    async def audio(self, frame: bytes) -> None:
+        """A binary frame of PCM (not an ``on_`` handler: audio never comes as a JSON type)."""
         if self.started is None or self.started.input_stream is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -243,21 +163,13 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
                     await self.close(code=CLOSE_NORMAL)
                     return
 
-    async def send_json(self, content: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(content, separators=(",", ":")))
-
     async def disconnect(self, code: int) -> None:
-        for task in (self.forwarder, self.watchdog):
-            if task is not None:
-                task.cancel()
+        if self.forwarder is not None:
+            self.forwarder.cancel()
         if self.started is not None and not self.finished:
             # Nobody is listening any more: stop the worker's session.
             await asyncio.to_thread(_stop_session, self.started)
-        if self.binding is not None:
-            unbind(self.binding)
-        if self.lease is not None:
-            lease, self.lease = self.lease, None
-            await asyncio.to_thread(stream_services.stream_slot_release, lease)
+        await super().disconnect(code)
 
 
 def _stop_session(started: services.Started) -> None:
@@ -272,8 +184,3 @@ def _stop_session(started: services.Started) -> None:
         pass
     except Exception:
         log.exception("could not stop transcription session %s", started.stream_id)
-
-
-def _bearer(value: str) -> str | None:
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None

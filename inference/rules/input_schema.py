@@ -1,15 +1,24 @@
-"""A version's declared input schema (a small JSON Schema subset) as a DRF serializer.
+"""Validation of request bodies and job inputs against a JSON Schema subset: one compiler,
+one cache, one error format (docs/errors.md: a 422 ``validation-error`` naming each field).
 
-Supported: ``{"type": "object", "properties": {...}, "required": [...]}`` where each property
-has ``type`` number | integer | string | boolean | array (with ``items``), and optionally
-``minimum``/``maximum``, ``minLength``/``maxLength``, ``minItems``/``maxItems``, ``enum``.
-An empty schema accepts any JSON object.
+A version's declared input schema is ``{"type": "object", "properties": {...}, "required":
+[...]}`` where each property has ``type`` number | integer | string | boolean | array (with
+``items``) | object, and optionally ``minimum``/``maximum``, ``minLength``/``maxLength``,
+``minItems``/``maxItems``, ``enum``. An empty schema accepts any JSON object.
+
+:func:`validator_for` compiles a schema once (cached by its JSON) into a :class:`Validator`:
+plain Python checks for a well-formed input, and the DRF serializer built from the same schema
+for everything else, so every error, and every lenient conversion (numeric strings, trimmed
+whitespace), is DRF's own. The unary API's body, the streaming and batch inputs and the jobs
+runner all go through it (docs/inference.md, "Runtimes": the input schema).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from rest_framework import serializers
@@ -74,43 +83,19 @@ def serializer_for(schema: dict[str, Any]) -> type[serializers.Serializer]:
     return type("InputSerializer", (serializers.Serializer,), fields)
 
 
-def validate_input(schema: dict[str, Any], data: Any) -> dict[str, Any]:
-    """The validated input; raises ValidationError keyed by field name (for a 422)."""
-    if not isinstance(data, dict):
-        raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
-    if not schema:
-        return data
-    serializer = serializer_for(schema)(data=data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
-def validate_with(
-    serializer_class: type[serializers.Serializer],
-    data: dict[str, Any],
-    fast: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
-) -> dict[str, Any]:
-    """:func:`validate_input` with the serializer built once per version (the routing table
-    keeps it), not once per request; ``fast`` (from :func:`fast_validator`) first."""
-    if fast is not None:
-        done = fast(data)
-        if done is not None:
-            return done
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
 # --- the fast path ----------------------------------------------------------------------------
-# DRF validates a 64-number list item by item, through validator objects (about half a
-# millisecond per request on the unary hot path). A well-formed input does not need that: the
-# fast path accepts exactly the values DRF accepts *unchanged or with the same conversion* (a
-# JSON number for a "number" becomes a float, as FloatField does) and answers None for anything
-# else, which then goes through the serializer — so every error, and every lenient conversion
-# (numeric strings, whitespace trimming, choices), stays DRF's own.
+# DRF validates a 64-number list item by item, through validator objects. A well-formed input
+# does not need that: the fast checks accept exactly the values DRF accepts *unchanged or with
+# the same conversion* (a JSON number for a "number" becomes a float, as FloatField does; an
+# enum value is looked up by its text, as ChoiceField does) and decline anything else, which
+# then goes through the serializer.
 
 _Check = Callable[[Any], tuple[bool, Any]]
+_Fast = Callable[[dict[str, Any]], dict[str, Any] | None]
 _NO: tuple[bool, Any] = (False, None)
+_CHOICE_TYPES = (str, int, float, bool)
+_NUMBER_TYPES = frozenset({int, float})
+_FLOAT = {float}
 
 
 def _in_range(value: Any, low: Any, high: Any) -> bool:
@@ -142,9 +127,27 @@ def _string_check(prop: dict[str, Any]) -> _Check:
     return check
 
 
+def _numbers(value: list[Any], low: Any, high: Any) -> tuple[bool, Any]:
+    """A list of JSON numbers, checked in C rather than item by item: their types; a sum that
+    is finite only if every item is (NaN and infinities decline, and so does a sum that
+    overflows: the serializer decides); then the bounds."""
+    types = set(map(type, value))
+    if not types <= _NUMBER_TYPES:
+        return _NO
+    if value:
+        try:
+            if not math.isfinite(sum(value)):
+                return _NO
+        except OverflowError:
+            return _NO
+        if not (_in_range(min(value), low, high) and _in_range(max(value), low, high)):
+            return _NO
+    return True, value.copy() if types == _FLOAT else list(map(float, value))
+
+
 def _array_check(prop: dict[str, Any]) -> _Check | None:
     items = prop.get("items")
-    if not isinstance(items, dict) or not items or "enum" in items:
+    if not isinstance(items, dict) or not items:
         return None
     child = _check_for(items)
     if child is None:
@@ -157,11 +160,7 @@ def _array_check(prop: dict[str, Any]) -> _Check | None:
         if type(value) is not list or not _in_range(len(value), low, high):
             return _NO
         if kind == "number":  # the common case (pixels, feature vectors): no call per item
-            if not all(type(v) is int or (type(v) is float and math.isfinite(v)) for v in value):
-                return _NO
-            if value and not (_in_range(min(value), lo, hi) and _in_range(max(value), lo, hi)):
-                return _NO
-            return True, [float(v) for v in value]
+            return _numbers(value, lo, hi)
         out = []
         for item in value:
             ok, converted = child(item)
@@ -173,11 +172,31 @@ def _array_check(prop: dict[str, Any]) -> _Check | None:
     return check
 
 
+def _enum_check(prop: dict[str, Any]) -> _Check | None:
+    choices = prop["enum"]
+    if not isinstance(choices, list) or not all(type(c) in _CHOICE_TYPES for c in choices):
+        return None  # pairs, groups, null: ChoiceField's own reading
+    by_text = {str(choice): choice for choice in choices}
+
+    def check(value: Any) -> tuple[bool, Any]:
+        if type(value) not in _CHOICE_TYPES or str(value) not in by_text:
+            return _NO
+        return True, by_text[str(value)]
+
+    return check
+
+
+def _object_check(value: Any) -> tuple[bool, Any]:
+    return (True, dict(value)) if type(value) is dict else _NO
+
+
 def _check_for(prop: dict[str, Any]) -> _Check | None:
     """A fast check for one property, or None where only DRF will do."""
     if "enum" in prop:
-        return None
+        return _enum_check(prop)
     kind = prop.get("type")
+    if kind == "object":
+        return _object_check
     if kind in ("number", "integer"):
         return _number_check(prop, integer=kind == "integer")
     if kind == "boolean":
@@ -189,14 +208,17 @@ def _check_for(prop: dict[str, Any]) -> _Check | None:
     return None
 
 
-def fast_validator(schema: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    """A function that validates a well-formed input exactly as :func:`validate_input` would,
-    or answers None (then the serializer decides). A property it cannot check makes it always
-    answer None."""
+def _compile(schema: dict[str, Any]) -> _Fast | None:
+    """The fast checks of an object schema: the validated input, or None (then the serializer
+    decides). None where a property has no fast check."""
     required = set(schema.get("required", []))
-    checks = {name: _check_for(prop) for name, prop in schema.get("properties", {}).items()}
-    if not schema or any(check is None for check in checks.values()):
-        return lambda data: None
+    properties = schema.get("properties", {})
+    checks: dict[str, _Check] = {}
+    for name, prop in properties.items():
+        check = _check_for(prop) if isinstance(prop, dict) else None
+        if check is None:
+            return None
+        checks[name] = check
 
     def validate(data: dict[str, Any]) -> dict[str, Any] | None:
         out: dict[str, Any] = {}
@@ -205,10 +227,71 @@ def fast_validator(schema: dict[str, Any]) -> Callable[[dict[str, Any]], dict[st
                 if name in required:
                     return None
                 continue
-            ok, value = check(data[name])  # type: ignore[misc]
+            ok, value = check(data[name])
             if not ok:
                 return None
             out[name] = value
         return out
 
     return validate
+
+
+# --- validators -------------------------------------------------------------------------------
+
+_NOT_AN_OBJECT = {"non_field_errors": ["Expected a JSON object."]}
+
+
+class Validator:
+    """A compiled schema. ``quick(data)``: the validated data of a well-formed input, else
+    None; ``validate(data)``: the validated data, or the ValidationError (keyed by field, for
+    the 422) of the serializer built from the schema — or of ``serializer``, for a body whose
+    own serializer words its errors (the unary request)."""
+
+    def __init__(
+        self, schema: dict[str, Any], serializer: type[serializers.Serializer] | None = None
+    ) -> None:
+        self.schema = schema
+        self._input = serializer is None  # an input: a JSON object, words of this module
+        self._serializer = serializer
+        self._error: SchemaError | None = None
+        if self._input and schema:
+            try:
+                self._serializer = serializer_for(schema)
+            except SchemaError as exc:
+                self._error = exc  # an operator's mistake, raised when used
+        self._fast = _compile(schema) if schema and self._error is None else None
+
+    def quick(self, data: Any) -> dict[str, Any] | None:
+        if self._fast is None or type(data) is not dict:
+            return None
+        return self._fast(data)
+
+    def validate(self, data: Any) -> dict[str, Any]:
+        if self._fast is not None and type(data) is dict:
+            done = self._fast(data)
+            if done is not None:
+                return done
+        if self._input and not isinstance(data, dict):
+            raise serializers.ValidationError(_NOT_AN_OBJECT)
+        if self._error is not None:
+            raise self._error
+        if self._serializer is None:  # an empty input schema: any object
+            return data
+        serializer = self._serializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+
+@lru_cache(maxsize=1024)
+def _compiled(key: str) -> Validator:
+    return Validator(json.loads(key))
+
+
+def validator_for(schema: dict[str, Any]) -> Validator:
+    """The compiled validator of an input schema (compiled once per schema in a process)."""
+    return _compiled(json.dumps(schema, sort_keys=True))
+
+
+def validate_input(schema: dict[str, Any], data: Any) -> dict[str, Any]:
+    """The validated input; raises ValidationError keyed by field name (for a 422)."""
+    return validator_for(schema).validate(data)

@@ -23,20 +23,16 @@ A row of shape ``[]`` or ``[1]`` becomes a scalar; other rows nested lists of th
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from inference.runtimes import kserve_codec
 from inference.runtimes.base import Item, Runtime, UpstreamError, UpstreamUnavailable
+from inference.runtimes.kserve_codec import DATATYPES
 from inference.runtimes.remote import InvalidOptions, RemoteOptions, Upstream, missing_engine
 
 log = logging.getLogger(__name__)
-
-DATATYPES = frozenset(
-    {"BOOL", "BYTES", "FP16", "FP32", "FP64", "BF16"}
-    | {f"{sign}INT{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)}
-)
 
 
 @dataclass(frozen=True)
@@ -216,7 +212,7 @@ class KServeRuntime(Runtime):
                 f"{self.spec.label}: input field {spec.field!r} (tensor {spec.tensor}) is "
                 "missing; check runtime_options.inputs against the input schema"
             ) from exc
-        shapes = {tuple(_shape_of(v)) for v in values}
+        shapes = {tuple(kserve_codec.shape_of(v)) for v in values}
         if len(shapes) > 1:
             if len(batch) == 1:
                 raise UpstreamError(f"{self.spec.label}: ragged input {spec.field!r}")
@@ -232,13 +228,9 @@ class KServeRuntime(Runtime):
                 f"{self.spec.label}: input {spec.field!r} has shape {shape}, the tensor "
                 f"{spec.tensor} takes {list(spec.shape)}"
             )
-        data = _flatten(values)
-        return {
-            "name": spec.tensor,
-            "shape": [len(batch), *shape],
-            "datatype": spec.datatype or _datatype_of(data),
-            "data": data,
-        }
+        return kserve_codec.encode(
+            spec.tensor, values, row_shape=shape, datatype=spec.datatype, text=False
+        )
 
     def _rows(self, answer: Any, count: int) -> list[Item]:
         outputs = answer.get("outputs") if isinstance(answer, dict) else None
@@ -259,60 +251,10 @@ class KServeRuntime(Runtime):
                     f"the upstream of {self.spec.label} sent no output {tensor!r} "
                     f"(it sent {sorted(by_tensor)})"
                 )
-            for row, value in zip(rows, _split(output, count, self.spec.label), strict=True):
+            try:
+                values = kserve_codec.decode(output, count)
+            except kserve_codec.CodecError as exc:
+                raise UpstreamError(f"the upstream of {self.spec.label} {exc}") from exc
+            for row, value in zip(rows, values, strict=True):
                 row[field] = value
         return rows
-
-
-def _shape_of(value: Any) -> list[int]:
-    if isinstance(value, list):
-        return [len(value), *(_shape_of(value[0]) if value else [])]
-    return []
-
-
-def _flatten(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        return [leaf for item in value for leaf in _flatten(item)]
-    return [value]
-
-
-def _datatype_of(values: list[Any]) -> str:
-    if values and all(isinstance(v, bool) for v in values):
-        return "BOOL"
-    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return "INT64"
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return "FP32"
-    return "BYTES"
-
-
-def _nest(flat: list[Any], shape: list[int]) -> Any:
-    if not shape:
-        return flat[0]
-    if len(shape) == 1:
-        return flat
-    step = math.prod(shape[1:])
-    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-def _split(output: dict[str, Any], count: int, label: str) -> list[Any]:
-    """One value per batch row from an output tensor shaped ``[count, ...]``."""
-    shape = output.get("shape")
-    data = _flatten(output.get("data", []))
-    name = output.get("name")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) for d in shape):
-        raise UpstreamError(f"the upstream of {label} sent output {name!r} without a shape")
-    if shape[0] != count:
-        raise UpstreamError(
-            f"the upstream of {label} answered {shape[0]} rows of {name!r} for {count} inputs"
-        )
-    row_shape = shape[1:]
-    size = math.prod(row_shape)
-    if len(data) != count * size:
-        raise UpstreamError(
-            f"the upstream of {label} sent {len(data)} values for output {name!r} of shape {shape}"
-        )
-    rows = [data[i * size : (i + 1) * size] for i in range(count)]
-    if row_shape in ([], [1]):
-        return [row[0] for row in rows]
-    return [_nest(row, row_shape) for row in rows]

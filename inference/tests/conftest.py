@@ -20,6 +20,7 @@ from inference.catalog.selectors import VersionRoute
 from inference.models import Model, ModelVersion
 from inference.registry.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.registry.services import version_register
+from inference.rules.input_schema import validator_for
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
 from inference.transport import admission, dispatch, lane, replies, shadows, streams
 from inference.transport.lane import Lane, alive_key, held_key, lane_key
@@ -137,8 +138,7 @@ def make_route(
         # A queue of this test only (the Redis pass shares the server).
         queue=queue or f"q{uuid.uuid4().hex[:10]}",
         input_schema={},
-        validator=None,
-        fast_validator=None,
+        validator=validator_for({}),
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
     )

@@ -10,13 +10,16 @@ from django.core.management import CommandError, call_command
 
 from inference.models import ModelVersion
 from inference.registry.builtin import (
+    BUILTINS,
     EMBEDDINGS_OPTIONS,
+    MLP,
     MLP_INPUTS,
     MLP_OPTIONS,
+    SENTIMENT,
     SENTIMENT_OPTIONS,
     digits_build,
+    install,
     mlp_build,
-    sentiment_install,
 )
 from inference.runtimes import VersionSpec
 from inference.runtimes.base import RuntimeUnavailable
@@ -88,9 +91,42 @@ def test_a_missing_engine_makes_the_version_unavailable_with_a_hint() -> None:
 
 @pytest.mark.django_db
 def test_sentiment_install_is_idempotent() -> None:
-    first, created = sentiment_install(actor="test")
-    again, created_again = sentiment_install(actor="test")
+    first, created = install(SENTIMENT, actor="test")
+    again, created_again = install(SENTIMENT, actor="test")
     assert created and not created_again and first == again and first.state == "active"
+
+
+@pytest.mark.django_db
+def test_every_handler_row_registers_as_its_row_says_once() -> None:
+    for row in BUILTINS:
+        if row.build is not None or row.variant is not None:
+            continue
+        first, created = install(row.name, actor="test", activate=False)
+        again, created_again = install(row.name, actor="test", activate=False)
+        assert created and not created_again and first == again, row.name
+        assert (first.runtime, first.model.task, first.runtime_options, first.input_schema) == (
+            row.runtime,
+            row.task,
+            row.options,
+            row.schema,
+        )
+        assert (first.max_batch_size, first.max_delay_ms) == (row.max_batch_size, row.max_delay_ms)
+
+
+@pytest.mark.django_db
+def test_the_mlp_row_takes_its_variants() -> None:
+    torch_cpu, created = install(MLP, actor="test", activate=False, hidden=(8,), engine="torch")
+    assert created and torch_cpu.runtime == ModelVersion.Runtime.PYTHON
+    assert torch_cpu.model.description.startswith("Benchmark MLP 64-8-16 ")
+    onnx_cpu, created = install(MLP, actor="test", activate=False, hidden=(8,))
+    assert created and onnx_cpu.runtime == ModelVersion.Runtime.ONNX
+    assert onnx_cpu.checksum == torch_cpu.checksum  # one artifact, two engines
+    assert install(MLP, actor="test", activate=False, hidden=(8,)) == (onnx_cpu, False)
+
+
+def test_a_row_without_variants_refuses_them() -> None:
+    with pytest.raises(TypeError, match="takes no"):
+        install(SENTIMENT, hidden=(8,))
 
 
 def _torch_mlp(artifact: bytes, device: str = "cpu") -> PythonRuntime:

@@ -14,12 +14,14 @@ from django.core.management import CommandError, call_command
 from inference.models import ModelEvent, ModelVersion
 from inference.registry import checks, services
 from inference.registry.builtin import (
+    DIGITS,
     DIGITS_OPTIONS,
     DIGITS_SCHEMA,
+    MLP,
+    SENTIMENT,
+    TEXTGEN,
     TEXTGEN_SCHEMA,
-    digits_install,
-    mlp_install,
-    sentiment_install,
+    install,
 )
 from inference.rules.input_schema import validate_input
 from inference.tests.conftest import lane_queue, make_version
@@ -219,17 +221,15 @@ def test_rollback_is_never_held_up_by_a_check(monkeypatch) -> None:
 
 
 def test_each_builtin_passes_its_own_check() -> None:
-    for install in (digits_install, mlp_install, sentiment_install):
-        version, _ = install(actor="test", activate=False)
+    for name in (DIGITS, MLP, SENTIMENT):
+        version, _ = install(name, actor="test", activate=False)
         assert version.examples, version
         report = checks.version_check(version)
         assert report.ok, (version, report)
 
 
 def test_textgen_passes_its_own_check() -> None:
-    from inference.registry.builtin import textgen_install
-
-    version, _ = textgen_install(actor="test", activate=False)
+    version, _ = install(TEXTGEN, actor="test", activate=False)
     report = checks.version_check(version)
     assert report.ok, report
 

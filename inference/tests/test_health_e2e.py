@@ -47,9 +47,9 @@ def other_key(other_tenant: Tenant) -> str:
 def test_textgen_past_its_context_window_is_a_422_and_other_tenants_are_served(
     stack, key, other_key
 ) -> None:
-    from inference.registry.builtin import textgen_install
+    from inference.registry.builtin import TEXTGEN, install
 
-    textgen_install(actor="test")
+    install(TEXTGEN, actor="test")
     poisoner, healthy = _client(stack["base"], key[1]), _client(stack["base"], other_key)
     with poisoner, healthy:
         warm = healthy.post(

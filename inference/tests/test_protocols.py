@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from inference.api.protocols import v2
-from inference.registry.builtin import DIGITS_SCHEMA, TEXT_SCHEMA, sentiment_install
+from inference.registry.builtin import DIGITS_SCHEMA, SENTIMENT, TEXT_SCHEMA, install
 
 pytestmark = pytest.mark.django_db
 
@@ -107,7 +107,7 @@ def test_it_serves_v2_health_and_metadata(api, digits, client) -> None:
 
 
 def test_it_answers_openai_errors_with_the_openai_error_member(api, digits) -> None:
-    sentiment_install(actor="test")
+    install(SENTIMENT, actor="test")
     missing = api.post("/v1/chat/completions", {"model": "gpt-x", "messages": []}, format="json")
     assert missing.status_code == 404
     assert missing["Content-Type"] == "application/problem+json"

@@ -64,8 +64,8 @@ REGISTER = (
     f"max_batch_size={BATCH})\n"
     f"make_version('typist', options={{**TYPIST, 'sleep': {TOKEN_SECONDS}}}, "
     "task=Model.Task.TEXT)\n"
-    "from inference.registry.builtin import faces_install\n"
-    "faces_install()\n"
+    "from inference.registry.builtin import FACES, install\n"
+    "install(FACES)\n"
 )
 
 

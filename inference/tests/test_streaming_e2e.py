@@ -91,7 +91,7 @@ def stack(tmp_path_factory, lm_artifact):
             env,
             "shell",
             "-c",
-            "from inference.registry.builtin import sentiment_install; sentiment_install()",
+            "from inference.registry.builtin import SENTIMENT, install; install(SENTIMENT)",
         )
         port = free_port()
         cmd = [sys.executable, "manage.py", "serve", "--no-worker", "--port", str(port)]

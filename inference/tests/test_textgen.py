@@ -14,7 +14,7 @@ import pytest
 
 from inference.models import ModelVersion
 from inference.registry import textgen
-from inference.registry.builtin import TEXTGEN, TEXTGEN_OPTIONS, textgen_install
+from inference.registry.builtin import TEXTGEN, TEXTGEN_OPTIONS, install
 from inference.runtimes import VersionSpec, unavailable_reason
 from inference.runtimes.base import InvalidInput
 from inference.runtimes.onnx_textgen import OnnxTextgenRuntime
@@ -178,16 +178,16 @@ def test_a_broken_artifact_is_unavailable_not_a_crash() -> None:
 @pytest.mark.django_db
 def test_install_registers_the_committed_artifact_once_without_training(monkeypatch) -> None:
     def no_training(*args, **kwargs):
-        raise AssertionError("textgen_install must not train")
+        raise AssertionError("installing textgen must not train")
 
     monkeypatch.setattr(textgen, "textgen_build", no_training)
-    version, created = textgen_install(actor="test")
+    version, created = install(TEXTGEN, actor="test")
     assert created
     assert version.runtime == ModelVersion.Runtime.ONNX_TEXTGEN
     assert version.model.task == "text"
     assert version.state == ModelVersion.State.ACTIVE and version.traffic_weight == 100
     assert version.input_schema["properties"]["max_tokens"]["maximum"] == 255
-    again, created_again = textgen_install(actor="test")
+    again, created_again = install(TEXTGEN, actor="test")
     assert (again.pk, created_again) == (version.pk, False)
 
 
@@ -206,7 +206,7 @@ def test_install_replaces_an_older_database_s_textgen(monkeypatch) -> None:
         actor="test",
     )
     placeholder.activate(actor="test")
-    real, created = textgen_install(actor="test")
+    real, created = install(TEXTGEN, actor="test")
     assert created and real.version == "2" and real.checksum
     real.model.refresh_from_db()
     placeholder.refresh_from_db()

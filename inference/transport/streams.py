@@ -39,7 +39,6 @@ from inference.catalog import selectors
 from inference.catalog.router import CircuitBreaker, NoRoute, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
-from inference.rules.input_schema import validate_input, validate_with
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import InvalidInput, Item, UpstreamError
 from inference.transport import admission, unary_flow
@@ -108,10 +107,7 @@ def stream_start(
     field = "input" if kind != ANALYSIS or len(items) == 1 else "inputs"
     for index, item in enumerate(items):
         try:
-            if chosen.validator is not None and isinstance(item, dict):
-                payloads.append(validate_with(chosen.validator, item, chosen.fast_validator))
-            else:
-                payloads.append(validate_input(chosen.input_schema, item))
+            payloads.append(chosen.validator.validate(item))
         except exceptions.ValidationError as exc:
             key = field if field == "input" else f"inputs[{index}]"
             raise exceptions.ValidationError({key: exc.detail}) from exc

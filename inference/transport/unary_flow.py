@@ -29,7 +29,6 @@ from inference.catalog import selectors, version_health
 from inference.catalog.router import CircuitBreaker, NoRoute, NotServed, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
-from inference.rules.input_schema import validate_input, validate_with
 from inference.transport import admission, dispatch, shadows
 from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
 from plumbing.logcontext import request_id_var
@@ -163,10 +162,7 @@ def _plan(
         raise unroutable(exc) from exc
     chosen = table.versions[plan.primary.id]
     try:
-        if chosen.validator is not None and isinstance(data, dict):
-            payload = validate_with(chosen.validator, data, chosen.fast_validator)
-        else:
-            payload = validate_input(chosen.input_schema, data)
+        payload = chosen.validator.validate(data)
     except exceptions.ValidationError as exc:
         raise exceptions.ValidationError({"input": exc.detail}) from exc
     return _Planned(

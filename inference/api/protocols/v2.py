@@ -12,14 +12,14 @@ from typing import Any
 
 from rest_framework.exceptions import APIException
 
+from inference.runtimes import kserve_codec
+from inference.runtimes.kserve_codec import DATATYPES, FLOATS, INTS, flatten
+
 SCHEMA_DATATYPES = {"number": "FP32", "integer": "INT64", "string": "BYTES", "boolean": "BOOL"}
-_FLOATS = {"FP16", "FP32", "FP64", "BF16"}
-_INTS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-DATATYPES = _FLOATS | _INTS | {"BOOL", "BYTES"}
 # What each declared type accepts on the wire (an integer tensor is fine for a float input).
 _ACCEPTS = {
-    "FP32": _FLOATS | _INTS,
-    "INT64": _INTS,
+    "FP32": FLOATS | INTS,
+    "INT64": INTS,
     "BYTES": {"BYTES"},
     "BOOL": {"BOOL"},
 }
@@ -53,24 +53,6 @@ def tensor_specs(schema: dict[str, Any]) -> list[dict[str, Any]]:
             continue  # not expressible as a tensor: such a model is served through /v1 only
         specs.append({"name": name, "datatype": datatype, "shape": shape})
     return specs
-
-
-def _check_value(value: Any, datatype: str) -> bool:
-    if datatype == "BYTES":
-        return isinstance(value, str)
-    if datatype == "BOOL":
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if datatype in _INTS:
-        return isinstance(value, int)
-    return isinstance(value, int | float)
-
-
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [leaf for item in data for leaf in _flatten(item)]
-    return [data]
 
 
 def decode_request(schema: dict[str, Any], body: Any) -> list[dict[str, Any]]:
@@ -110,41 +92,22 @@ def decode_request(schema: dict[str, Any], body: Any) -> list[dict[str, Any]]:
                 f"input '{name}': shape {shape} does not match the model's {spec['shape']} "
                 "(with an optional leading batch dimension)"
             )
-        data = _flatten(tensor.get("data"))
+        data = flatten(tensor.get("data"))
         if len(data) != batch * width:
             raise ProtocolError(
                 f"input '{name}': {len(data)} values do not fill shape {shape} "
                 f"({batch * width} expected)"
             )
-        if not all(_check_value(value, datatype) for value in data):
+        if not all(kserve_codec.fits(value, datatype) for value in data):
             raise ProtocolError(f"input '{name}': data does not match datatype {datatype}")
         if rows is not None and batch != rows:
             raise ProtocolError("all inputs must have the same batch size")
         rows = batch
-        if item == 1:
-            columns[spec["name"]] = data
-        else:
-            columns[spec["name"]] = [data[r * width : (r + 1) * width] for r in range(batch)]
+        columns[spec["name"]] = data if item == 1 else kserve_codec.nest(data, [batch, width])
     missing = set(schema.get("required") or []) - set(columns)
     if missing:
         raise ProtocolError(f"missing input(s): {sorted(missing)}")
     return [{name: column[r] for name, column in columns.items()} for r in range(rows or 0)]
-
-
-def _datatype_of(values: list[Any]) -> str:
-    if values and all(isinstance(v, bool) for v in values):
-        return "BOOL"
-    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return "INT64"
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return "FP32"
-    return "BYTES"
-
-
-def _shape_of(value: Any) -> list[int]:
-    if isinstance(value, list):
-        return [len(value), *(_shape_of(value[0]) if value else [])]
-    return []
 
 
 def encode_outputs(rows: list[dict[str, Any]], requested: list[str] | None) -> list[dict[str, Any]]:
@@ -155,14 +118,4 @@ def encode_outputs(rows: list[dict[str, Any]], requested: list[str] | None) -> l
         if unknown:
             raise ProtocolError(f"unknown output(s) {unknown}; the model gives {names}")
         names = requested
-    outputs = []
-    for name in names:
-        column = [row[name] for row in rows]
-        data = _flatten(column)
-        datatype = _datatype_of(data)
-        if datatype == "BYTES":
-            data = [v if isinstance(v, str) else str(v) for v in data]
-        outputs.append(
-            {"name": name, "datatype": datatype, "shape": _shape_of(column), "data": data}
-        )
-    return outputs
+    return [kserve_codec.encode(name, [row[name] for row in rows]) for name in names]

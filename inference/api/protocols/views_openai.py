@@ -28,7 +28,7 @@ from inference.catalog import selectors
 from inference.models import Model
 from inference.transport import streams, unary_flow
 from streaming.eventlog import Event
-from streaming.responses import event_response
+from streaming.sse import event_response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
 _TYPES |= {404: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.registry.builtin import digits_install
+from inference.registry.builtin import DIGITS, install
 
 
 class Command(BaseCommand):
@@ -18,7 +18,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
-            version, created = digits_install(activate=not opts["no_activate"])
+            version, created = install(
+                DIGITS, actor="builddigits", activate=not opts["no_activate"]
+            )
         except ImportError as exc:
             raise CommandError(
                 f"{exc}; install with pip install -r requirements-models.txt"

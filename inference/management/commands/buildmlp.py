@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.registry.builtin import MLP_HIDDEN, mlp_install
+from inference.registry.builtin import MLP, MLP_HIDDEN, install
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -41,7 +41,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
-            version, created = mlp_install(
+            version, created = install(
+                MLP,
+                actor="buildmlp",
                 activate=not opts["no_activate"],
                 hidden=opts["hidden"],
                 device=opts["device"],

@@ -14,11 +14,12 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from inference.catalog.selectors import version_unavailable
 from inference.registry.builtin import (
-    MEDIA_INSTALLS,
-    digits_install,
-    embeddings_install,
-    sentiment_install,
-    textgen_install,
+    DIGITS,
+    EMBEDDINGS,
+    MEDIA_MODELS,
+    SENTIMENT,
+    TEXTGEN,
+    install,
 )
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
@@ -71,7 +72,7 @@ class Command(BaseCommand):
         installed = []
         # stdout carries only the key (make run captures it); progress goes to stderr.
         try:
-            version, created = digits_install(actor="demo")
+            version, created = install(DIGITS, actor="demo")
         except ImportError as exc:
             self.stderr.write(
                 f"built-in model digits skipped: {exc} — install with "
@@ -84,14 +85,14 @@ class Command(BaseCommand):
         # The tiny GPT-2 from its ONNX artifact in the repository (nothing is trained here).
         # Registered before the handler models: a starting worker preloads the newest versions
         # first, and embeddings (slow to load) must not wait behind the demo's toy text model.
-        version, created = textgen_install(actor="demo")
+        version, created = install(TEXTGEN, actor="demo")
         installed.append(version)
         if created:
             self.stderr.write(f"built-in model {version} registered ({version.runtime})")
         # Handler models register without their engine: a worker without it shows them
         # "unavailable" with the install hint instead of failing.
-        for install in (sentiment_install, embeddings_install, *MEDIA_INSTALLS):
-            version, created = install(actor="demo")
+        for name in (SENTIMENT, EMBEDDINGS, *MEDIA_MODELS):
+            version, created = install(name, actor="demo")
             installed.append(version)
             if created:
                 self.stderr.write(f"built-in model {version} registered")

@@ -46,8 +46,8 @@ pytestmark = [
 SPOKEN = "Please open the door. The weather is nice today."
 MAX_VIDEO_BYTES = 200_000
 INSTALL_MEDIA = (
-    "from inference.registry.builtin import MEDIA_INSTALLS\n"
-    "for install in MEDIA_INSTALLS: install()"
+    "from inference.registry.builtin import MEDIA_MODELS, install\n"
+    "for name in MEDIA_MODELS: install(name)"
 )
 
 

@@ -17,7 +17,7 @@ from inference.engines.translate import probe
 from inference.media import services
 from inference.media.tests.samples import wav
 from inference.models import ModelVersion
-from inference.registry.builtin import translate_install
+from inference.registry.builtin import TRANSLATE, install
 from inference.registry.services import version_register
 from inference.transport import admission
 from inference.worker import predict
@@ -95,7 +95,7 @@ def _events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
 def translator(db: None) -> ModelVersion:
     if probe({"mode": "eng-spa"}):
         pytest.skip("Apertium eng-spa is not installed")
-    return translate_install()[0]
+    return install(TRANSLATE)[0]
 
 
 def _observed(metric: str) -> float:
