@@ -329,7 +329,7 @@ def in_process_onnx(env: dict[str, str], model: str, hidden: str = "") -> dict[s
     code = (
         "import json, time, django, numpy as np, onnxruntime as ort\n"
         "django.setup()\n"
-        f"from inference.builtin import {build.split('(')[0]}\n"
+        f"from inference.registry.builtin import {build.split('(')[0]}\n"
         "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
         f"s = ort.InferenceSession({build}, o, providers=['CPUExecutionProvider'])\n"
         f"row = np.asarray({INPUTS[model]!r}.popitem()[1], np.float32)\n"
@@ -344,7 +344,7 @@ def in_process_torch(env: dict[str, str], device: str, hidden: str = "") -> dict
     code = (
         "import json, time, django, numpy as np\n"
         "django.setup()\n"
-        "from inference.builtin import MLP_OPTIONS, mlp_build\n"
+        "from inference.registry.builtin import MLP_OPTIONS, mlp_build\n"
         "from inference.handlers import TorchMLP\n"
         f"m = TorchMLP(options={{**MLP_OPTIONS, 'device': {device!r}}},"
         f" artifact=mlp_build({mlp_hidden(hidden)}))\n"

@@ -57,25 +57,9 @@ class WakeLoop(bootsteps.StartStopStep):
 app.steps["consumer"].add(WakeLoop)
 
 
-class BatchLane(bootsteps.StartStopStep):
-    """The batch lane's threads (``inference.lane``) in a worker that consumes inference
-    queues, where Redis is configured: started once the pool is up, stopped before it."""
-
-    requires = ("celery.worker.components:Pool",)
-
-    def create(self, worker: Any) -> Any:
-        from django.conf import settings
-
-        consumed = worker.app.amqp.queues.consume_from or worker.app.amqp.queues
-        queues = [name for name in consumed if name in settings.INFERENCE_QUEUES]
-        if settings.EMBEDDED or not queues:
-            return None
-        from inference.lane import Lane
-
-        return Lane(worker.hostname, queues, threads=worker.concurrency)
-
-
-app.steps["worker"].add(BatchLane)
+# The batch lane's threads (inference.transport.lane), by name: config imports no app module
+# before Django is set up.
+app.steps["worker"].add("inference.transport.lane:BatchLane")
 
 
 @worker_init.connect

@@ -219,7 +219,8 @@ INFERENCE_HEALTH_WINDOW_SECONDS = env.int("INFERENCE_HEALTH_WINDOW_SECONDS", def
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
 # How long activating a version (or giving it traffic) waits for its check in a worker.
 INFERENCE_CHECK_TIMEOUT_SECONDS = env.int("INFERENCE_CHECK_TIMEOUT_SECONDS", default=120)
-# How often a web process judges the canaries of the models it routes (inference/canary.py).
+# How often a web process judges the canaries of the models it routes
+# (inference/catalog/canary.py).
 INFERENCE_CANARY_INTERVAL_SECONDS = env.float("INFERENCE_CANARY_INTERVAL_SECONDS", default=1.0)
 # API keys of remote upstreams (kserve / openai runtimes): every UPSTREAM_KEY_<NAME> (or
 # UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
@@ -248,13 +249,14 @@ for _network in INFERENCE_REMOTE_ALLOWED_NETWORKS:
 INFERENCE_ROUTING_CACHE_SECONDS = env.float("INFERENCE_ROUTING_CACHE_SECONDS", default=1.0)
 # The unary server serves well-formed POST /v1/models/{name}/infer requests on its event loop
 # without the middleware stack and DRF's request cycle, with the same answers
-# (inference/frontdoor.py); off, it hands every request to Django's ASGI handler.
+# (inference/api/frontdoor.py); off, it hands every request to Django's ASGI handler.
 if "INFERENCE_EXPRESS_LANE" in os.environ:
     raise ImproperlyConfigured("INFERENCE_EXPRESS_LANE is now INFERENCE_FRONT_DOOR: rename it.")
 INFERENCE_FRONT_DOOR = env.bool("INFERENCE_FRONT_DOOR", default=True)
 # With Redis, web processes push unary batches onto a Redis list that every inference worker
-# serves from lane threads of its own, not as Celery task messages (inference/lane.py). Workers
-# serve the lane whatever this says; web processes and workers of one deployment set it alike.
+# serves from lane threads of its own, not as Celery task messages (inference/transport/lane.py).
+# Workers serve the lane whatever this says; web processes and workers of one deployment set it
+# alike.
 INFERENCE_BATCH_LANE = env.bool("INFERENCE_BATCH_LANE", default=True)
 
 # --- Streams ----------------------------------------------------------------------------------
@@ -374,9 +376,9 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/v[0-9]",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "streaming.schema.add_sse_paths",
-        "jobs.schema.add_sse_paths",
-        "inference.media.schema.add_media_paths",
+        "streaming.openapi.add_sse_paths",
+        "jobs.openapi.add_sse_paths",
+        "inference.media.openapi.add_media_paths",
     ],
 }
 
@@ -448,7 +450,7 @@ LOGGING: dict[str, Any] = {
             "filters": ["request_id"],
         },
         # Lines of work that has a log stream (a request, a job, a worker) also go there.
-        "streams": {"class": "streaming.logs.StreamLogHandler", "filters": ["request_id"]},
+        "streams": {"class": "streaming.loglines.StreamLogHandler", "filters": ["request_id"]},
     },
     "root": {"handlers": ["console", "streams"], "level": LOG_LEVEL},
     "loggers": {

@@ -1,5 +1,5 @@
 """ASGI entry point of the unary inference server (uvicorn): the front door on an event loop
-(``inference.frontdoor``) in front of Django's ASGI handler. nginx sends it
+(``inference.api.frontdoor``) in front of Django's ASGI handler. nginx sends it
 ``POST /v1/models/{name}/infer`` (``?stream=true`` too: Django's handler streams it); WebSocket
 and the other streams stay on daphne (``config.asgi``), the rest of the API on gunicorn
 (``config.wsgi``)."""
@@ -16,7 +16,7 @@ django_asgi_app = asgi_application()  # Django's handler, closing what a client 
 from django.conf import settings  # noqa: E402
 
 from config.startup import freeze_startup_objects  # noqa: E402
-from inference.frontdoor import FrontDoor  # noqa: E402
+from inference.api.frontdoor import FrontDoor  # noqa: E402
 from plumbing import metrics  # noqa: E402
 from plumbing.bodylimit import LimitASGI  # noqa: E402
 

@@ -5,7 +5,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from config import home
-from inference.protocols.views_v2 import ServerMetadataView
+from inference.api.protocols.views_v2 import ServerMetadataView
 from plumbing import health, metrics, problems
 from streaming.dashboard import metrics_dashboard
 
@@ -26,7 +26,7 @@ urlpatterns = [
     path("v1/", include("jobs.urls")),
     path("v1/", include("inference.media.urls")),
     path("v2", ServerMetadataView.as_view(), name="v2-server"),
-    path("v2/", include("inference.protocols.urls_v2")),
+    path("v2/", include("inference.api.protocols.urls_v2")),
     # Last: anything else under an API prefix is a problem+json 404.
     re_path(r"^(?:v1|v2|api)/(?P<rest>.*)$", problems.api_not_found, name="api-not-found"),
 ]

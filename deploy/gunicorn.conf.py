@@ -22,8 +22,8 @@ def _int(name: str, default: int) -> int:
 # gthread: each worker process serves GUNICORN_THREADS requests at once, so a view waiting on a
 # worker's result (unary inference) does not block the whole process. Unary requests mostly
 # wait, and a process can only merge the requests it holds into one queued batch
-# (inference.dispatch), so threads are many and cheap: 32 per process. gthread, not an ASGI
-# server, serves the unary endpoints because it is measured faster (docs/performance.md).
+# (inference.transport.dispatch), so threads are many and cheap: 32 per process. gthread, not an
+# ASGI server, serves the unary endpoints because it is measured faster (docs/performance.md).
 worker_class = "gthread"
 workers = _int("WEB_CONCURRENCY", 2)
 threads = _int("GUNICORN_THREADS", 32)

@@ -17,7 +17,7 @@ class InferenceConfig(AppConfig):
         from celery.signals import worker_ready
         from django.db.models.signals import post_delete, post_save
 
-        from inference import selectors
+        from inference.catalog import selectors
         from inference.models import Model, ModelEvent, ModelVersion
 
         worker_ready.connect(_preload_on_worker_ready, weak=False)
@@ -29,7 +29,7 @@ class InferenceConfig(AppConfig):
         # Celery's autodiscovery finds ``inference.tasks`` only; the media producer lives apart.
         from inference.media import tasks as _media_tasks  # noqa: F401
         from inference.media.services import DEFAULT_MODELS
-        from inference.streams import KINDS
+        from inference.transport.streams import KINDS
         from streaming.access import stream_kind_permissions
 
         # A model's output streams, read with a staff session (streaming.access).
@@ -38,8 +38,8 @@ class InferenceConfig(AppConfig):
 
         from django.conf import settings
 
-        from inference import backpressure
-        from inference.health_metrics import VersionHealthCollector
+        from inference.registry.health_metrics import VersionHealthCollector
+        from inference.transport import admission
         from plumbing.metrics import register_shared_collector
         from streaming.metrics import register_gauge
 
@@ -47,7 +47,7 @@ class InferenceConfig(AppConfig):
         # per-queue in-flight counts (neither streaming nor plumbing imports inference).
         register_shared_collector(VersionHealthCollector)
         queues = list(settings.INFERENCE_QUEUES)
-        register_gauge("in_flight", lambda: {q: backpressure.in_flight(q) for q in queues})
+        register_gauge("in_flight", lambda: {q: admission.in_flight(q) for q in queues})
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
@@ -57,7 +57,7 @@ def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     consumer keeps serving meanwhile)."""
     from django.conf import settings
 
-    from inference import outcomes, serving
+    from inference.worker import outcomes, predict
 
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if not queues:
@@ -68,7 +68,7 @@ def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
         if closed:
             log.info("closed the circuits a worker outage opened: %s", ", ".join(closed))
         if settings.INFERENCE_PRELOAD:
-            loaded = serving.preload(queues)
+            loaded = predict.preload(queues)
             log.info("preloaded %d model version(s): %s", len(loaded), ", ".join(loaded) or "-")
 
     threading.Thread(target=run, name="inference-preload", daemon=True).start()

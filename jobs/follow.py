@@ -11,7 +11,8 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from jobs.models import Job
-from streaming.log import END, StreamNotFound, get_log
+from plumbing.embedded import start_worker
+from streaming.eventlog import END, StreamNotFound, get_log
 
 _worker: Any = None
 
@@ -22,8 +23,6 @@ def ensure_worker() -> None:
     global _worker
     if not settings.EMBEDDED or app.conf.task_always_eager or _worker is not None:
         return
-    from plumbing.embedded import start_worker
-
     _worker = start_worker(queues=[settings.JOBS_QUEUE], concurrency=2)
 
 

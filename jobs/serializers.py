@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from jobs.models import FINISHED_TASK, Job, JobStatus, Task, TaskStatus
-from jobs.selectors import Cursor
+from jobs.selectors import Cursor, task_result
 from plumbing.untrusted import INT64_MAX
 
 
@@ -101,8 +101,6 @@ class TaskResultSerializer(serializers.ModelSerializer):
         fields = ("task", "index", "status", "attempts", "result", "error", "finished_at")
 
     def get_result(self, obj: Task) -> Any:
-        from jobs.selectors import task_result
-
         return task_result(obj.result, obj.result_ref)
 
 

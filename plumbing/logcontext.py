@@ -6,7 +6,7 @@ import contextvars
 import logging
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# The stream the current work's log lines are published to (streaming.logs), if any.
+# The stream the current work's log lines are published to (streaming.loglines), if any.
 log_stream_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "log_stream", default=None
 )

@@ -57,7 +57,7 @@ UPSTREAM_DURATION = Histogram(
 )
 INFERENCE_OUTCOMES = Counter(
     "sluice_inference_outcomes_total",
-    "Unary inference requests by outcome (inference.version_health's: ok, input_error, "
+    "Unary inference requests by outcome (inference.catalog.version_health's: ok, input_error, "
     "engine_error, timeout, worker_lost, unavailable); counted within a second.",
     ["model", "version", "outcome"],
 )
@@ -74,7 +74,7 @@ MEDIA_REALTIME_FACTOR = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 4, 8),
 )
 
-# Shadow versions compared with the primary answers (inference/shadows.py), from the web
+# Shadow versions compared with the primary answers (inference/transport/shadows.py), from the web
 # processes that pair them.
 SHADOW_REQUESTS = Counter(
     "sluice_shadow_requests_total",

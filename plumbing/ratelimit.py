@@ -240,7 +240,7 @@ def hit_batch(
     requests: Sequence[tuple[Sequence[Check], Sequence[Counter]]],
 ) -> list[tuple[list[Usage | None], list[int | None]]]:
     """:func:`hit_many` for many requests in ONE round trip (the front door counts a web-side
-    batch of inference requests at once; ``inference.dispatch``). Redis only
+    batch of inference requests at once; ``inference.transport.dispatch``). Redis only
     (:func:`counts_in_batches`). The caller remembers each usage on its own request
     (:func:`remember`)."""
     if not settings.RATELIMIT_ENABLE:

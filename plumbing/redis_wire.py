@@ -1,10 +1,8 @@
 """Kombu's Redis transport with two fixes for the workers and web processes of Sluice.
 
-1. **One Redis client per channel.** kombu builds a new ``redis.Redis`` (with its ~170
-   response callbacks) for every publish and every acknowledgement
-   (``Channel.conn_or_acquire``). A client over the channel's connection pool is thread-safe,
-   so one per pool is enough: on the unary inference path that was a visible share of the web
-   process's Celery publish and of the worker's ack (docs/performance.md).
+1. **One Redis client per channel.** kombu builds a new ``redis.Redis`` for every publish and
+   every acknowledgement (``Channel.conn_or_acquire``); a client over the channel's
+   connection pool is thread-safe, so one per pool is enough (docs/performance.md).
 2. **A way to wake the worker's event loop from another thread** (:meth:`Transport.wake_loop`:
    a byte on a pipe the loop watches), used by ``config.celery.WakeLoop``: see there why.
 
@@ -12,7 +10,7 @@ Selected for ``redis://`` and ``rediss://`` brokers by ``CELERY_BROKER_TRANSPORT
 
 And :func:`redis_wire`: the exact bytes ``apply_async`` would ``LPUSH`` for a task, built
 without Celery's producer machinery, so a hot path can push them in a round trip it makes
-anyway (docs/performance.md: Celery's publish cost about 390 µs of CPU, the push alone 80).
+anyway (docs/performance.md has the cost of each).
 """
 
 from __future__ import annotations
@@ -94,7 +92,7 @@ def redis_wire(
     through this module's transport, receivers of ``after_task_publish`` (the message is not
     pushed yet), task-sent events, another serializer or compression, eager mode, or a
     priority. ``before_task_publish`` is sent as Celery sends it, so its receivers (the
-    log-stream header of ``streaming.logs``) still shape the message. The message is built by
+    log-stream header of ``streaming.loglines``) still shape the message. The message is built by
     Celery's ``create_task_message`` (headers, body) and laid out as kombu's virtual channel
     and Redis transport lay it out (properties, base64 body, the queue's list key); the
     worker cannot tell the difference (``plumbing/tests/test_redis_wire.py`` compares the two).

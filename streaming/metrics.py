@@ -37,6 +37,8 @@ from typing import Any
 from celery import current_app as app
 from django.conf import settings
 
+from plumbing.metrics import BATCH_SIZE, HTTP_DURATION, broker_queues
+
 log = logging.getLogger(__name__)
 
 STREAM = "platform.metrics"
@@ -63,8 +65,6 @@ def _histogram(metric: Any) -> tuple[dict[float, float], float, float]:
 
 def snapshot() -> dict[str, float]:
     """This process's cumulative figures, flattened to ``name -> value``."""
-    from plumbing.metrics import BATCH_SIZE, HTTP_DURATION
-
     out: dict[str, float] = {}
     buckets, _, count = _histogram(HTTP_DURATION)
     out["requests"] = count
@@ -197,8 +197,6 @@ def queue_depths(connection: Any) -> dict[str, int]:
     """Messages waiting per Celery queue, through kombu (Redis broker or in-process memory)."""
     from kombu import exceptions as kombu_errors
 
-    from plumbing.metrics import broker_queues
-
     # A passive declare of a queue nobody declared yet (the stubs lack ChannelError).
     CHANNEL_ERROR: type[Exception] = getattr(kombu_errors, "ChannelError")  # noqa: B009
 
@@ -274,8 +272,8 @@ class Sampler:
         return False
 
     def _ensure_stream(self) -> None:
-        from streaming.log import get_log
-        from streaming.logs import PLATFORM_TENANT
+        from streaming.eventlog import get_log
+        from streaming.loglines import PLATFORM_TENANT
 
         if get_log().meta(STREAM) is None:
             get_log().create(
@@ -297,7 +295,7 @@ class Sampler:
 
     def tick(self, second: int) -> str | None:
         """Append the sample of ``second`` if this process leads; its id."""
-        from streaming.log import StreamNotFound, get_log
+        from streaming.eventlog import StreamNotFound, get_log
         from streaming.services import stream_slots_total
 
         if not self.is_leader():

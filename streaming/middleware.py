@@ -12,8 +12,8 @@ from django.utils.deprecation import MiddlewareMixin
 
 from plumbing.logcontext import log_stream_var
 from plumbing.problems import is_api_path
-from streaming.log import StreamNotFound, get_log
-from streaming.logs import PLATFORM_TENANT, open_log_stream
+from streaming.eventlog import StreamNotFound, get_log
+from streaming.loglines import PLATFORM_TENANT, open_log_stream
 from streaming.metrics import start_recorder
 
 log = logging.getLogger(__name__)

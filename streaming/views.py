@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from plumbing.problems import exception_response, problem_response
 from streaming.access import staff_may_read, staff_permissions_for
-from streaming.log import StreamMeta, get_log, valid_id
+from streaming.eventlog import StreamMeta, get_log, valid_id
 from streaming.responses import TooManyStreams, event_response, hold_take_async
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan

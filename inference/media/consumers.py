@@ -49,7 +49,7 @@ from streaming.consumers import (
     MAX_BAD_FRAMES,
 )
 from streaming.credentials import Binding, bind_on_loop, unbind
-from streaming.log import END, GAP, StreamNotFound, get_log
+from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 

@@ -34,7 +34,7 @@ from inference.media import services
 from plumbing import untrusted
 from plumbing.exceptions import PayloadTooLarge
 from plumbing.problems import exception_response, problem_response
-from streaming.log import END, Event, StreamNotFound, get_log
+from streaming.eventlog import END, Event, StreamNotFound, get_log
 from streaming.responses import (
     Hold,
     TooManyStreams,

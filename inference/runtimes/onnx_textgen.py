@@ -1,6 +1,6 @@
 """Causal text generation with ONNX Runtime and the ``tokenizers`` library: no torch.
 
-It serves the built-in ``textgen`` model (:mod:`inference.textgen` writes its artifact) and
+It serves the built-in ``textgen`` model (:mod:`inference.registry.textgen` writes its artifact) and
 any model exported the same way. The artifact is a zip of
 
 - ``model.onnx``: inputs ``input_ids`` and ``positions`` (int64 [B, S]), ``mask`` (float32

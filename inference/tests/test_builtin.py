@@ -61,7 +61,7 @@ def test_the_demo_names_the_one_command_that_enables_each_unavailable_model(
 
 def test_digits_is_built_once_per_package_versions(tmp_path, monkeypatch) -> None:
     """A second `make run` does not train digits again (nor import scikit-learn for it)."""
-    from inference import builtin, textgen
+    from inference.registry import builtin, textgen
 
     monkeypatch.setattr(textgen, "cache_dir", lambda: tmp_path)
     builds = []

@@ -1,4 +1,4 @@
-"""The unary front door (inference/frontdoor.py), called in process: what it
+"""The unary front door (inference/api/frontdoor.py), called in process: what it
 serves itself, what it hands to Django's ASGI handler, and that it never queries on the loop.
 The answers' equality with gunicorn's is the e2e test's (test_e2e, the unary server)."""
 
@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
-from inference import selectors
-from inference.frontdoor import FrontDoor, eligible, environ_of
+from inference.api.frontdoor import FrontDoor, eligible, environ_of
+from inference.catalog import selectors
 from inference.tests.conftest import lane_queue, make_version
 from tenants import selectors as key_selectors
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from django.conf import settings
 
-from inference.lane import held_key
-from inference.redis_client import client as redis_client
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN
+from inference.transport.lane import held_key
+from inference.transport.redis_client import client as redis_client
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
 
@@ -47,7 +47,7 @@ def other_key(other_tenant: Tenant) -> str:
 def test_textgen_past_its_context_window_is_a_422_and_other_tenants_are_served(
     stack, key, other_key
 ) -> None:
-    from inference.builtin import textgen_install
+    from inference.registry.builtin import textgen_install
 
     textgen_install(actor="test")
     poisoner, healthy = _client(stack["base"], key[1]), _client(stack["base"], other_key)

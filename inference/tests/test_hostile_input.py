@@ -16,8 +16,8 @@ from django.test import AsyncClient
 from rest_framework.test import APIClient
 
 from config.asgi import application as asgi_application
-from inference import selectors
-from inference.frontdoor import FrontDoor
+from inference.api.frontdoor import FrontDoor
+from inference.catalog import selectors
 from inference.media.tests.samples import wav
 from inference.models import ModelVersion
 from inference.tests.conftest import lane_queue, make_version

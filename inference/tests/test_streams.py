@@ -12,14 +12,15 @@ import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
-from inference import serving, streams
-from inference.builtin import TEXTGEN_SCHEMA
 from inference.models import Model, ModelVersion
-from inference.services import version_register
+from inference.registry.builtin import TEXTGEN_SCHEMA
+from inference.registry.services import version_register
 from inference.tests.conftest import make_version
 from inference.tests.fakes import BROKEN
+from inference.transport import streams
+from inference.worker import predict
 from streaming import services as stream_slots
-from streaming.log import get_log
+from streaming.eventlog import get_log
 
 pytestmark = pytest.mark.django_db
 
@@ -215,7 +216,7 @@ def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) 
     started = _start(version, tenant, item)
     stream_log = get_log()
     # Loaded here: the producer thread must not query the test's (transactional) database.
-    serving.model_cache().get(streams._spec(version.pk))
+    predict.model_cache().get(streams._spec(version.pk))
     producer = threading.Thread(
         target=streams.stream_run,
         kwargs={

@@ -12,9 +12,9 @@ import zipfile
 
 import pytest
 
-from inference import textgen
-from inference.builtin import TEXTGEN, TEXTGEN_OPTIONS, textgen_install
 from inference.models import ModelVersion
+from inference.registry import textgen
+from inference.registry.builtin import TEXTGEN, TEXTGEN_OPTIONS, textgen_install
 from inference.runtimes import VersionSpec, unavailable_reason
 from inference.runtimes.base import InvalidInput
 from inference.runtimes.onnx_textgen import OnnxTextgenRuntime
@@ -195,7 +195,7 @@ def test_install_registers_the_committed_artifact_once_without_training(monkeypa
 def test_install_replaces_an_older_database_s_textgen(monkeypatch) -> None:
     """A database from before the ONNX export has a transformers placeholder (no artifact):
     the ONNX version is promoted and the placeholder retired."""
-    from inference.services import version_register
+    from inference.registry.services import version_register
 
     placeholder = version_register(
         model_name=TEXTGEN,

@@ -7,12 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from inference import outcomes, serving
-from inference.cache import ModelCache
-from inference.replies import reply_publish, reply_wait
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.tests.conftest import make_version
 from inference.tests.fakes import DOUBLER, PICKY, Doubler
+from inference.transport import replies
+from inference.transport.replies import reply_publish, reply_wait
+from inference.worker import outcomes, predict
+from inference.worker.cache import ModelCache
 
 
 def _spec(id: int = 1, checksum: str = "a", **options) -> VersionSpec:
@@ -65,10 +66,10 @@ def test_it_preloads_the_active_versions_of_its_queues() -> None:
     make_version("a")
     make_version("b", queue="gpu")
     draft = make_version("c", activate=False)
-    assert serving.preload({"cpu"}) == ["a:1"]
-    assert [s.label for s in serving.model_cache().loaded()] == ["a:1"]
+    assert predict.preload({"cpu"}) == ["a:1"]
+    assert [s.label for s in predict.model_cache().loaded()] == ["a:1"]
     assert Doubler.warmed == 1
-    assert draft.pk not in {s.id for s in serving.model_cache().loaded()}
+    assert draft.pk not in {s.id for s in predict.model_cache().loaded()}
 
 
 def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
@@ -84,7 +85,7 @@ def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
         done.set()
         return []
 
-    monkeypatch.setattr(serving, "preload", fake_preload)
+    monkeypatch.setattr(predict, "preload", fake_preload)
     monkeypatch.setattr(outcomes, "outage_over", lambda queues: [])
     consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
     apps._preload_on_worker_ready(sender=consumer)
@@ -98,10 +99,10 @@ def test_an_input_that_fails_the_engine_does_not_fail_its_batch(monkeypatch, cap
     version = make_version("picky", options=PICKY, max_batch_size=16)
     sent: dict[str, dict] = {}
     monkeypatch.setattr(
-        serving, "batch_reply_publish", lambda to, batch, replies, **kw: sent.update(replies)
+        replies, "batch_reply_publish", lambda to, batch, answers, **kw: sent.update(answers)
     )
     items = [(f"r{x}", {"x": x}, time.time() + 10) for x in range(16)]
-    serving.predict_batch(
+    replies.predict_batch(
         version_id=version.pk, queue="cpu", items=items, reply_to="inbox", batch_id="b"
     )
     assert [sent[f"r{x}"]["output"]["y"] for x in range(16) if x != 13] == [

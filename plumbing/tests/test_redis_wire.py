@@ -100,8 +100,8 @@ def test_redis_wire_is_what_apply_async_pushes():
     """The direct push (plumbing.redis_wire.redis_wire) and Celery's own publish put the same
     message on the same list, but for the per-message delivery tag and expiry instant."""
     from config.celery import app
-    from inference.redis_client import client
     from inference.tasks import inference_stream
+    from inference.transport.redis_client import client
 
     queue = f"wire-test-{uuid.uuid4().hex[:8]}"
     args = (7, "text", [{"prompt": "hi"}], "inf-abc", 1.5e9, queue)

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference import textgen
+from inference.registry import textgen
 
 
 class Command(BaseCommand):

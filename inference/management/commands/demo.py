@@ -12,14 +12,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.exceptions import AuthenticationFailed
 
-from inference.builtin import (
+from inference.catalog.selectors import version_unavailable
+from inference.registry.builtin import (
     MEDIA_INSTALLS,
     digits_install,
     embeddings_install,
     sentiment_install,
     textgen_install,
 )
-from inference.selectors import version_unavailable
 from tenants.selectors import key_verify
 from tenants.services import apikey_create, demo_load
 
