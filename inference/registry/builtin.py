@@ -411,9 +411,9 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
     artifact kept in the repository, on the ``onnx-textgen`` runtime (ONNX Runtime +
     ``tokenizers``, the quick start's install). Nothing is trained here. A version with the
     same checksum is reused; a new one (the artifact was rebuilt, or a database from before the
-    ONNX export) is promoted, and the artifact-less placeholder older releases registered
-    without torch is retired. Without the engines the version shows as unavailable with the
-    install hint."""
+    ONNX export) is promoted, and what older releases registered (the trained model on the
+    ``transformers`` runtime, or its artifact-less placeholder) is retired. Without the engines
+    the version shows as unavailable with the install hint."""
     description = (
         "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis (King "
         "James Version, public domain) that ships in the repository, served with ONNX Runtime: "
@@ -452,8 +452,11 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
         if model.stable_version_id != version.pk:
             model.promote(version, actor=actor)
         for old in versions:
-            if old.pk != version.pk and not old.checksum and old.state != "retired":
-                old.retire(actor=actor)  # the artifact-less placeholder
+            # What older releases registered: the trained model on the transformers runtime,
+            # or its artifact-less placeholder; a worker would otherwise still preload it.
+            built_in = old.runtime == ModelVersion.Runtime.TRANSFORMERS or not old.checksum
+            if old.pk != version.pk and built_in and old.state != "retired":
+                old.retire(actor=actor)
         version.refresh_from_db()
     return version, created
 
