@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.models import Model, ModelVersion
+from inference.registry import textgen
 from inference.registry.services import version_register
-from inference.registry.textgen import ARTIFACT, Recipe
+from inference.registry.textgen import Recipe
 from inference.runtimes.transformers import text_generation_schema
 
 DIGITS = "digits"
@@ -422,7 +423,7 @@ def textgen_install(*, actor: str = "builtin", activate: bool = True) -> tuple[M
         "OpenAI-compatible upstream."
     )
     versions = list(ModelVersion.objects.filter(model__name=TEXTGEN))
-    archive = ARTIFACT.read_bytes()
+    archive = textgen.ARTIFACT.read_bytes()
     checksum = hashlib.sha256(archive).hexdigest()
     version = next((v for v in versions if v.checksum == checksum), None)
     created = version is None
