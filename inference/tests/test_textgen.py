@@ -235,6 +235,8 @@ def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(textgen, "cache_dir", lambda: tmp_path / "cache")
 
 
+# Training is about a minute of two CPU threads; several minutes on a loaded machine.
+@pytest.mark.timeout(1200)
 def test_a_rebuild_gives_the_committed_artifact_s_greedy_tokens(fresh_cache, tmp_path) -> None:
     """The build command trains afresh (no cache), exports, and the rebuilt model chooses the
     same greedy tokens as the committed artifact; and the ONNX export chooses what the trained
