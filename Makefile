@@ -42,7 +42,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-model
 
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)
 run: $(VENV)/.installed-run | .env
-	@mkdir -p var/static; \
+	@export DEBUG=$${DEBUG:-true}; mkdir -p var/static; \
 	$(PY) manage.py migrate --no-input -v0 && \
 	key=$$($(PY) manage.py demo) && \
 	echo && echo "  Sluice is starting on http://$(HOST):$(PORT)/" && \

@@ -169,9 +169,21 @@ else:
     }
 
 # --- Celery -----------------------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
+# The embedded default's broker is a spool of files here that every process of the checkout
+# shares (plumbing/spool.py): a job a manage.py command queues reaches `manage.py serve`, whose
+# own work stays on the in-process memory transport. Empty: each process has its own memory
+# broker, reached by nothing else (the test suite).
+EMBEDDED_BROKER_DIR = env.str("EMBEDDED_BROKER_DIR", default=str(BASE_DIR / "var" / "broker"))
+CELERY_BROKER_URL = env.str(
+    "CELERY_BROKER_URL",
+    default=REDIS_URL or ("filesystem://" if EMBEDDED_BROKER_DIR else "memory://localhost/"),
+)
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT = "plumbing.redis_wire:Transport"  # one Redis client per channel
+elif CELERY_BROKER_URL.startswith("filesystem://"):
+    if not EMBEDDED_BROKER_DIR:
+        raise ImproperlyConfigured("A filesystem:// broker needs EMBEDDED_BROKER_DIR.")
+    CELERY_BROKER_TRANSPORT = "plumbing.spool:Transport"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -195,6 +207,14 @@ if CELERY_BROKER_URL.startswith("memory://"):
     # The memory transport polls; its 1 s default would add up to a second to every
     # inference request of the embedded server.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01
+elif CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        data_folder_in=f"{EMBEDDED_BROKER_DIR}/queue",
+        data_folder_out=f"{EMBEDDED_BROKER_DIR}/queue",
+        control_folder=f"{EMBEDDED_BROKER_DIR}/control",
+        # A command's message waits at most this long for the server's bridge to see it.
+        polling_interval=0.05,
+    )
 
 # --- Inference --------------------------------------------------------------------------------
 # Queues a model version may name; the embedded worker consumes "celery" plus all of these.

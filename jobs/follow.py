@@ -18,8 +18,8 @@ _worker: Any = None
 
 
 def ensure_worker() -> None:
-    """The embedded default has no separate worker: its broker lives in this process, so the
-    job is run by an in-process worker here (as ``manage.py serve`` does)."""
+    """The embedded default has no separate worker: the job is run by an in-process worker
+    here (as ``manage.py serve`` does), so it also runs with no server up."""
     global _worker
     if not settings.EMBEDDED or app.conf.task_always_eager or _worker is not None:
         return

@@ -49,7 +49,8 @@ def checks() -> dict[str, Callable[[], None]]:
     found: dict[str, Callable[[], None]] = {"database": _database}
     if settings.REDIS_URL:
         found["redis"] = _redis
-    if not settings.CELERY_BROKER_URL.startswith("memory://"):
+    # In-process (memory) and local files (the embedded spool): nothing to reach.
+    if not settings.CELERY_BROKER_URL.startswith(("memory://", "filesystem://")):
         found["broker"] = _broker
     return found
 

@@ -70,6 +70,31 @@ def test_it_says_in_one_line_that_the_secret_key_is_missing():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "server",
+    [
+        ["gunicorn", "config.wsgi", "--config", "deploy/gunicorn.conf.py", "--bind", "127.0.0.1:0"],
+        ["uvicorn", "config.unary:application", "--port", "0"],
+        ["celery", "-A", "config", "worker"],
+    ],
+    ids=["gunicorn", "uvicorn", "celery"],
+)
+def test_every_server_stops_with_the_same_line(server):
+    """gunicorn loads the settings in its master: its workers are not respawned forever."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / server[0]), *server[1:]],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "[INFO] Starting gunicorn" not in line]
+    assert len(lines) == 1, result.stderr
+    assert "SECRET_KEY" in lines[0]
+
+
 def test_it_reads_secrets_from_files(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-a-file-" + "x" * 40)

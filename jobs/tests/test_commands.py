@@ -78,7 +78,7 @@ def test_jobstatus_and_replaydead(
     job_id = out.strip()
     status, _ = _run(run_jobs, "jobstatus", job_id)
     assert "failed" in status and "2/2 (100.0%)" in status
-    assert "dead x2: RuntimeError: model exploded" in status
+    assert "dead x2: engine error: the model failed on this input" in status
     first = Job.objects.get(pk=job_id).tasks.order_by("index").first()
     assert first is not None
     replayed, _ = _run(run_jobs, "replaydead", job_id, "--task", str(first.pk))

@@ -36,6 +36,7 @@ from inference.tests.fakes import BROKEN, DOUBLER
 from jobs import services
 from jobs.inputs import from_list
 from jobs.models import IdempotencyKey, Job, Task, TaskStatus
+from jobs.runner import ENGINE_ERROR
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
 from testing.processes import ROOT, free_port, gunicorn, running, running_process
@@ -226,7 +227,7 @@ def test_an_always_failing_task_dies_after_exactly_max_attempts_and_replays(
     assert (job.status, job.failed, job.succeeded) == ("failed", 3, 0)
     time.sleep(3)  # reconciler ticks and lease expiries: nothing may run a dead task again
     rows = list(Task.objects.filter(job=job).values_list("status", "attempts", "last_error"))
-    assert rows == [(TaskStatus.DEAD, 3, "RuntimeError: model exploded")] * 3
+    assert rows == [(TaskStatus.DEAD, 3, ENGINE_ERROR)] * 3
     # Fix the model (a new checksum, so workers load it again) and replay every dead task.
     ModelVersion.objects.filter(pk=broken.pk).update(runtime_options=DOUBLER, checksum="fixed")
     assert services.dead_replay(job=job) == 3

@@ -133,7 +133,7 @@ def test_dead_cancelled_and_replayed_tasks_get_lines(
             "task": row[0],
             "index": i,
             "status": "dead",
-            "error": "RuntimeError: model exploded",
+            "error": runner.ENGINE_ERROR,
             "attempts": 1,
         }
         for i, (_, row) in enumerate(dead)
