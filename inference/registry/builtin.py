@@ -304,7 +304,8 @@ class Artifact:
 class BuiltinModel:
     """One built-in model: what :func:`install` registers. ``build`` makes its artifact (None:
     a Python handler, no artifact); ``promote``: once active it becomes the stable version and
-    retires any artifact-less placeholder an older release registered; ``variant`` gives the
+    retires any artifact-less placeholder an older release registered and the model's versions
+    on a runtime in ``supersedes`` (what older releases served it with); ``variant`` gives the
     row for :func:`install`'s keywords."""
 
     name: str
@@ -319,6 +320,7 @@ class BuiltinModel:
     device: str = ModelVersion.Device.CPU
     build: Callable[[], Artifact] | None = None
     promote: bool = False
+    supersedes: tuple[str, ...] = ()
     variant: Callable[..., BuiltinModel] | None = None
 
 
@@ -404,6 +406,9 @@ BUILTINS: tuple[BuiltinModel, ...] = (
         max_delay_ms=5,
         build=_textgen_artifact,
         promote=True,
+        # Older releases trained it at start and served it on the transformers runtime: a
+        # worker would otherwise still preload that model, which nothing routes to.
+        supersedes=(ModelVersion.Runtime.TRANSFORMERS,),
         description=(
             "A tiny GPT-2 (about 0.35 M parameters) trained offline on the Book of Genesis "
             "(King James Version, public domain) that ships in the repository, served with ONNX "
@@ -570,7 +575,7 @@ def _serve(
     row: BuiltinModel, version: ModelVersion, versions: list[ModelVersion], *, actor: str
 ) -> None:
     """Activate; a ``promote`` row also becomes the stable version, and an artifact-less
-    placeholder is retired."""
+    placeholder or a version on a runtime the row ``supersedes`` is retired."""
     if version.state != ModelVersion.State.ACTIVE:
         version.activate(actor=actor)
     if not row.promote:
@@ -580,8 +585,9 @@ def _serve(
     if model.stable_version_id != version.pk:
         model.promote(version, actor=actor)
     for old in versions:
-        if old.pk != version.pk and not old.checksum and old.state != "retired":
-            old.retire(actor=actor)  # the artifact-less placeholder
+        superseded = not old.checksum or old.runtime in row.supersedes
+        if old.pk != version.pk and superseded and old.state != "retired":
+            old.retire(actor=actor)
     version.refresh_from_db()
 
 

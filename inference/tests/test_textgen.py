@@ -193,8 +193,9 @@ def test_install_registers_the_committed_artifact_once_without_training(monkeypa
 
 @pytest.mark.django_db
 def test_install_replaces_an_older_database_s_textgen(monkeypatch) -> None:
-    """A database from before the ONNX export has a transformers placeholder (no artifact):
-    the ONNX version is promoted and the placeholder retired."""
+    """A database from before the ONNX export has textgen on the transformers runtime (the
+    trained model, or a placeholder without an artifact where torch was missing): the ONNX
+    version is promoted and the old ones retired."""
     from inference.registry.services import version_register
 
     placeholder = version_register(
@@ -206,12 +207,24 @@ def test_install_replaces_an_older_database_s_textgen(monkeypatch) -> None:
         actor="test",
     )
     placeholder.activate(actor="test")
+    trained = version_register(
+        model_name=TEXTGEN,
+        version="2",
+        runtime=ModelVersion.Runtime.TRANSFORMERS,
+        artifact=b"the zip of a trained model",
+        artifact_filename="textgen.zip",
+        runtime_options=TEXTGEN_OPTIONS,
+        task="text",
+        actor="test",
+    )
+    trained.activate(actor="test")
     real, created = install(TEXTGEN, actor="test")
-    assert created and real.version == "2" and real.checksum
+    assert created and real.version == "3" and real.checksum
     real.model.refresh_from_db()
-    placeholder.refresh_from_db()
     assert real.model.stable_version_id == real.pk
-    assert placeholder.state == ModelVersion.State.RETIRED
+    for old in (placeholder, trained):
+        old.refresh_from_db()
+        assert old.state == ModelVersion.State.RETIRED
 
 
 # --- the rebuild (torch and transformers: the dev install and CI) ------------------------------
@@ -222,6 +235,8 @@ def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(textgen, "cache_dir", lambda: tmp_path / "cache")
 
 
+# Training is about a minute of two CPU threads; several minutes on a loaded machine.
+@pytest.mark.timeout(1200)
 def test_a_rebuild_gives_the_committed_artifact_s_greedy_tokens(fresh_cache, tmp_path) -> None:
     """The build command trains afresh (no cache), exports, and the rebuilt model chooses the
     same greedy tokens as the committed artifact; and the ONNX export chooses what the trained
