@@ -40,6 +40,8 @@ EMBEDDED = not REDIS_URL
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="sluice")
 
 INSTALLED_APPS = [
+    # First: its runserver (daphne's, which says it starts no worker) wins over the others.
+    "config",  # project-level commands (serve, demo, runserver) that span the apps
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -53,7 +55,6 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
-    "config",  # project-level commands (serve, demo) that span the apps
     "tenants",
     "inference",
     "streaming",
@@ -174,6 +175,11 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=9808)
+# Workers announce the queues they consume (config/presence.py): renewed every interval, lapsed
+# after the TTL (a killed worker), read by web processes at most once per cache period per queue.
+WORKER_PRESENCE_INTERVAL_SECONDS = env.float("WORKER_PRESENCE_INTERVAL_SECONDS", default=2.0)
+WORKER_PRESENCE_TTL_SECONDS = env.float("WORKER_PRESENCE_TTL_SECONDS", default=6.0)
+WORKER_PRESENCE_CACHE_SECONDS = env.float("WORKER_PRESENCE_CACHE_SECONDS", default=1.0)
 # Workers log through LOGGING below (JSON in production), not Celery's own text handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_TRANSPORT_OPTIONS = {

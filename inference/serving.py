@@ -32,6 +32,7 @@ from rest_framework import exceptions
 
 from config.exceptions import GatewayTimeout, ServiceUnavailable
 from config.log import request_id_var
+from config.presence import NoWorker, served
 from inference import backpressure, dispatch, selectors, shadows, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
@@ -222,6 +223,16 @@ def _unreachable(planned: _Planned, exc: BaseException) -> exceptions.APIExcepti
 _UNREACHABLE = (backpressure.QueueFull, RedisError, KombuError, OSError)
 
 
+def _require_worker(planned: _Planned) -> None:
+    """503 ``no-worker`` at once when nothing consumes the chosen version's queue: queued, the
+    request would only wait out its deadline. Says nothing of the version (its breaker's
+    probe, if this request held it, is freed)."""
+    queue = planned.chosen.queue
+    if not served(queue):
+        _outcome(planned, version_health.UNAVAILABLE, error=f"no worker serves queue {queue}")
+        raise NoWorker(queue)
+
+
 def _outcome(
     planned: _Planned, outcome: str, *, latency_ms: float | None = None, error: str | None = None
 ) -> None:
@@ -313,6 +324,7 @@ def infer(
     ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
     they refuse it); None when the caller counted them already."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    _require_worker(planned)
     copies: list[str] = []
     reply = None
     try:
@@ -350,6 +362,7 @@ async def infer_async(
     it joins the version's batch on the loop (:class:`inference.dispatch.LoopCollector`)
     and awaits its answer instead of blocking a thread; shadow copies go from a thread."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    _require_worker(planned)
     copies: list[str] = []
     reply = None
     try:

@@ -36,6 +36,7 @@ from rest_framework import exceptions
 
 from config.broker import redis_wire
 from config.exceptions import ServiceUnavailable
+from config.presence import require as require_worker
 from inference import backpressure, selectors, serving
 from inference.models import Model
 from inference.router import CircuitBreaker, NoRoute, route
@@ -111,6 +112,7 @@ def stream_start(
         except exceptions.ValidationError as exc:
             key = field if field == "input" else f"inputs[{index}]"
             raise exceptions.ValidationError({key: exc.detail}) from exc
+    require_worker(chosen.queue)  # 503 no-worker rather than a stream nothing will write
     deadline = _deadline(timeout_ms)
     stream_id = f"inf-{uuid.uuid4().hex}"
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS

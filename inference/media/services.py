@@ -32,6 +32,7 @@ from rest_framework import exceptions
 
 from config.exceptions import ServiceUnavailable
 from config.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
+from config.presence import require as require_worker
 from inference import backpressure, selectors
 from inference.engines import MediaInputError
 from inference.router import CircuitBreaker, NoRoute, route
@@ -87,6 +88,7 @@ def media_start(
     version = selectors.version_of(model, plan.primary.id)
     if version.runtime_options.get("media") != kind:
         raise exceptions.ValidationError({"model": [f"{name} does not make {kind} streams."]})
+    require_worker(version.queue)  # 503 no-worker rather than a stream nothing will write
     stream_id = uuid.uuid4().hex
     stream_log = get_log()
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS

@@ -255,6 +255,7 @@ def test_it_counts_the_tenants_plan_as_the_throttle_does(
     assert lane.comparable() == full.comparable()
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_it_answers_a_full_queue_and_a_missed_deadline_as_the_full_stack(
     stack, raw_key, settings, monkeypatch
 ):

@@ -26,6 +26,7 @@ class Command(BaseCommand):
         from config.asgi import application
         from config.asgi_server import SluiceServer, closing_handshake
         from config.embedded import start_worker
+        from config.presence import no_worker_warning
 
         server: Any = SluiceServer(
             application=application,
@@ -43,6 +44,8 @@ class Command(BaseCommand):
             ready_callable=lambda: closing_handshake(server),
         )
         worker = None if opts["no_worker"] else start_worker()
+        if worker is None:
+            self.stderr.write(no_worker_warning("serve --no-worker"), style_func=self.style.WARNING)
         from streaming.metrics import start_sampler
 
         start_sampler()  # one leader among the ASGI processes samples the platform each second
