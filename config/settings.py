@@ -205,6 +205,9 @@ INFERENCE_QUEUE_BOUNDS = env.dict("INFERENCE_QUEUE_BOUNDS", cast={"value": int},
 INFERENCE_RETRY_AFTER_SECONDS = env.int("INFERENCE_RETRY_AFTER_SECONDS", default=1)
 INFERENCE_DEFAULT_TIMEOUT_MS = env.int("INFERENCE_DEFAULT_TIMEOUT_MS", default=10_000)
 INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
+# A request whose model is loading when its deadline comes waits this much longer for the load
+# (then 503 model-loading with Retry-After), never a 504 because of the load (docs/inference.md).
+INFERENCE_LOAD_ALLOWANCE_SECONDS = env.float("INFERENCE_LOAD_ALLOWANCE_SECONDS", default=30.0)
 # Circuit breaker per version: opens after this many consecutive failures, probes after cooldown.
 INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
 INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)

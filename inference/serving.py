@@ -14,11 +14,13 @@ reply list of its own (``inference_predict`` messages).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from rest_framework import exceptions
 from config.exceptions import GatewayTimeout, ServiceUnavailable
 from config.log import request_id_var
 from config.presence import NoWorker, served
-from inference import backpressure, dispatch, selectors, shadows, version_health
+from inference import backpressure, dispatch, loading, selectors, shadows, version_health
 from inference.batcher import DeadlineExceeded
 from inference.cache import ModelCache
 from inference.models import Model
@@ -52,6 +54,14 @@ log = logging.getLogger(__name__)
 class QueueFull(ServiceUnavailable):
     default_detail = "The model's queue is full; retry later."
     problem_slug = "queue-full"
+
+
+class ModelLoading(ServiceUnavailable):
+    """503: the request's model was still loading when its deadline and the load allowance
+    (``INFERENCE_LOAD_ALLOWANCE_SECONDS``) had passed."""
+
+    default_detail = "The model is still loading; retry later."
+    problem_slug = "model-loading"
 
 
 class ModelUnavailable(ServiceUnavailable):
@@ -253,8 +263,30 @@ def _outcome(
     )
 
 
-def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch.Pending) -> Answer:
-    """The answer for the worker's ``reply`` (None: none came before the deadline)."""
+def _loading(planned: _Planned) -> bool:
+    """Whether the request's version is loading in a worker (asked once its deadline passed
+    unanswered): then it may wait ``INFERENCE_LOAD_ALLOWANCE_SECONDS`` more, and the worker
+    runs its late items that waited for the load (:func:`predict_batch`)."""
+    try:
+        return loading.in_progress(planned.chosen.id)
+    except (RedisError, OSError):
+        log.warning("reading the loading mark of version %s failed", planned.chosen.id)
+        return False
+
+
+def _allowance_left(planned: _Planned) -> float:
+    return planned.deadline + settings.INFERENCE_LOAD_ALLOWANCE_SECONDS - time.time()
+
+
+def _conclude(
+    planned: _Planned,
+    reply: dict[str, Any] | None,
+    pending: dispatch.Pending,
+    *,
+    loading_late: bool = False,
+) -> Answer:
+    """The answer for the worker's ``reply`` (None: none came before the deadline, or before
+    the load allowance when ``loading_late``)."""
     chosen = planned.chosen
     label = f"{planned.table.name}:{chosen.version}"
     if reply is None and dispatch.gave_up(chosen, pending):
@@ -269,7 +301,14 @@ def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch
         )
         down.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
         raise down
-    if reply is None or time.time() > planned.deadline:
+    if reply is None and loading_late:
+        # Not the version's failure, nor a timeout of its engine: it is not loaded yet.
+        _outcome(planned, version_health.UNAVAILABLE, error="still loading past the allowance")
+        still = ModelLoading(f"{label} is still loading; retry later.")
+        still.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+        raise still
+    until = planned.deadline + (settings.INFERENCE_LOAD_ALLOWANCE_SECONDS if loading_late else 0)
+    if reply is None or time.time() > until:
         _outcome(planned, version_health.TIMEOUT, error="no answer before the deadline")
         raise GatewayTimeout(f"No answer from {label} before the deadline.")
     latency_ms = round((time.perf_counter() - planned.started) * 1000, 2)
@@ -341,12 +380,15 @@ def infer(
             )
         # Refusals of a batch another thread led come here (the queue's bound, its limits).
         reply = dispatch.wait(pending, planned.deadline - time.time())
+        loading_late = reply is None and _loading(planned)
+        if loading_late:  # its model is loading: the allowance, not a 504 (see _loading)
+            reply = dispatch.wait(pending, _allowance_left(planned))
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
     finally:
         if copies:
             shadows.primary_answered(copies, reply)
-    return _conclude(planned, reply, pending)
+    return _conclude(planned, reply, pending, loading_late=loading_late)
 
 
 async def infer_async(
@@ -381,12 +423,15 @@ async def infer_async(
                     None, shadows.send_copy, shadow, rid, planned.payload, planned.deadline
                 )
         reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
+        loading_late = reply is None and _loading(planned)  # one Redis look, late requests only
+        if loading_late:
+            reply = await dispatch.wait_on_loop(pending, _allowance_left(planned))
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
     finally:
         if copies:
             shadows.primary_answered(copies, reply)
-    return _conclude(planned, reply, pending)
+    return _conclude(planned, reply, pending, loading_late=loading_late)
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -400,7 +445,30 @@ def _read_artifact(spec: VersionSpec) -> bytes | None:
     return data
 
 
-_models = ModelCache(max_models=settings.INFERENCE_CACHE_MAX_MODELS, read_artifact=_read_artifact)
+@contextlib.contextmanager
+def _marked_loading(spec: VersionSpec) -> Iterator[None]:
+    """Web processes see the version loading while it does (:mod:`inference.loading`); a
+    mark that cannot be written costs the requests their allowance, never the load."""
+    token = None
+    try:
+        token = loading.begin(spec.id)
+    except (RedisError, OSError):
+        log.warning("marking %s as loading failed", spec.label, exc_info=True)
+    try:
+        yield
+    finally:
+        if token is not None:
+            try:
+                loading.end(spec.id, token)
+            except (RedisError, OSError):
+                log.warning("unmarking %s as loading failed", spec.label, exc_info=True)
+
+
+_models = ModelCache(
+    max_models=settings.INFERENCE_CACHE_MAX_MODELS,
+    read_artifact=_read_artifact,
+    while_loading=_marked_loading,
+)
 # Specs are immutable per id + checksum; re-reading them per task would cost a query each.
 _specs: TTLCache[int, VersionSpec] = TTLCache(maxsize=1024, ttl=30)
 _specs_lock = threading.Lock()
@@ -437,17 +505,31 @@ def preload(queues: set[str]) -> list[str]:
     return done
 
 
+def load_grace(version_id: int, *, since: float | None = None, loaded: Any = None) -> float:
+    """The extra seconds a request's deadline gets here because of its model's load (their
+    web processes wait ``INFERENCE_LOAD_ALLOWANCE_SECONDS`` longer while it is marked as
+    loading, :func:`_loading`): on arrival, while this process loads the version (it was
+    queued behind the load); after :meth:`ModelCache.get`, when the load ended after
+    ``since`` (the request waited for it). Otherwise none: late work is dropped."""
+    allowance = float(settings.INFERENCE_LOAD_ALLOWANCE_SECONDS)
+    if loaded is not None:
+        return allowance if since is not None and loaded.loaded_at >= since else 0.0
+    return allowance if _models.loading(version_id) else 0.0
+
+
 def predict(*, version_id: int, payload: dict[str, Any], request_id: str, deadline: float) -> None:
     """Run one request through the version's batcher and publish its reply (worker side)."""
     started = time.perf_counter()
-    if time.time() >= deadline:
+    if time.time() >= deadline + load_grace(version_id):
         # Dropped, not run: the view has already answered 504.
         log.info("dropped expired request %s for version %s", request_id, version_id)
         return
     reply: dict[str, Any]
     try:
         spec = _spec(version_id)
+        asked = time.monotonic()
         loaded = _models.get(spec)
+        deadline += load_grace(version_id, since=asked, loaded=loaded)
         if loaded.checks:
             payload = loaded.runtime.check(payload)
         output, batch_size = loaded.batcher.submit(payload, deadline=deadline)
@@ -477,17 +559,20 @@ def predict_batch(
     copy is such a batch too, answered to the web process that compares it."""
     started = time.perf_counter()
     now = time.time()
-    live = [item for item in items if item[2] > now]
+    grace = load_grace(version_id)  # queued behind this process's load of the version
+    live = [item for item in items if item[2] + grace > now]
     if len(live) < len(items):
         log.info("dropped %d expired request(s) for version %s", len(items) - len(live), version_id)
     replies: dict[str, dict[str, Any]] = {}
     if live:
         try:
+            asked = time.monotonic()
             loaded = _models.get(_spec(version_id))
+            grace = max(grace, load_grace(version_id, since=asked, loaded=loaded))
             live = checked(loaded, live, replies)
             results = (
                 loaded.batcher.submit_many(
-                    [payload for _, payload, _ in live], deadlines=[d for _, _, d in live]
+                    [payload for _, payload, _ in live], deadlines=[d + grace for _, _, d in live]
                 )
                 if live
                 else []

@@ -122,7 +122,9 @@ def stream_start(
         "args": (chosen.id, kind, payloads, stream_id, deadline, chosen.queue),
         "queue": chosen.queue,
         "task_id": stream_id,
-        "expires": max(1.0, deadline - time.time()),
+        # Past the deadline by the load allowance, as the unary batches: one queued behind its
+        # model's load still runs (the worker drops it on arrival otherwise).
+        "expires": max(1.0, deadline - time.time()) + settings.INFERENCE_LOAD_ALLOWANCE_SECONDS,
         # As the unary batches (inference.dispatch): monitors see a summary, not the inputs.
         "argsrepr": f"(version={chosen.id}, kind={kind}, items={len(payloads)})",
     }
@@ -221,10 +223,13 @@ def stream_run(
         if stream_log.is_cancelled(stream_id):
             stream_log.close(stream_id, {"reason": "cancelled", "stopped_at": time.time()})
             return
-        if time.time() >= deadline:
+        if time.time() >= deadline + serving.load_grace(version_id):
             raise _Stop("timeout")
         spec = _spec(version_id)
+        asked = time.monotonic()
         loaded = serving.model_cache().get(spec)
+        # A stream that waited for its model's load gets the load allowance on top.
+        deadline += serving.load_grace(version_id, since=asked, loaded=loaded)
         if loaded.checks:
             items = [loaded.runtime.check(item) for item in items]
 

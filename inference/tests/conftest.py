@@ -20,6 +20,7 @@ from inference import (
     canary,
     dispatch,
     lane,
+    loading,
     replies,
     router,
     selectors,
@@ -46,6 +47,7 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     serving._specs.clear()
     streams._specs.clear()
     backpressure._local.clear()
+    loading.forget()
     replies._local._box.clear()
     selectors._forget_all()
     router.forget_breakers()

@@ -12,7 +12,7 @@ import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
-from inference import serving, streams
+from inference import selectors, serving, streams
 from inference.builtin import TEXTGEN_SCHEMA
 from inference.models import Model, ModelVersion
 from inference.services import version_register
@@ -249,6 +249,8 @@ def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) 
 @pytest.mark.usefixtures("worker_everywhere")
 def test_the_deadline_stops_a_long_stream(tenant, tiny_lm) -> None:
     version = make_lm(tiny_lm)
+    # Loaded first: a stream that waits for its model's load gets the load allowance on top.
+    serving.model_cache().get(selectors.version_spec(version.pk))
     item = {"prompt": "Hello", "max_tokens": 1000}
     started = streams.stream_start(
         model=version.model, tenant=tenant, kind="text", items=[item], timeout_ms=300
