@@ -14,7 +14,7 @@ MODEL_EXTRAS ?= requirements-models-extra.txt
 # Generated cases per operation of `make fuzz` (schemathesis' fuzzing phase).
 FUZZ_EXAMPLES ?= 50
 
-.PHONY: run test test-embedded test-services lint fmt audit web unary asgi worker beat check-deploy bench clean worker-jobs fuzz
+.PHONY: run superuser test test-embedded test-services lint fmt audit web unary asgi worker beat check-deploy bench clean worker-jobs fuzz
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -29,19 +29,29 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-model
 	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-models.txt $(MODEL_EXTRAS:%=-r %)
 	@touch $@ $(VENV)/.installed-run
 
+# Development settings every manage.py command reads (config/settings.py): written once, never
+# overwritten; mode 600 because it holds the SECRET_KEY.
+.env: | $(PY)
+	@umask 077 && $(PY) -c 'import secrets; print("DEBUG=true"); print("SECRET_KEY=" + secrets.token_urlsafe(50))' > $@
+	@echo "wrote .env (DEBUG=true and a generated SECRET_KEY)"
+
 ## run: install, migrate, load the demo and serve everything in one process (embedded default)
-run: $(VENV)/.installed-run
-	@export DEBUG=$${DEBUG:-true}; mkdir -p var/static; \
+run: $(VENV)/.installed-run | .env
+	@mkdir -p var/static; \
 	$(PY) manage.py migrate --no-input -v0 && \
 	key=$$($(PY) manage.py demo) && \
 	echo && echo "  Sluice is starting on http://$(HOST):$(PORT)/" && \
-	echo "  Admin:      http://$(HOST):$(PORT)/admin/  (make superuser: $(PY) manage.py createsuperuser)" && \
+	echo "  Admin:      http://$(HOST):$(PORT)/admin/  (an admin user: make superuser)" && \
 	echo "  API docs:   http://$(HOST):$(PORT)/api/docs/" && \
 	echo "  Demo key:   $$key" && \
 	echo "  Try:        curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/tenant" && \
 	echo "  Inference:  docs/inference.md (/v1 models, /v2 KServe, /v1/embeddings OpenAI)" && \
 	echo "  Models:     curl -H 'X-API-Key: $$key' http://$(HOST):$(PORT)/v1/models" && echo && \
 	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+## superuser: create an admin user (asks for a name and a password)
+superuser: $(VENV)/.installed-run | .env
+	@mkdir -p var && $(PY) manage.py migrate --no-input -v0 && $(PY) manage.py createsuperuser
 
 ## test: the whole suite — embedded default, then PostgreSQL + Redis
 test: test-embedded test-services
@@ -60,6 +70,7 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DEBUG=true $(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	DEBUG=true DATABASE_URL=sqlite://:memory: $(PY) manage.py makemigrations --check --dry-run
 
 fmt: $(VENV)/.installed-dev
@@ -111,4 +122,4 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/serving.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

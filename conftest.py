@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from config import presence
+from plumbing import presence
 from tenants import selectors
 from tenants.models import Tenant, TenantAPIKey
 from tenants.tests.factories import TenantFactory, make_key
@@ -29,6 +29,7 @@ def _isolated_cache(settings: Any) -> Iterator[None]:
     settings.CACHES = {"default": default}
     selectors._cache.clear()
     presence.forget()  # whether a worker serves a queue is each test's own
+    presence.forget_claims()  # and the embedded claims (workers, loads) of earlier tests go
     yield
     selectors._cache.clear()
     presence.forget()
@@ -138,6 +139,6 @@ def _textgen_built() -> None:
     import importlib.util
 
     if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
-        from inference.textgen import textgen_build
+        from inference.registry.textgen import textgen_build
 
         textgen_build()

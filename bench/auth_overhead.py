@@ -83,7 +83,7 @@ def child(n: int) -> dict[str, object]:
     from django.core.management import call_command
     from django.test import Client, RequestFactory
 
-    from config import ratelimit
+    from plumbing import ratelimit
     from tenants.limits import enforce_plan
     from tenants.selectors import key_verify
     from tenants.services import apikey_create, tenant_create

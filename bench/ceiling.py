@@ -6,8 +6,8 @@ another machine).
 
 The same method as ``bench/serving.py``: the server pinned to CPU 0, ``wrk -t1 -c64`` with the
 digits POST pinned to CPU 1, a 3 s warm-up, ``--repeats`` runs of ``--seconds``, medians. The
-model is the built-in ``digits`` (``inference.builtin.digits_build``), called in process with
-ONNX Runtime on one thread. Three servers (``bench/ceiling_apps.py``):
+model is the built-in ``digits`` (``inference.registry.builtin.digits_build``), called in process
+with ONNX Runtime on one thread. Three servers (``bench/ceiling_apps.py``):
 
 - bare Django under gunicorn gthread (the issue: about 3,900 req/s where it was measured);
 - bare Django under uvicorn (the issue: 1,400 to 1,700);
@@ -59,7 +59,7 @@ REFERENCE = {  # the inference issue's figures, measured on its machine
 
 def build_model(path: Path) -> None:
     code = (
-        "import django; django.setup(); from inference.builtin import digits_build; "
+        "import django; django.setup(); from inference.registry.builtin import digits_build; "
         f"open({str(path)!r}, 'wb').write(digits_build().onnx)"
     )
     env = {**os.environ, "DEBUG": "true", "DJANGO_SETTINGS_MODULE": "config.settings"}

@@ -74,7 +74,8 @@ TRANSLATE_TEXT = " ".join(
 )
 CONTENT = {"chunk", "result"}
 INSTALL_MEDIA = (
-    "from inference.builtin import MEDIA_INSTALLS\nfor install in MEDIA_INSTALLS: install()"
+    "from inference.registry.builtin import MEDIA_INSTALLS\n"
+    "for install in MEDIA_INSTALLS: install()"
 )
 
 
@@ -357,7 +358,7 @@ def engines(repeats: int, tmp: Path) -> dict[str, Any]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("SECRET_KEY", "bench-only-not-a-secret")
     django.setup()  # the built-in options live next to the registry's models
-    from inference.builtin import (
+    from inference.registry.builtin import (
         FACES_OPTIONS,
         SPEAK_OPTIONS,
         TRANSCRIBE_OPTIONS,

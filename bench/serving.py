@@ -15,8 +15,8 @@ per run, `--repeats` runs, medians. Redis and PostgreSQL are the machine's own s
 not re-pinned (we do not own them). Each configuration — a model with batching on (the
 version's max_batch_size/max_delay_ms) or off (max_batch_size=1, in the web process and in the
 worker) — gets fresh processes, once per unary server (`--servers`): uvicorn serving
-``config.unary`` (the express lane on an event loop) and gunicorn serving ``config.wsgi`` (the
-express lane on threads); the targets are read from the first. daphne (ASGI, `manage.py serve
+``config.unary`` (the front door on an event loop) and gunicorn serving ``config.wsgi`` (the
+full stack on threads); the targets are read from the first. daphne (ASGI, `manage.py serve
 --no-worker`, the full stack) serving digits with batching on is measured too, at the top
 concurrency. Besides wrk's figures, each run records the CPU time the web and worker processes
 spent per request (from /proc), which stays meaningful on a busy machine where req/s does not.
@@ -329,7 +329,7 @@ def in_process_onnx(env: dict[str, str], model: str, hidden: str = "") -> dict[s
     code = (
         "import json, time, django, numpy as np, onnxruntime as ort\n"
         "django.setup()\n"
-        f"from inference.builtin import {build.split('(')[0]}\n"
+        f"from inference.registry.builtin import {build.split('(')[0]}\n"
         "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
         f"s = ort.InferenceSession({build}, o, providers=['CPUExecutionProvider'])\n"
         f"row = np.asarray({INPUTS[model]!r}.popitem()[1], np.float32)\n"
@@ -344,7 +344,7 @@ def in_process_torch(env: dict[str, str], device: str, hidden: str = "") -> dict
     code = (
         "import json, time, django, numpy as np\n"
         "django.setup()\n"
-        "from inference.builtin import MLP_OPTIONS, mlp_build\n"
+        "from inference.registry.builtin import MLP_OPTIONS, mlp_build\n"
         "from inference.handlers import TorchMLP\n"
         f"m = TorchMLP(options={{**MLP_OPTIONS, 'device': {device!r}}},"
         f" artifact=mlp_build({mlp_hidden(hidden)}))\n"

@@ -99,10 +99,10 @@ def engine_ttfe(samples: int) -> dict[str, float]:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    from inference.builtin import TEXTGEN_OPTIONS
+    from inference.registry.builtin import TEXTGEN_OPTIONS
+    from inference.registry.textgen import textgen_build
     from inference.runtimes import VersionSpec
     from inference.runtimes.transformers import TransformersRuntime
-    from inference.textgen import textgen_build
 
     runtime = TransformersRuntime(
         VersionSpec(
@@ -226,7 +226,7 @@ async def ws_cancels(base: str, key: str, trials: int) -> dict[str, Any]:
 def sse_disconnects(base: str, key: str, trials: int, redis_url: str, prefix: str) -> dict:
     import httpx
 
-    from streaming.log import RedisLog
+    from streaming.eventlog import RedisLog
 
     stream_log = RedisLog(redis_url, prefix)
     latencies: list[float] = []

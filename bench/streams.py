@@ -332,7 +332,7 @@ def main() -> None:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    from streaming.log import RedisLog
+    from streaming.eventlog import RedisLog
 
     def manage(*a: str) -> str:
         return subprocess.run(

@@ -11,15 +11,15 @@ django_asgi_app = asgi_application()  # Django's handler, closing what a client 
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from config.bodylimit import LimitASGI  # noqa: E402
-from inference.media.routing import websocket_urlpatterns as media_routes  # noqa: E402
-from inference.routing import websocket_urlpatterns as inference_ws  # noqa: E402
+from inference.api.ws_urls import websocket_urlpatterns as inference_ws  # noqa: E402
+from inference.media.ws_urls import websocket_urlpatterns as media_routes  # noqa: E402
+from plumbing.bodylimit import LimitASGI  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import StaffSessionMiddleware, origin_validated  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # daphne (manage.py serve) holds the body limit itself (config/asgi_server.py); this
+        # daphne (manage.py serve) holds the body limit itself (streaming/server.py); this
         # holds it under any other ASGI server.
         "http": LimitASGI(django_asgi_app),
         # The session lets staff (the admin's dashboard) follow platform streams; API clients

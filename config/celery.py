@@ -14,6 +14,9 @@ from prometheus_client import start_http_server
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("sluice")
+# The default app of every thread, so library code reaches it as ``celery.current_app``
+# without importing this module (apps never import config).
+app.set_default()
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -28,7 +31,7 @@ class WakeLoop(bootsteps.StartStopStep):
     timer — kombu's 10 s ``maybe_restore_messages`` — with messages waiting. Measured: 16
     concurrent unbatched requests stalled a 16-thread worker 10 s at a time. Here ``call_soon``
     from any other thread also writes a byte to a pipe the loop watches
-    (``config.broker.Transport.wake_loop``).
+    (``plumbing.redis_wire.Transport.wake_loop``).
     """
 
     requires = ("celery.worker.consumer.connection:Connection",)
@@ -54,30 +57,14 @@ class WakeLoop(bootsteps.StartStopStep):
 app.steps["consumer"].add(WakeLoop)
 
 
-class BatchLane(bootsteps.StartStopStep):
-    """The batch lane's threads (``inference.lane``) in a worker that consumes inference
-    queues, where Redis is configured: started once the pool is up, stopped before it."""
-
-    requires = ("celery.worker.components:Pool",)
-
-    def create(self, worker: Any) -> Any:
-        from django.conf import settings
-
-        consumed = worker.app.amqp.queues.consume_from or worker.app.amqp.queues
-        queues = [name for name in consumed if name in settings.INFERENCE_QUEUES]
-        if settings.EMBEDDED or not queues:
-            return None
-        from inference.lane import Lane
-
-        return Lane(worker.hostname, queues, threads=worker.concurrency)
-
-
-app.steps["worker"].add(BatchLane)
+# The batch lane's threads (inference.transport.lane), by name: config imports no app module
+# before Django is set up.
+app.steps["worker"].add("inference.transport.lane:BatchLane")
 
 
 class Presence(bootsteps.StartStopStep):
     """The worker announces the queues it consumes while it consumes them
-    (``config.presence``): web processes refuse a request whose queue nobody serves with a
+    (``plumbing.presence``): web processes refuse a request whose queue nobody serves with a
     503 at once instead of letting it wait out its deadline. Started once the consumer takes
     messages from its queues; stopped (the claims removed) when it stops, on shutdown and
     on a lost broker connection alike."""
@@ -89,7 +76,7 @@ class Presence(bootsteps.StartStopStep):
         self.announcer: Any = None
 
     def start(self, parent: Any) -> None:
-        from config.presence import Announcer, consumed_queues
+        from plumbing.presence import Announcer, consumed_queues
 
         # Unique per consumer: two in-process workers (embedded) may share a hostname.
         name = f"{parent.hostname}/{os.getpid()}/{id(self):x}"

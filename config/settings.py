@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Development settings kept in a file (``make run`` writes one: DEBUG and a generated
+# SECRET_KEY), so every manage.py command works without exports. Variables already in the
+# environment win; ENV_FILE names another file, or none when empty (scripts/check_deploy.py).
+ENV_FILE = os.environ.get("ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and os.path.isfile(ENV_FILE):
+    environ.Env.read_env(ENV_FILE)
 env = environ.FileAwareEnv()
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -26,10 +33,13 @@ if DEBUG:
 else:
     try:
         SECRET_KEY = env.str("SECRET_KEY")
-    except ImproperlyConfigured as exc:
-        raise ImproperlyConfigured(
-            "SECRET_KEY (or SECRET_KEY_FILE) must be set; use DEBUG=true for local development."
-        ) from exc
+    except ImproperlyConfigured:
+        # One line, not a traceback through Django's start-up, for manage.py and every server
+        # (SystemExit prints its message and ends the process with status 1).
+        sys.exit(
+            "Sluice cannot start: SECRET_KEY (or SECRET_KEY_FILE) is not set; "
+            "set it in the environment or .env, or DEBUG=true for local development."
+        )
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -40,8 +50,8 @@ EMBEDDED = not REDIS_URL
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="sluice")
 
 INSTALLED_APPS = [
-    # First: its runserver (daphne's, which says it starts no worker) wins over the others.
-    "config",  # project-level commands (serve, demo, runserver) that span the apps
+    # First: its runserver (daphne's, saying it starts no worker) wins over daphne's own.
+    "plumbing",  # the library every app shares (problem+json, rate limits, metrics, ...)
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -62,23 +72,23 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.middleware.ProxyHeadersMiddleware",
-    "config.middleware.RequestLogMiddleware",
+    "plumbing.middleware.ProxyHeadersMiddleware",
+    "plumbing.middleware.RequestLogMiddleware",
     "streaming.middleware.RequestLogStreamMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "config.middleware.ApiBodyLimitMiddleware",
-    "config.middleware.ApiIpRateLimitMiddleware",
+    "plumbing.middleware.ApiBodyLimitMiddleware",
+    "plumbing.middleware.ApiIpRateLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "config.middleware.StreamReleasesDatabaseMiddleware",
+    "plumbing.middleware.StreamReleasesDatabaseMiddleware",
     # Last, so its process_exception is the first to see a view's error.
-    "config.middleware.DatabaseUnavailableMiddleware",
+    "plumbing.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -162,7 +172,7 @@ else:
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT = "config.broker:Transport"  # one Redis client per channel
+    CELERY_BROKER_TRANSPORT = "plumbing.redis_wire:Transport"  # one Redis client per channel
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -175,7 +185,7 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=9808)
-# Workers announce the queues they consume (config/presence.py): renewed every interval, lapsed
+# Workers announce the queues they consume (plumbing/presence.py): renewed every interval, lapsed
 # after the TTL (a killed worker), read by web processes at most once per cache period per queue.
 WORKER_PRESENCE_INTERVAL_SECONDS = env.float("WORKER_PRESENCE_INTERVAL_SECONDS", default=2.0)
 WORKER_PRESENCE_TTL_SECONDS = env.float("WORKER_PRESENCE_TTL_SECONDS", default=6.0)
@@ -218,7 +228,8 @@ INFERENCE_HEALTH_WINDOW_SECONDS = env.int("INFERENCE_HEALTH_WINDOW_SECONDS", def
 INFERENCE_REPLY_TTL_SECONDS = env.int("INFERENCE_REPLY_TTL_SECONDS", default=120)
 # How long activating a version (or giving it traffic) waits for its check in a worker.
 INFERENCE_CHECK_TIMEOUT_SECONDS = env.int("INFERENCE_CHECK_TIMEOUT_SECONDS", default=120)
-# How often a web process judges the canaries of the models it routes (inference/canary.py).
+# How often a web process judges the canaries of the models it routes
+# (inference/catalog/canary.py).
 INFERENCE_CANARY_INTERVAL_SECONDS = env.float("INFERENCE_CANARY_INTERVAL_SECONDS", default=1.0)
 # API keys of remote upstreams (kserve / openai runtimes): every UPSTREAM_KEY_<NAME> (or
 # UPSTREAM_KEY_<NAME>_FILE). A version names one in runtime_options.api_key_env, so no key is
@@ -245,12 +256,16 @@ for _network in INFERENCE_REMOTE_ALLOWED_NETWORKS:
 # How long a web process trusts its copy of a model's routing table and circuit states (a change
 # made in another process is seen within this; the process that made it sees it at once).
 INFERENCE_ROUTING_CACHE_SECONDS = env.float("INFERENCE_ROUTING_CACHE_SECONDS", default=1.0)
-# The WSGI process serves well-formed POST /v1/models/{name}/infer requests without the
-# middleware stack and DRF's request cycle, with the same answers (inference/express.py).
-INFERENCE_EXPRESS_LANE = env.bool("INFERENCE_EXPRESS_LANE", default=True)
+# The unary server serves well-formed POST /v1/models/{name}/infer requests on its event loop
+# without the middleware stack and DRF's request cycle, with the same answers
+# (inference/api/frontdoor.py); off, it hands every request to Django's ASGI handler.
+if "INFERENCE_EXPRESS_LANE" in os.environ:
+    raise ImproperlyConfigured("INFERENCE_EXPRESS_LANE is now INFERENCE_FRONT_DOOR: rename it.")
+INFERENCE_FRONT_DOOR = env.bool("INFERENCE_FRONT_DOOR", default=True)
 # With Redis, web processes push unary batches onto a Redis list that every inference worker
-# serves from lane threads of its own, not as Celery task messages (inference/lane.py). Workers
-# serve the lane whatever this says; web processes and workers of one deployment set it alike.
+# serves from lane threads of its own, not as Celery task messages (inference/transport/lane.py).
+# Workers serve the lane whatever this says; web processes and workers of one deployment set it
+# alike.
 INFERENCE_BATCH_LANE = env.bool("INFERENCE_BATCH_LANE", default=True)
 
 # --- Streams ----------------------------------------------------------------------------------
@@ -310,7 +325,7 @@ RATELIMIT_FAIL_OPEN = env.bool("RATELIMIT_FAIL_OPEN", default=True)
 RATELIMIT_USE_CACHE = "default"
 # X-Forwarded-For and -Proto are believed only behind proxies that set them: how many proxies
 # are in front of us, and the peers (addresses, networks, or "*") allowed to send the headers.
-# Servers take the address from the socket; config/net.py alone reads the headers.
+# Servers take the address from the socket; plumbing/net.py alone reads the headers.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 TRUSTED_PROXY_IPS = env.list("TRUSTED_PROXY_IPS", default=["127.0.0.1", "::1"])
 for _peer in TRUSTED_PROXY_IPS:
@@ -324,7 +339,7 @@ if EMBEDDED:
     # One process: local memory *is* the shared store.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 # gunicorn: requests one process serves at once; past it the process's spare threads answer
-# 503 + Retry-After at once (config/overload.py). Below GUNICORN_THREADS, and no more than the
+# 503 + Retry-After at once (plumbing/overload.py). Below GUNICORN_THREADS, and no more than the
 # process's database pool: a request past the pool would only wait for a connection.
 _threads = env.int("GUNICORN_THREADS", default=32)
 WEB_MAX_IN_FLIGHT = env.int(
@@ -333,7 +348,7 @@ WEB_MAX_IN_FLIGHT = env.int(
 )
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
-# JSON nested deeper than this does not parse (config.untrusted: one policy for every parser).
+# JSON nested deeper than this does not parse (plumbing.untrusted: one policy for every parser).
 API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=64)
 
 # --- REST framework and OpenAPI ---------------------------------------------------------------
@@ -348,14 +363,14 @@ REST_FRAMEWORK: dict[str, Any] = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": [
-        "config.untrusted.JSONParser",
+        "plumbing.untrusted.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "config.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "plumbing.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": ["tenants.limits.PlanThrottle"],
-    "EXCEPTION_HANDLER": "config.problems.drf_exception_handler",
+    "EXCEPTION_HANDLER": "plumbing.problems.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -370,9 +385,9 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/v[0-9]",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "streaming.schema.add_sse_paths",
-        "jobs.schema.add_sse_paths",
-        "inference.media.schema.add_media_paths",
+        "streaming.openapi.add_sse_paths",
+        "jobs.openapi.add_sse_paths",
+        "inference.media.openapi.add_media_paths",
     ],
 }
 
@@ -407,6 +422,8 @@ CSRF_COOKIE_SECURE = not DEBUG
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
+# Where `manage.py demo` keeps the demo key (mode 600); the home page shows it with DEBUG only.
+DEMO_KEY_FILE = env.path("DEMO_KEY_FILE", default=BASE_DIR / "var" / "demo-key")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -434,7 +451,7 @@ LOGGING: dict[str, Any] = {
         },
         "text": {"format": "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s %(message)s"},
     },
-    "filters": {"request_id": {"()": "config.log.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "plumbing.logcontext.RequestIdFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -442,7 +459,7 @@ LOGGING: dict[str, Any] = {
             "filters": ["request_id"],
         },
         # Lines of work that has a log stream (a request, a job, a worker) also go there.
-        "streams": {"class": "streaming.logs.StreamLogHandler", "filters": ["request_id"]},
+        "streams": {"class": "streaming.loglines.StreamLogHandler", "filters": ["request_id"]},
     },
     "root": {"handlers": ["console", "streams"], "level": LOG_LEVEL},
     "loggers": {

@@ -1,7 +1,7 @@
 """Gunicorn settings for the WSGI web process (`make web`, the image's default command).
 
 Every value comes from the environment so one image serves every size of deployment. The
-access log stays off: ``config.middleware.RequestLogMiddleware`` already writes one JSON line
+access log stays off: ``plumbing.middleware.RequestLogMiddleware`` already writes one JSON line
 per request (with the request id and tenant), and a second, unstructured line would only cost
 disk and parsing.
 """
@@ -22,8 +22,8 @@ def _int(name: str, default: int) -> int:
 # gthread: each worker process serves GUNICORN_THREADS requests at once, so a view waiting on a
 # worker's result (unary inference) does not block the whole process. Unary requests mostly
 # wait, and a process can only merge the requests it holds into one queued batch
-# (inference.dispatch), so threads are many and cheap: 32 per process. gthread, not an ASGI
-# server, serves the unary endpoints because it is measured faster (docs/performance.md).
+# (inference.transport.dispatch), so threads are many and cheap: 32 per process. gthread, not an
+# ASGI server, serves the unary endpoints because it is measured faster (docs/performance.md).
 worker_class = "gthread"
 workers = _int("WEB_CONCURRENCY", 2)
 threads = _int("GUNICORN_THREADS", 32)
@@ -48,7 +48,7 @@ SHM = "/dev/shm"  # noqa: S108 - gunicorn's own advice for containers; files are
 worker_tmp_dir = SHM if os.path.isdir(SHM) else None
 
 # Peers whose X-Forwarded-Proto gunicorn believes (wsgi.url_scheme): the settings Django reads
-# (config/net.py), so the two never disagree: TRUSTED_PROXY_IPS, and nobody at all unless
+# (plumbing/net.py), so the two never disagree: TRUSTED_PROXY_IPS, and nobody at all unless
 # TRUSTED_PROXY_COUNT says a proxy is in front. gunicorn never takes the client address from
 # X-Forwarded-For; Django does, from the same peers.
 forwarded_allow_ips = (
@@ -69,3 +69,11 @@ def child_exit(server: object, worker: object) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_starting(server: object) -> None:
+    """Load the settings once in the master: a missing SECRET_KEY then stops gunicorn with the
+    settings' one-line message, instead of every worker failing and being respawned forever."""
+    import importlib
+
+    importlib.import_module(os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"))

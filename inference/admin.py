@@ -1,6 +1,6 @@
 """Control plane for the model registry: register a version with an upload, activate, set
 canary weights (editable in the list), promote, roll back, retire. Every change goes through
-:mod:`inference.services` and lands in the audit log; a change that gives a version traffic
+:mod:`inference.registry.services` and lands in the audit log; a change that gives a version traffic
 runs its pre-activation check first, and the *change without the check* action (with the
 operator's reason, audited) is the way around it."""
 
@@ -17,9 +17,11 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from inference import selectors, services, shadows
-from inference.checks import describe
+from inference.catalog import selectors
 from inference.models import Model, ModelEvent, ModelVersion
+from inference.registry import services
+from inference.registry.checks import describe
+from inference.transport import shadows
 
 
 def _actor(request: HttpRequest) -> str:

@@ -17,7 +17,7 @@ class InferenceConfig(AppConfig):
         from celery.signals import worker_ready
         from django.db.models.signals import post_delete, post_save
 
-        from inference import selectors
+        from inference.catalog import selectors
         from inference.models import Model, ModelEvent, ModelVersion
 
         worker_ready.connect(_preload_on_worker_ready, weak=False)
@@ -29,12 +29,30 @@ class InferenceConfig(AppConfig):
         # Celery's autodiscovery finds ``inference.tasks`` only; the media producer lives apart.
         from inference.media import tasks as _media_tasks  # noqa: F401
         from inference.media.services import DEFAULT_MODELS
-        from inference.streams import KINDS
+        from inference.transport.streams import KINDS
         from streaming.access import stream_kind_permissions
 
         # A model's output streams, read with a staff session (streaming.access).
         for kind in (*KINDS, *DEFAULT_MODELS):
             stream_kind_permissions(kind, "inference.view_model")
+
+        from django.conf import settings
+
+        from inference.registry.health_metrics import VersionHealthCollector
+        from inference.transport import admission
+        from plumbing.metrics import register_shared_collector
+        from streaming.metrics import register_gauge
+
+        # /metrics reads the versions' health; the metrics stream's samples carry the
+        # per-queue in-flight counts (neither streaming nor plumbing imports inference).
+        register_shared_collector(VersionHealthCollector)
+        queues = list(settings.INFERENCE_QUEUES)
+        register_gauge("in_flight", lambda: {q: admission.in_flight(q) for q in queues})
+        # /readyz counts the workers of the queues the active versions use (plumbing.presence).
+        from plumbing import presence
+
+        if selectors.active_queues not in presence.needed_sources:
+            presence.needed_sources.append(selectors.active_queues)
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
@@ -44,7 +62,7 @@ def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     consumer keeps serving meanwhile)."""
     from django.conf import settings
 
-    from inference import outcomes, serving
+    from inference.worker import outcomes, predict
 
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if not queues:
@@ -55,7 +73,7 @@ def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
         if closed:
             log.info("closed the circuits a worker outage opened: %s", ", ".join(closed))
         if settings.INFERENCE_PRELOAD:
-            loaded = serving.preload(queues)
+            loaded = predict.preload(queues)
             log.info("preloaded %d model version(s): %s", len(loaded), ", ".join(loaded) or "-")
 
     threading.Thread(target=run, name="inference-preload", daemon=True).start()

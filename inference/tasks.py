@@ -1,5 +1,5 @@
 """Celery tasks of the inference app. Thin: ids and JSON in, a service call, nothing returned
-(the answer travels through :mod:`inference.replies`)."""
+(the answer travels through :mod:`inference.transport.replies`)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,9 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from inference import serving
-
-
-@shared_task(
-    name="inference_predict",
-    ignore_result=True,
-    # No retries: the client waits with a deadline, and a redelivered message (acks_late after
-    # a lost worker) past that deadline is dropped by the service, not run.
-    max_retries=0,
-    time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 30,
-    soft_time_limit=settings.INFERENCE_MAX_TIMEOUT_MS // 1000 + 20,
-)
-def inference_predict(
-    version_id: int,
-    payload: dict[str, Any],
-    request_id: str,
-    deadline: float,
-) -> None:
-    serving.predict(
-        version_id=version_id, payload=payload, request_id=request_id, deadline=deadline
-    )
+from inference.catalog import canary
+from inference.registry import checks
+from inference.transport import replies, streams
 
 
 @shared_task(
@@ -50,7 +32,7 @@ def inference_predict_batch(
     """Many requests (``[request_id, payload, deadline]`` each) collected by a web process;
     one answer message for all of them on ``reply_to``. ``shadow`` marks a shadow copy in
     monitors (the message's kwargsrepr); it is run and answered like any batch."""
-    serving.predict_batch(
+    replies.predict_batch(
         version_id=version_id,
         queue=queue,
         items=[(str(rid), payload, float(deadline)) for rid, payload, deadline in items],
@@ -76,15 +58,13 @@ def inference_check(
     reply_id: str,
     deadline: float,
 ) -> None:
-    """The pre-activation check of a version (:mod:`inference.checks`), answered on
+    """The pre-activation check of a version (:mod:`inference.registry.checks`), answered on
     ``reply_id`` with the name of the worker that ran it."""
-    from inference import checks
-    from inference.replies import reply_publish
 
     found = checks.check_run(
         version_id=version_id, examples=examples, declared=declared, deadline=deadline
     )
-    reply_publish(reply_id, {**found, "worker": self.request.hostname})
+    replies.reply_publish(reply_id, {**found, "worker": self.request.hostname})
 
 
 @shared_task(
@@ -96,8 +76,7 @@ def inference_check(
     soft_time_limit=50,
 )
 def inference_canary() -> None:
-    """Judge every model's canaries against its canary policy (:mod:`inference.canary`)."""
-    from inference import canary
+    """Judge every model's canaries against its canary policy (:mod:`inference.catalog.canary`)."""
 
     canary.evaluate_all()
 
@@ -118,8 +97,6 @@ def inference_stream(
     deadline: float,
     queue: str,
 ) -> None:
-    from inference import streams
-
     streams.stream_run(
         version_id=version_id,
         kind=kind,

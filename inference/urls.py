@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from inference import views, views_registry
-from inference.protocols import views_openai
+from inference.api import registry_views, views
+from inference.api.protocols import views_openai
 
 urlpatterns = [
     path("embeddings", views_openai.EmbeddingsView.as_view(), name="openai-embeddings"),
@@ -12,15 +12,15 @@ urlpatterns = [
     path("models", views.ModelListView.as_view(), name="model-list"),
     path("models/<slug:name>", views.ModelDetailView.as_view(), name="model-detail"),
     path("models/<slug:name>/infer", views.InferView.as_view(), name="model-infer"),
-    path("models/<slug:name>/weights", views_registry.WeightsView.as_view(), name="model-weights"),
+    path("models/<slug:name>/weights", registry_views.WeightsView.as_view(), name="model-weights"),
     path(
         "models/<slug:name>/versions/<str:version>/activate",
-        views_registry.ActivateView.as_view(),
+        registry_views.ActivateView.as_view(),
         name="model-version-activate",
     ),
     path(
         "models/<slug:name>/versions/<str:version>/promote",
-        views_registry.PromoteView.as_view(),
+        registry_views.PromoteView.as_view(),
         name="model-version-promote",
     ),
 ]

@@ -11,7 +11,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from jobs.models import Job
-from streaming.log import StreamNotFound, get_log
+from streaming.eventlog import StreamNotFound, get_log
 
 log = logging.getLogger(__name__)
 KIND = "data"

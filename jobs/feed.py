@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from jobs import selectors
 from jobs.selectors import Cursor
 from streaming import fanout, flow
-from streaming.log import GAP, Event, StreamLog, StreamNotFound, get_log
+from streaming.eventlog import GAP, Event, StreamLog, StreamNotFound, get_log
 from streaming.responses import TICK_SECONDS
 
 log = logging.getLogger(__name__)

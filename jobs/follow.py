@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from jobs.models import Job
-from streaming.log import END, StreamNotFound, get_log
+from plumbing.embedded import start_worker
+from streaming.eventlog import END, StreamNotFound, get_log
 
 _worker: Any = None
 
@@ -19,12 +21,8 @@ def ensure_worker() -> None:
     """The embedded default has no separate worker: its broker lives in this process, so the
     job is run by an in-process worker here (as ``manage.py serve`` does)."""
     global _worker
-    from config.celery import app
-
     if not settings.EMBEDDED or app.conf.task_always_eager or _worker is not None:
         return
-    from config.embedded import start_worker
-
     _worker = start_worker(queues=[settings.JOBS_QUEUE], concurrency=2)
 
 

@@ -5,7 +5,7 @@ Every input is a JSON object (the model's schema is checked per task by the work
 line costs one dead task, not the whole job). CSV: a header row names the fields; a cell that
 is a number becomes one (a whole number within 64 bits, or a finite decimal; others stay
 text), a cell that holds a JSON array or object (``"[0, 1, …]"``) is parsed. Every source is
-read under the platform's JSON policy (``config.untrusted``): a value PostgreSQL could not
+read under the platform's JSON policy (``plumbing.untrusted``): a value PostgreSQL could not
 store, an integer past 64 bits or nesting past ``API_JSON_MAX_DEPTH`` is a 422 naming the line
 and field, never a row that fails to insert.
 """
@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from rest_framework import exceptions
 
-from config import untrusted
+from plumbing import untrusted
 
 
 @dataclass(frozen=True)

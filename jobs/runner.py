@@ -37,12 +37,13 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
-from inference import selectors as inference_selectors
-from inference import serving
+from inference.catalog import selectors as inference_selectors
 from inference.runtimes.base import InvalidInput
+from inference.worker import predict
 from jobs import bulk, events
 from jobs.models import ACTIVE_JOB, OPEN_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.validation import validator_for
+from plumbing.taskref import task_named
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,11 @@ def backoff_seconds(attempt: int) -> float:
 
 
 def _send(job_id: str, chunks: list[int], *, countdown: float | None = None) -> None:
-    from jobs.tasks import jobs_run_chunk
-
     options: dict[str, Any] = {"queue": settings.JOBS_QUEUE}
     if countdown:
         options["countdown"] = countdown
     for chunk in chunks:
-        jobs_run_chunk.apply_async(args=(job_id, chunk), **options)
+        task_named("jobs_run_chunk").apply_async(args=(job_id, chunk), **options)  # jobs.tasks
 
 
 def send_on_commit(job_id: str, chunks: list[int], *, countdown: float | None = None) -> None:
@@ -139,7 +138,7 @@ def _predict(job: Job, claimed: list[tuple[int, int, Any, int]]) -> Outcome:
         return outcome
     try:
         spec = inference_selectors.version_spec(job.version_id)
-        runtime = serving.model_cache().get(spec).runtime
+        runtime = predict.model_cache().get(spec).runtime
     except Exception:  # a load failure is every task's (retried) failure
         # The engine's text stays in the worker's log: tenants read last_error (docs/errors.md).
         log.exception("job %s: version %s failed to load", job.pk, job.version_id)

@@ -6,10 +6,10 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config import presence
-from config.untrusted import INT64_MAX
 from jobs.models import ACTIVE_JOB, FINISHED_TASK, Job, JobStatus, Task, TaskStatus
-from jobs.selectors import Cursor
+from jobs.selectors import Cursor, task_result
+from plumbing import presence
+from plumbing.untrusted import INT64_MAX
 
 
 class JobOptionsSerializer(serializers.Serializer):
@@ -114,8 +114,6 @@ class TaskResultSerializer(serializers.ModelSerializer):
         fields = ("task", "index", "status", "attempts", "result", "error", "finished_at")
 
     def get_result(self, obj: Task) -> Any:
-        from jobs.selectors import task_result
-
         return task_result(obj.result, obj.result_ref)
 
 

@@ -17,10 +17,10 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
-from inference import selectors as inference_selectors
+from inference.catalog import selectors as inference_selectors
+from inference.catalog.router import NoRoute, route
 from inference.models import Model, ModelVersion
-from inference.router import NoRoute, route
-from inference.serving import unroutable
+from inference.transport.unary_flow import unroutable
 from jobs import bulk, events, leases, runner
 from jobs.inputs import Inputs
 from jobs.models import ACTIVE_JOB, IdempotencyKey, Job, JobStatus, Task, TaskStatus

@@ -1,7 +1,7 @@
 """Input validation at batch speed.
 
-The real-time path checks an input with :func:`inference.schema.validate_input` (a DRF
-serializer built from the version's schema): about 1 ms for a 64-pixel ``digits`` input, which
+The real-time path checks an input with :func:`inference.rules.input_schema.validate_input` (a
+DRF serializer built from the version's schema): about 1 ms for a 64-pixel ``digits`` input, which
 alone would cap a worker at ~1,000 tasks/s. Here the same schema subset is compiled once into
 plain Python checks (a few µs). An input that passes them is reduced to what the serializer
 would keep (the declared fields; values of the declared types within bounds; a whole number
@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from inference.schema import validate_input
+from inference.rules.input_schema import validate_input
 
 Check = Callable[[Any], bool]
 

@@ -24,11 +24,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config import untrusted
-from config.pagination import IntegerCursorPagination
-from config.problems import problem_response
-from inference import selectors as inference_selectors
+from inference.catalog import selectors as inference_selectors
 from jobs import inputs, selectors, services
+from jobs.events import stream_open
 from jobs.feed import Feed, lines_async, lines_sync
 from jobs.models import Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor
@@ -42,7 +40,10 @@ from jobs.serializers import (
     ResultsQuerySerializer,
     TaskResultSerializer,
 )
-from streaming.log import END, Event, get_log
+from plumbing import untrusted
+from plumbing.pagination import IntegerCursorPagination
+from plumbing.problems import problem_response
+from streaming.eventlog import END, Event, get_log
 from streaming.responses import (
     LiveResponse,
     TooManyStreams,
@@ -386,8 +387,6 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         if meta is None and job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             return LiveResponse(_final_frames(job), hold=hold, content_type="text/event-stream")
         if meta is None:
-            from jobs.events import stream_open
-
             await sync_to_async(stream_open)(job)
     except BaseException:
         await asyncio.to_thread(hold_release, hold)

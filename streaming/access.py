@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streaming.log import StreamMeta
-from streaming.logs import PLATFORM_TENANT
+from streaming.eventlog import StreamMeta
+from streaming.loglines import PLATFORM_TENANT
 
 _KIND_PERMISSIONS: dict[str, tuple[str, ...]] = {}
 

@@ -10,7 +10,7 @@ class StreamingConfig(AppConfig):
     def ready(self) -> None:
         from celery.signals import worker_init
 
-        from streaming.logs import connect_celery_signals
+        from streaming.loglines import connect_celery_signals
         from streaming.metrics import start_recorder
 
         connect_celery_signals()

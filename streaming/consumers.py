@@ -26,11 +26,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework import exceptions
 
-from config import untrusted
+from plumbing import untrusted
 from streaming import fanout, flow, services
 from streaming.access import staff_may_read
 from streaming.credentials import Binding, bind_on_loop, unbind
-from streaming.log import END, StreamNotFound, get_log, valid_id
+from streaming.eventlog import END, StreamNotFound, get_log, valid_id
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 
-from streaming.log import END, GAP, Event, StreamLog, StreamNotFound, get_log, id_key
+from streaming.eventlog import END, GAP, Event, StreamLog, StreamNotFound, get_log, id_key
 
 log = logging.getLogger(__name__)
 

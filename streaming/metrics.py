@@ -7,7 +7,7 @@ Two parts:
 
 - A **recorder** thread in every process that serves or works (started by the request
   middleware, ``manage.py serve`` and the Celery worker): once a second it takes the change of
-  its own Prometheus counters and histograms (``config.metrics``: requests and their duration,
+  its own Prometheus counters and histograms (``plumbing.metrics``: requests and their duration,
   the batcher's batch sizes) and adds it to the platform's bucket of that second (a Redis hash
   that lives 2 minutes; a dict in the embedded process). Nothing is added to the request path.
 - A **sampler** thread in ``manage.py serve``: each second it sums the last complete second's
@@ -34,7 +34,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
+
+from plumbing.metrics import BATCH_SIZE, HTTP_DURATION, broker_queues
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,6 @@ def _histogram(metric: Any) -> tuple[dict[float, float], float, float]:
 
 def snapshot() -> dict[str, float]:
     """This process's cumulative figures, flattened to ``name -> value``."""
-    from config.metrics import BATCH_SIZE, HTTP_DURATION
-
     out: dict[str, float] = {}
     buckets, _, count = _histogram(HTTP_DURATION)
     out["requests"] = count
@@ -196,8 +197,6 @@ def queue_depths(connection: Any) -> dict[str, int]:
     """Messages waiting per Celery queue, through kombu (Redis broker or in-process memory)."""
     from kombu import exceptions as kombu_errors
 
-    from config.metrics import broker_queues
-
     # A passive declare of a queue nobody declared yet (the stubs lack ChannelError).
     CHANNEL_ERROR: type[Exception] = getattr(kombu_errors, "ChannelError")  # noqa: B009
 
@@ -211,8 +210,8 @@ def queue_depths(connection: Any) -> dict[str, int]:
     return depths
 
 
-# Figures other apps add to each sample (name -> reader), registered at start-up by the
-# project (config.apps), so this app imports none of its producers.
+# Figures other apps add to each sample (name -> reader), registered by those apps in their
+# AppConfig.ready, so this app imports none of its producers.
 gauges: dict[str, Callable[[], Any]] = {}
 
 
@@ -273,8 +272,8 @@ class Sampler:
         return False
 
     def _ensure_stream(self) -> None:
-        from streaming.log import get_log
-        from streaming.logs import PLATFORM_TENANT
+        from streaming.eventlog import get_log
+        from streaming.loglines import PLATFORM_TENANT
 
         if get_log().meta(STREAM) is None:
             get_log().create(
@@ -282,8 +281,6 @@ class Sampler:
             )
 
     def _queues(self) -> dict[str, int]:
-        from config.celery import app
-
         try:
             if self._connection is None:
                 self._connection = app.connection_for_read()
@@ -298,7 +295,7 @@ class Sampler:
 
     def tick(self, second: int) -> str | None:
         """Append the sample of ``second`` if this process leads; its id."""
-        from streaming.log import StreamNotFound, get_log
+        from streaming.eventlog import StreamNotFound, get_log
         from streaming.services import stream_slots_total
 
         if not self.is_leader():

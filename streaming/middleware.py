@@ -10,10 +10,10 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from config.log import log_stream_var
-from config.problems import is_api_path
-from streaming.log import StreamNotFound, get_log
-from streaming.logs import PLATFORM_TENANT, open_log_stream
+from plumbing.logcontext import log_stream_var
+from plumbing.problems import is_api_path
+from streaming.eventlog import StreamNotFound, get_log
+from streaming.loglines import PLATFORM_TENANT, open_log_stream
 from streaming.metrics import start_recorder
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from rest_framework import exceptions
 
 from streaming import fanout, flow
 from streaming.credentials import Binding, bind, bind_on_loop, unbind
-from streaming.log import END, GAP, Event, StreamNotFound, get_log
+from streaming.eventlog import END, GAP, Event, StreamNotFound, get_log
 from streaming.services import Lease, stream_slot_release, stream_slot_take
 from tenants.models import Tenant
 

@@ -19,9 +19,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.problems import exception_response, problem_response
+from plumbing.problems import exception_response, problem_response
 from streaming.access import staff_may_read, staff_permissions_for
-from streaming.log import StreamMeta, get_log, valid_id
+from streaming.eventlog import StreamMeta, get_log, valid_id
 from streaming.responses import TooManyStreams, event_response, hold_take_async
 from tenants.authentication import authenticate_credential, presented_credential
 from tenants.limits import enforce_plan

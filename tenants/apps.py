@@ -8,4 +8,4 @@ class TenantsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from tenants import schema, signals  # noqa: F401  (OpenAPI scheme, cache invalidation)
+        from tenants import openapi, signals  # noqa: F401  (OpenAPI scheme, cache invalidation)

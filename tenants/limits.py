@@ -13,8 +13,8 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from config import ratelimit
-from config.exceptions import ServiceUnavailable
+from plumbing import ratelimit
+from plumbing.exceptions import ServiceUnavailable
 from tenants.models import Tenant
 from tenants.selectors import KeyContext
 
@@ -103,7 +103,7 @@ def enforce_plan(
     Redis round trip); a request refused by a limit is taken back from the quota, so only
     requests that pass are billed. The quota fails open even when the limits fail closed.
     ``ip``: the per-IP check, counted in the same round trip and checked first, for a path
-    that skips the middleware which counts it (the express lane, inference.express).
+    that skips the middleware which counts it (the unary front door).
     """
     ticket = plan_ticket(ctx, ip=ip)
     try:
@@ -117,8 +117,8 @@ def enforce_plan(
 
 
 def settle(tickets: list[PlanTicket]) -> None:
-    """Count many requests' tickets in one round trip (a web-side batch of the express lane;
-    Redis only, :func:`config.ratelimit.counts_in_batches`), with the same decisions as
+    """Count many requests' tickets in one round trip (a web-side batch of the front door;
+    Redis only, :func:`plumbing.ratelimit.counts_in_batches`), with the same decisions as
     :func:`enforce_plan` made per request; refused requests are taken back from the quota in
     one more round trip, only when there are any."""
     try:

@@ -95,7 +95,7 @@ _cache_only: ContextVar[bool] = ContextVar("tenants_key_cache_only", default=Fal
 def cache_only() -> Iterator[None]:
     """Verify credentials from the process cache alone: where a query would be needed (a key
     not cached, its ``last_used_at`` due), :class:`NotCached` is raised instead. For code on
-    an event loop, which must not block on the database (``inference.express_asgi``)."""
+    an event loop, which must not block on the database (the unary front door)."""
     token = _cache_only.set(True)
     try:
         yield

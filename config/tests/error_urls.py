@@ -24,4 +24,4 @@ urlpatterns = [
     path("", include("config.urls")),
 ]
 
-handler500 = "config.problems.handler500"
+handler500 = "plumbing.problems.handler500"

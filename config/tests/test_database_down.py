@@ -1,5 +1,5 @@
 """A database that does not answer gives 503 + ``Retry-After`` problem+json on every server,
-never 500: real gunicorn (the full stack and the express lane), daphne (``manage.py serve``:
+never 500: real gunicorn (the full stack), daphne (``manage.py serve``:
 REST views and an SSE view) and uvicorn (its lane and Django behind it), pointed at a
 PostgreSQL address where nothing listens, or where something accepts and never answers."""
 
@@ -24,7 +24,7 @@ INFER = ("POST", "/v1/models/digits/infer", {"input": {"pixels": [0.0] * 64}})
 JOBS = ("GET", "/v1/jobs", None)
 EVENTS = ("GET", "/v1/streams/s-1/events", None)
 SERVERS = {
-    "gunicorn": [INFER, JOBS],  # the express lane, then the full stack
+    "gunicorn": [INFER, JOBS],
     "uvicorn": [INFER, JOBS],  # the lane on the loop, then Django's ASGI handler
     "daphne": [JOBS, EVENTS],  # a REST view, an async SSE view
 }

@@ -20,7 +20,7 @@ from deploy.tests.conftest import (
     render,
     settings_variables,
 )
-from inference.lane import lane_key
+from inference.transport.lane import lane_key
 
 HTTP_TIERS = ("sluice-web", "sluice-unary", "sluice-asgi")
 # The oldest Kubernetes still commonly run; every field used here exists there.
@@ -232,7 +232,8 @@ def test_keda_watches_the_redis_list_of_every_queue_a_worker_consumes(overlay: s
         queues = command[command.index("--queues") + 1].split(",")
         triggers = scaled[name]["spec"]["triggers"]
         # config/settings.py: global_keyprefix "<REDIS_KEY_PREFIX>:celery:" + queue name; an
-        # inference queue's unary batches wait on its batch lane (inference.lane.lane_key).
+        # inference queue's unary batches wait on its batch lane
+        # (inference.transport.lane.lane_key).
         lanes = [q for q in queues if q in settings.INFERENCE_QUEUES]
         assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(
             [f"{prefix}:celery:{q}" for q in queues]

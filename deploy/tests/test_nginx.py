@@ -153,7 +153,7 @@ def test_nginx_routes_like_the_design_says(stack: Stack) -> None:
             "/ws/v1/streams/abc": "asgi",
             "/v1/media/video/abc/preview": "asgi",
             "/v1/models/digits/infer": "unary",
-            "/v1/models/digits/infer?stream=true": "web",
+            "/v1/models/digits/infer?stream=true": "unary",
             "/v1/models/digits/infer?stream=false": "unary",
             "/v1/models/digits": "web",
             "/v1/chat/completions": "web",

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from inference.engines import MediaInputError
-from inference.handlers import _engine
+from inference.handlers import load_engine
 from inference.runtimes.base import RuntimeUnavailable
 
 
 class HaarFaces:
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        self.cv2 = _engine("cv2", "requirements-models-extra.txt")
+        self.cv2 = load_engine("cv2", "requirements-models-extra.txt")
         cascade = str(options.get("cascade", "haarcascade_frontalface_default.xml"))
         self.path = self.cv2.data.haarcascades + cascade
         if self.cv2.CascadeClassifier(self.path).empty():

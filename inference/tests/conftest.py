@@ -15,27 +15,16 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from inference import (
-    backpressure,
-    canary,
-    dispatch,
-    lane,
-    loading,
-    replies,
-    router,
-    selectors,
-    serving,
-    shadows,
-    streams,
-    version_health,
-)
-from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
-from inference.lane import Lane, alive_key, held_key, lane_key
+from inference.catalog import canary, router, selectors, version_health
+from inference.catalog.selectors import VersionRoute
 from inference.models import Model, ModelVersion
-from inference.redis_client import client
-from inference.selectors import VersionRoute
-from inference.services import version_register
+from inference.registry.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
+from inference.registry.services import version_register
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
+from inference.transport import admission, dispatch, lane, replies, shadows, streams
+from inference.transport.lane import Lane, alive_key, held_key, lane_key
+from inference.transport.redis_client import client
+from inference.worker import predict
 from testing.processes import celery_worker, free_port, gunicorn, running, server_env, uvicorn
 
 
@@ -43,11 +32,10 @@ from testing.processes import celery_worker, free_port, gunicorn, running, serve
 def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     """Artifacts in a temporary MEDIA_ROOT; an empty model cache and embedded state."""
     settings.MEDIA_ROOT = str(tmp_path / "media")
-    serving.model_cache().clear()
-    serving._specs.clear()
+    predict.model_cache().clear()
+    predict._specs.clear()
     streams._specs.clear()
-    backpressure._local.clear()
-    loading.forget()
+    admission._local.clear()
     replies._local._box.clear()
     selectors._forget_all()
     router.forget_breakers()
@@ -61,8 +49,8 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     yield
     canary._watched.clear()  # this process's watcher judges nothing of the next test's
     version_health.discard()
-    serving.model_cache().clear()
-    serving._specs.clear()
+    predict.model_cache().clear()
+    predict._specs.clear()
     streams._specs.clear()
     selectors._forget_all()
     router.forget_breakers()

@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from inference.models import Model, ModelEvent, ModelVersion
-from inference.services import version_register
+from inference.registry.services import version_register
 from inference.tests.conftest import make_version
 
 pytestmark = pytest.mark.django_db

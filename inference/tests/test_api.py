@@ -7,13 +7,15 @@ import pytest
 from django.conf import settings
 from sklearn.datasets import load_digits
 
-from config.log import RequestIdFilter
-from inference import backpressure, dispatch, outcomes, serving, shadows, version_health
+from inference.catalog import version_health
+from inference.catalog.router import CircuitBreaker
 from inference.models import ModelVersion
-from inference.router import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, PICKY
+from inference.transport import admission, dispatch, shadows
+from inference.worker import outcomes, predict
+from plumbing.logcontext import RequestIdFilter
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db
@@ -93,7 +95,7 @@ def test_it_answers_503_with_retry_after_when_the_queue_is_full(api, settings) -
     settings.INFERENCE_QUEUES = ["cpu", queue]
     make_version(queue=queue)
     settings.INFERENCE_QUEUE_BOUND = 1
-    backpressure.admit(queue, "someone-else", time.time() + 30)
+    admission.admit(queue, "someone-else", time.time() + 30)
     try:
         started = time.monotonic()
         response = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json")
@@ -102,14 +104,14 @@ def test_it_answers_503_with_retry_after_when_the_queue_is_full(api, settings) -
         assert response["Retry-After"] == "1"
         assert body["type"] == "urn:sluice:problem:queue-full"
     finally:
-        backpressure.release(queue, "someone-else")
-    assert backpressure.in_flight(queue) == 0
+        admission.release(queue, "someone-else")
+    assert admission.in_flight(queue) == 0
 
 
 def test_it_frees_a_slot_held_past_its_deadline() -> None:
     queue = f"q{time.time_ns()}"
-    backpressure.admit(queue, "dead-web-process", time.time() - 1)
-    assert backpressure.in_flight(queue) == 0
+    admission.admit(queue, "dead-web-process", time.time() - 1)
+    assert admission.in_flight(queue) == 0
 
 
 @pytest.mark.usefixtures("worker_everywhere")
@@ -117,14 +119,14 @@ def test_it_answers_504_when_no_answer_comes_before_the_deadline(api, doubler, m
     monkeypatch.setattr(dispatch, "batch_wire", lambda *args: None)  # via enqueue_batch
     monkeypatch.setattr(dispatch, "enqueue_batch", lambda **kw: None)  # a worker that never answers
     # Slots other tests' unconsumed streams hold on the shared "cpu" queue (Redis pass).
-    held = backpressure.in_flight("cpu")
+    held = admission.in_flight("cpu")
     started = time.monotonic()
     response = api.post(
         "/v1/models/doubler/infer", {"input": {"x": 2}, "timeout_ms": 150}, format="json"
     )
     assert _problem(response, 504)["type"] == "urn:sluice:problem:timeout"
     assert 0.14 < time.monotonic() - started < 2
-    assert backpressure.in_flight("cpu") == held
+    assert admission.in_flight("cpu") == held
 
 
 def test_it_marks_a_version_unavailable_when_its_engine_is_missing(
@@ -259,13 +261,13 @@ def test_it_copies_requests_to_a_shadow_and_compares_it(api, eager) -> None:
     make_version()
     shadow = make_version(version="2")
     shadow.set_shadow(True, actor="t")
-    held = backpressure.in_flight("cpu")
+    held = admission.in_flight("cpu")
     body = api.post("/v1/models/doubler/infer", {"input": {"x": 5}}, format="json").json()
     assert body["version"] == "1" and body["output"] == {"y": 10}
     wait_for(lambda: shadows.flush() or shadows.report(shadow.pk).pairs == 1, "the comparison")
     report = shadows.report(shadow.pk)
     assert report.shadow_errors == 0 and report.outputs[0].agreement == 1.0
-    assert backpressure.in_flight("cpu") == held  # the shadow's slot was given back too
+    assert admission.in_flight("cpu") == held  # the shadow's slot was given back too
     version_health.flush()
     health = version_health.window(shadow.pk, 60)  # what /v1/models shows of the shadow
     assert (health.requests, health.failures) == (1, 0) and health.p99_ms is not None
@@ -282,9 +284,9 @@ def test_it_validates_timeout(api, doubler) -> None:
 
 
 def test_onnx_digits_predictions_match_scikit_learn(digits) -> None:
-    from inference.selectors import version_spec
+    from inference.catalog.selectors import version_spec
 
-    loaded = serving.model_cache().get(version_spec(digits.pk))
+    loaded = predict.model_cache().get(version_spec(digits.pk))
     data = load_digits()
     batch = [{"pixels": row} for row in data.data[:50].tolist()]
     outputs = loaded.runtime.predict(batch)
@@ -317,11 +319,11 @@ def test_it_answers_503_when_the_broker_is_unreachable(api, doubler, monkeypatch
     monkeypatch.setattr(dispatch, "batch_wire", lambda *args: None)  # via enqueue_batch
 
     monkeypatch.setattr(dispatch, "enqueue_batch", down)
-    held = backpressure.in_flight("cpu")
+    held = admission.in_flight("cpu")
     response = api.post("/v1/models/doubler/infer", {"input": {"x": 1}}, format="json")
     body = _problem(response, 503)
     assert "unreachable" in body["detail"] and response["Retry-After"] == "1"
-    assert backpressure.in_flight("cpu") == held
+    assert admission.in_flight("cpu") == held
 
 
 def test_it_lists_models_in_constant_queries(api, django_assert_max_num_queries) -> None:

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from inference.batcher import Batcher, DeadlineExceeded, run_isolating
+from inference.worker.batcher import Batcher, DeadlineExceeded, run_isolating
 
 
 class Recorder:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from inference.builtin import (
+from inference.models import ModelVersion
+from inference.registry.builtin import (
     EMBEDDINGS_OPTIONS,
     MLP_INPUTS,
     MLP_OPTIONS,
@@ -17,7 +18,6 @@ from inference.builtin import (
     mlp_build,
     sentiment_install,
 )
-from inference.models import ModelVersion
 from inference.runtimes import VersionSpec
 from inference.runtimes.base import RuntimeUnavailable
 from inference.runtimes.python import PythonRuntime

@@ -1,4 +1,4 @@
-"""Automatic canary rollback (inference/canary.py): a canary that breaks its model's policy
+"""Automatic canary rollback (inference/catalog/canary.py): a canary that breaks its model's policy
 goes to weight 0, once, with the figures in its ModelEvent."""
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from prometheus_client import REGISTRY
 
-from inference import canary, selectors, services, version_health
-from inference.canary import Policy, PolicyError, judge, policy_parse
+from inference.catalog import canary, selectors, version_health
+from inference.catalog.canary import judge
+from inference.catalog.version_health import Window
 from inference.models import Model, ModelEvent, ModelVersion
+from inference.registry import services
+from inference.rules.canary_policy import Policy, PolicyError, policy_parse
 from inference.tests.conftest import make_version, wait_for
-from inference.version_health import Window
 
 POLICY = {"window_seconds": 60, "min_requests": 20, "max_error_rate_increase": 0.1}
 
@@ -96,7 +98,7 @@ def test_a_canary_with_30_percent_errors_is_rolled_back_with_its_figures(canarie
         "sluice_canary_rollbacks_total",
         {"model": "doubler", "version": "2", "reason": "error_rate"},
     )
-    with caplog.at_level(logging.WARNING, logger="inference.canary"):
+    with caplog.at_level(logging.WARNING, logger="inference.catalog.canary"):
         assert canary.evaluate(Model.objects.get()) == ["2"]
     assert _weights() == {"1": 100, "2": 0}  # the stable version takes the canary's share
     event = ModelEvent.objects.get(action="canary-rollback")

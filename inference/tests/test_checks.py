@@ -1,4 +1,4 @@
-"""The pre-activation check (inference/checks.py): nothing unproven gets traffic."""
+"""The pre-activation check (inference/registry/checks.py): nothing unproven gets traffic."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from inference import checks, services
-from inference.builtin import (
+from inference.models import ModelEvent, ModelVersion
+from inference.registry import checks, services
+from inference.registry.builtin import (
     DIGITS_OPTIONS,
     DIGITS_SCHEMA,
     TEXTGEN_SCHEMA,
@@ -20,8 +21,7 @@ from inference.builtin import (
     mlp_install,
     sentiment_install,
 )
-from inference.models import ModelEvent, ModelVersion
-from inference.schema import validate_input
+from inference.rules.input_schema import validate_input
 from inference.tests.conftest import lane_queue, make_version
 from inference.tests.fakes import DOUBLER
 
@@ -100,7 +100,7 @@ def test_it_activates_a_version_that_passes_and_says_where_it_ran(digits, misnam
 
 
 def test_a_skipped_check_is_audited_with_who_and_why(digits, misnamed, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="inference.services"):
+    with caplog.at_level(logging.WARNING, logger="inference.registry.services"):
         _register(misnamed, "--activate", "--skip-check", "the vendor's fix is in v3")
     event = ModelEvent.objects.get(action="check-skipped")
     assert event.detail == {"change": "activate", "reason": "the vendor's fix is in v3"}
@@ -228,7 +228,7 @@ def test_each_builtin_passes_its_own_check() -> None:
 
 def test_textgen_passes_its_own_check() -> None:
     pytest.importorskip("transformers")
-    from inference.builtin import textgen_install
+    from inference.registry.builtin import textgen_install
 
     version, _ = textgen_install(actor="test", activate=False)
     report = checks.version_check(version)
@@ -270,8 +270,8 @@ def test_a_worker_that_does_not_answer_in_time_fails_the_check(lanes, settings) 
 @pytest.mark.redis
 @pytest.mark.skipif(not settings.REDIS_URL, reason="workers are seen through Redis")
 def test_it_sees_which_workers_serve_a_queue(lanes) -> None:
-    from inference.lane import alive_key, live_workers
-    from inference.redis_client import client
+    from inference.transport.lane import alive_key, live_workers
+    from inference.transport.redis_client import client
 
     queue = lane_queue()
     assert live_workers(queue) == []

@@ -7,7 +7,7 @@ from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 
 from inference.tests.conftest import make_version
-from streaming.log import get_log
+from streaming.eventlog import get_log
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)

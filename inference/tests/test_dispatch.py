@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from inference import backpressure, dispatch
-from inference.redis_client import client
-from inference.replies import Signal, Waiter, batch_reply_publish, inbox
 from inference.tasks import inference_predict_batch
 from inference.tests.conftest import ask, make_route, make_version
 from inference.tests.fakes import Doubler
+from inference.transport import admission, dispatch
+from inference.transport.redis_client import client
+from inference.transport.replies import Signal, Waiter, batch_reply_publish, inbox
 
 
 class FakeWorker:
@@ -81,7 +81,7 @@ def test_it_sends_concurrent_requests_for_one_version_as_few_messages(monkeypatc
     assert len(sent) == len(set(sent)) == 24  # every request went exactly once
     assert all(len(m) <= 8 for m in worker.messages)
     assert len(worker.messages) < 24 / 2  # merged: far fewer messages than requests
-    assert backpressure.in_flight(route.queue) == 0  # the worker's answer freed the slots
+    assert admission.in_flight(route.queue) == 0  # the worker's answer freed the slots
 
 
 def test_it_sends_a_lone_request_at_once(monkeypatch) -> None:
@@ -130,7 +130,7 @@ def test_it_honours_each_requests_own_deadline_in_a_batch(monkeypatch) -> None:
     deadlines = sorted(d for _, _, d in worker.messages[1])
     assert deadlines[1] - deadlines[0] > 4  # each item carries its own deadline
     time.sleep(0.7)
-    assert backpressure.in_flight(route.queue) == 0
+    assert admission.in_flight(route.queue) == 0
 
 
 def test_it_does_not_send_a_request_whose_deadline_passed_while_it_waited(monkeypatch) -> None:
@@ -157,17 +157,17 @@ def test_it_refuses_past_the_queue_bound_at_once(monkeypatch, settings) -> None:
 
     def submit_and_wait(pending: dispatch.Pending) -> None:
         collector.submit(pending)
-        with contextlib.suppress(backpressure.QueueFull):  # the refusal, also as it waits
+        with contextlib.suppress(admission.QueueFull):  # the refusal, also as it waits
             pending.wait(1.0)  # the silent worker never answers the admitted ones
 
     with ThreadPoolExecutor(max_workers=5) as pool:
         list(pool.map(submit_and_wait, pendings))
     refused = [p for p in pendings if p.error is not None]
     assert len(refused) == 3
-    assert all(isinstance(p.error, backpressure.QueueFull) for p in refused)
+    assert all(isinstance(p.error, admission.QueueFull) for p in refused)
     assert [len(m) for m in worker.messages] == [2]
-    assert backpressure.in_flight(route.queue) == 2
-    backpressure.release_many(route.queue, [rid for rid, _, _ in worker.messages[0]])
+    assert admission.in_flight(route.queue) == 2
+    admission.release_many(route.queue, [rid for rid, _, _ in worker.messages[0]])
 
 
 def test_it_answers_every_refused_request_when_the_broker_is_down(monkeypatch) -> None:
@@ -180,7 +180,7 @@ def test_it_answers_every_refused_request_when_the_broker_is_down(monkeypatch) -
     route = make_route()
     with pytest.raises(OperationalError):
         ask(route, 1)
-    assert backpressure.in_flight(route.queue) == 0
+    assert admission.in_flight(route.queue) == 0
     assert dispatch.collector(route)._in_flight == 0
 
 
@@ -191,7 +191,7 @@ def test_the_worker_answers_a_batch_with_one_message_and_frees_its_slots() -> No
     deadline = time.time() + 10
     items = [[uuid.uuid4().hex, {"x": n}, deadline] for n in range(5)]
     items.append([uuid.uuid4().hex, {"x": 99}, time.time() - 1])  # expired: dropped, not run
-    backpressure.admit_many(queue, {rid: d for rid, _, d in items})
+    admission.admit_many(queue, {rid: d for rid, _, d in items})
     waiters = {rid: inbox.expect(rid) for rid, _, _ in items}
     answered = threading.Event()
     batch_id = uuid.uuid4().hex
@@ -206,7 +206,7 @@ def test_the_worker_answers_a_batch_with_one_message_and_frees_its_slots() -> No
         assert reply is not None and reply["output"] == {"y": payload["x"] * 2}
         assert reply["batch_size"] == 5
     assert _reply(waiters[items[5][0]], 0.05) is None
-    assert backpressure.in_flight(queue) == 0
+    assert admission.in_flight(queue) == 0
 
 
 @pytest.mark.django_db
@@ -238,9 +238,9 @@ def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch
     version = make_version(max_batch_size=8, max_delay_ms=1000)
     route = make_route(version_id=version.pk)
     trips = []
-    real_admit = backpressure.admit_many
+    real_admit = admission.admit_many
     monkeypatch.setattr(
-        backpressure,
+        admission,
         "admit_many",
         lambda *a, **kw: trips.append(kw.get("send")) or real_admit(*a, **kw),
     )
@@ -256,7 +256,7 @@ def test_on_redis_a_batch_is_queued_with_its_slots_in_one_round_trip(monkeypatch
         reply = asked.result(timeout=5)
         assert reply is not None and reply["output"] == {"y": 42} and reply["batch_size"] == 1
     assert len(trips) == 1 and trips[0] is not None  # slots and message: one step
-    assert backpressure.in_flight(route.queue) == 0
+    assert admission.in_flight(route.queue) == 0
 
 
 def test_a_signal_behaves_as_an_event_set_once() -> None:
@@ -293,13 +293,13 @@ def test_a_request_handed_the_turn_leads_before_it_gives_up(monkeypatch) -> None
     assert behind.turn and behind.waiter.event.is_set()  # the turn went on
     assert collector.withdraw(behind) is True  # giving up now, it would have to lead first
     assert collector.withdraw(late) is False and collector._open == [behind]  # just leaves
-    backpressure.release_many(route.queue, [first.request_id])
+    admission.release_many(route.queue, [first.request_id])
 
 
 def test_admission_reloads_its_script_when_redis_lost_it(monkeypatch) -> None:
     if not settings.REDIS_URL:
         pytest.skip("the admission script is the Redis configuration's")
-    real = backpressure._admit_sha
+    real = admission._admit_sha
 
     class Lost:  # the sha of a script Redis no longer has (a restart, a SCRIPT FLUSH)
         cleared = False
@@ -311,8 +311,8 @@ def test_admission_reloads_its_script_when_redis_lost_it(monkeypatch) -> None:
             self.cleared = True
 
     lost = Lost()
-    monkeypatch.setattr(backpressure, "_admit_sha", lost)
+    monkeypatch.setattr(admission, "_admit_sha", lost)
     queue = f"q{uuid.uuid4().hex[:10]}"
-    assert backpressure.admit_many(queue, {"a": time.time() + 5}) == []
-    assert lost.cleared and backpressure.in_flight(queue) == 1
-    backpressure.release(queue, "a")
+    assert admission.admit_many(queue, {"a": time.time() + 5}) == []
+    assert lost.cleared and admission.in_flight(queue) == 1
+    admission.release(queue, "a")

@@ -64,9 +64,9 @@ def test_it_serves_digits_through_a_real_worker_and_server(stack, key, digits) -
 def test_a_batch_whose_worker_dies_mid_run_is_answered_by_the_next(stack, key, doubler) -> None:
     """The batch lane's redelivery: a worker killed while it holds a batch; the worker that
     takes its place (the same name, as a restarted pod) runs the batch again."""
-    from inference.lane import held_key
     from inference.models import ModelVersion
-    from inference.redis_client import client
+    from inference.transport.lane import held_key
+    from inference.transport.redis_client import client
 
     ModelVersion.objects.filter(pk=doubler.pk).update(
         runtime_options={"handler": "inference.tests.fakes.Doubler", "sleep": 1.5}
@@ -136,7 +136,7 @@ def test_a_worker_with_a_full_prefetch_window_keeps_taking_messages(stack, key, 
     assert "Task inference_predict_batch[" in log  # these requests came as Celery tasks
 
 
-# --- the unary server: the express lane on an event loop (inference/express_asgi.py) ---------
+# --- the unary server: the front door on an event loop (inference/api/frontdoor.py) -------------
 
 
 def _comparable(response: httpx.Response) -> tuple[Any, ...]:
@@ -243,20 +243,19 @@ def test_the_unary_server_answers_503_when_full_and_504_past_the_deadline(
                 "/v1/models/doubler/infer", json={"input": {"x": 3}, "timeout_ms": timeout_ms}
             )
 
-    from inference import backpressure
-    from inference.redis_client import client, key
+    from inference.transport import admission, redis_client
 
     # The in-flight set is this run's (its Redis prefix): a request of an earlier test that
     # ended without its answer (a killed worker, a deadline) holds its slot until its deadline,
     # and with a bound of one that slot would be the only one.
-    client().delete(key("inflight", "cpu"))
+    redis_client.client().delete(redis_client.key("inflight", "cpu"))
     # Loaded and warm first; its deadline is generous because a busy machine loads slowly.
     warm = ask(30000)
     assert warm.status_code == 200, warm.text
     assert warm.json()["output"] == {"y": 6}
     with ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(ask, 5000)
-        wait_for(lambda: backpressure.in_flight("cpu") == 1, "the queue's one slot to be taken")
+        wait_for(lambda: admission.in_flight("cpu") == 1, "the queue's one slot to be taken")
         full = ask(5000)
         assert slow.result().status_code == 200
     assert full.status_code == 503, full.text

@@ -13,13 +13,13 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from config.metrics import UPSTREAM_CALLS
 from inference.models import Model, ModelVersion
+from inference.registry.services import version_register
 from inference.runtimes import egress, runtime_class
 from inference.runtimes.base import UpstreamUnavailable, VersionSpec
-from inference.services import version_register
 from inference.tests.fakes import X_SCHEMA
 from inference.tests.upstream_server import FakeUpstream, fake_upstream
+from plumbing.metrics import UPSTREAM_CALLS
 
 pytestmark = pytest.mark.django_db
 

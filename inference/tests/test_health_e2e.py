@@ -14,10 +14,10 @@ import httpx
 import pytest
 from django.conf import settings
 
-from inference.lane import held_key
-from inference.redis_client import client as redis_client
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN
+from inference.transport.lane import held_key
+from inference.transport.redis_client import client as redis_client
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
 
@@ -49,7 +49,7 @@ def test_textgen_past_its_context_window_is_a_422_and_other_tenants_are_served(
 ) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from inference.builtin import textgen_install
+    from inference.registry.builtin import textgen_install
 
     textgen_install(actor="test")
     poisoner, healthy = _client(stack["base"], key[1]), _client(stack["base"], other_key)
@@ -216,7 +216,7 @@ def test_after_a_worker_outage_the_model_is_back_with_the_worker(stack, key) -> 
         thread.join(30)
     during = [(code, text) for t, code, text in answers if down_at + 1.5 < t < back_at]
     # Queued before the killed worker's claim lapsed: no worker took it by its deadline; after:
-    # refused at once, nobody serving the queue (config/presence.py).
+    # refused at once, nobody serving the queue (plumbing/presence.py).
     unserved = sum(
         "No worker took the request" in text or "No worker is serving queue" in text
         for _, text in during

@@ -1,5 +1,5 @@
 """Hostile input to inference never reaches a 5xx: a body nested 50,000 deep through the full
-stack and both express lanes, a stream request whose body is not an object, a pinned version
+stack and the unary front door, a stream request whose body is not an object, a pinned version
 the model does not serve, unstorable strings in a media request's ``model``, a malformed
 multipart upload, and over WebSocket."""
 
@@ -16,13 +16,12 @@ from django.test import AsyncClient
 from rest_framework.test import APIClient
 
 from config.asgi import application as asgi_application
-from inference import selectors
-from inference.express_asgi import Lane
+from inference.api.frontdoor import FrontDoor
+from inference.catalog import selectors
 from inference.media.tests.samples import wav
 from inference.models import ModelVersion
 from inference.tests.conftest import lane_queue, make_version
-from inference.tests.test_express import Stack
-from inference.tests.test_express_asgi import Counting, call
+from inference.tests.test_frontdoor import Counting, call
 
 DEEP = b'{"input": ' + b"[" * 50_000 + b"}"
 
@@ -46,31 +45,13 @@ def test_a_body_nested_50000_deep_is_a_malformed_request(
 
 
 @pytest.mark.django_db
-def test_the_wsgi_lane_hands_a_body_it_will_not_parse_to_the_full_stack(
-    key: Any, doubler: ModelVersion
-) -> None:
-    stack = Stack()
-    headers = {"HTTP_X_API_KEY": key[1]}
-    answer = stack.post(stack.lane, "/v1/models/doubler/infer", raw=DEEP, **headers)
-    malformed(answer.status_code, answer.json())
-    assert stack.handed_over == 1
-    nul = stack.post(
-        stack.lane, "/v1/models/doubler/infer", raw=rb'{"input": {"x": "\u0000"}}', **headers
-    )
-    assert nul.status_code == 422 and nul.json()["errors"][0]["field"] == "input.x"
-    assert stack.handed_over == 2
-
-
-@pytest.mark.django_db
 @pytest.mark.parametrize("body", [b"5", b"null", b'"text"', b"[1]"])
-def test_a_stream_request_whose_body_is_no_object_is_a_422_on_the_lane(
-    key: Any, doubler: ModelVersion, body: bytes
+def test_a_stream_request_whose_body_is_no_object_is_a_422(
+    api: APIClient, doubler: ModelVersion, body: bytes
 ) -> None:
-    stack = Stack()
-    answer = stack.post(
-        stack.lane, "/v1/models/doubler/infer?stream=true", raw=body, HTTP_X_API_KEY=key[1]
-    )
-    assert answer.status_code == 422, answer.body
+    path = "/v1/models/doubler/infer?stream=true"
+    answer = api.post(path, body, content_type="application/json")
+    assert answer.status_code == 422, answer.content
     assert answer.json()["type"] == "urn:sluice:problem:validation-error"
 
 
@@ -94,9 +75,9 @@ def test_pinning_a_version_the_model_does_not_serve_is_a_422_naming_it(
         ]
 
 
-@pytest.mark.skipif(not settings.REDIS_URL, reason="the loop's lane serves batches on Redis")
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the front door's batches travel on Redis")
 @pytest.mark.django_db(transaction=True)
-def test_the_loop_lane_hands_a_body_it_will_not_parse_to_the_full_stack(
+def test_the_front_door_hands_a_body_it_will_not_parse_to_the_full_stack(
     lanes: Any, key: Any, settings: Any
 ) -> None:
     queue = lane_queue()
@@ -104,9 +85,9 @@ def test_the_loop_lane_hands_a_body_it_will_not_parse_to_the_full_stack(
     make_version(queue=queue, max_batch_size=8, max_delay_ms=0)
     lanes(queue).start()
     full = Counting()
-    app = Lane(full)
+    app = FrontDoor(full)
     try:
-        selectors.routing_table("doubler")  # the lane's own copy: it would serve the request
+        selectors.routing_table("doubler")  # the front door's own copy: it would serve it
         path = "/v1/models/doubler/infer"
         status, _, body = call(app, None, {"X-API-Key": key[1]}, path, raw=DEEP)
         malformed(status, body)

@@ -1,5 +1,5 @@
-"""The batch lane (inference/lane.py): unary batches off a Redis list, held while they run,
-given back when their worker dies. Real Redis; the worker's half runs in this process."""
+"""The batch lane (inference/transport/lane.py): unary batches off a Redis list, held while they
+run, given back when their worker dies. Real Redis; the worker's half runs in this process."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from inference import backpressure, dispatch, lane
-from inference.lane import Lane, alive_key, held_key, lane_key
-from inference.redis_client import client
-from inference.replies import inbox
 from inference.tests.conftest import ask, lane_queue, make_route, make_version
 from inference.tests.fakes import Doubler
+from inference.transport import admission, dispatch, lane
+from inference.transport.lane import Lane, alive_key, held_key, lane_key
+from inference.transport.redis_client import client
+from inference.transport.replies import inbox
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL, reason="the batch lane is the Redis configuration's"
@@ -52,12 +52,12 @@ def test_a_batch_goes_onto_the_lane_with_its_slots_and_leaves_the_held_list_answ
         raw = _take(queue, worker)
         message = json.loads(raw)
         assert message["version"] == version.pk and len(message["items"]) == 1
-        assert backpressure.in_flight(queue) == 1  # its slot was taken with the push
+        assert admission.in_flight(queue) == 1  # its slot was taken with the push
         worker.handle(queue, held_key(queue, worker.hostname), raw)  # in this thread (the db)
         reply = asked.result(timeout=5)
     assert reply is not None and reply["output"] == {"y": 42} and reply["batch_size"] == 1
     assert client().llen(held_key(queue, worker.hostname)) == 0  # gone with the answer
-    assert backpressure.in_flight(queue) == 0
+    assert admission.in_flight(queue) == 0
     assert Doubler.batches == [[21]]
 
 
@@ -74,7 +74,7 @@ def test_lane_threads_serve_concurrent_requests_in_batches(lanes) -> None:
     assert sum(len(b) for b in Doubler.batches) == 12
     assert len(Doubler.batches) < 12  # requests travelled together
     assert client().llen(held_key(queue, worker.hostname)) == 0
-    assert backpressure.in_flight(queue) == 0
+    assert admission.in_flight(queue) == 0
 
 
 @pytest.mark.django_db
@@ -102,7 +102,7 @@ def test_a_dead_workers_held_batch_is_given_back_and_answered(lanes) -> None:
         alive.handle(queue, held_key(queue, alive.hostname), kept)
         assert first.result(timeout=5)["output"] == {"y": 2}
         assert second.result(timeout=5)["output"] == {"y": 4}
-    assert backpressure.in_flight(queue) == 0
+    assert admission.in_flight(queue) == 0
 
 
 def test_a_restarted_worker_takes_back_what_it_held_and_a_stopped_one_gives_it_back(
@@ -175,7 +175,7 @@ def test_the_rest_of_a_partly_refused_batch_goes_onto_the_lane(monkeypatch, lane
     worker = lanes(queue)
     settings.INFERENCE_QUEUE_BOUNDS = {queue: 2}
     deadline = time.time() + 10
-    backpressure.admit_many(queue, {"someone-else": deadline})  # one slot of two is taken
+    admission.admit_many(queue, {"someone-else": deadline})  # one slot of two is taken
     batch = [
         dispatch.Pending(rid, {"x": n}, deadline, waiter=inbox.expect(rid))
         for n, rid in enumerate([uuid.uuid4().hex, uuid.uuid4().hex])
@@ -183,10 +183,10 @@ def test_the_rest_of_a_partly_refused_batch_goes_onto_the_lane(monkeypatch, lane
     try:
         assert dispatch.collector(make_route(version_id=1, queue=queue))._send(batch)
         assert batch[0].error is None
-        assert isinstance(batch[1].error, backpressure.QueueFull)
+        assert isinstance(batch[1].error, admission.QueueFull)
         message = json.loads(_take(queue, worker))
         assert [rid for rid, _, _ in message["items"]] == [batch[0].request_id]
     finally:
-        backpressure.release_many(queue, ["someone-else", batch[0].request_id])
+        admission.release_many(queue, ["someone-else", batch[0].request_id])
         for pending in batch:
             inbox.forget(pending.request_id)

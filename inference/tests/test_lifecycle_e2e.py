@@ -19,7 +19,7 @@ from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from inference.builtin import DIGITS_OPTIONS
+from inference.registry.builtin import DIGITS_OPTIONS
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import PICKY, SCORER
 from testing.processes import manage
@@ -98,7 +98,8 @@ def test_a_shadow_is_compared_with_the_primary_after_known_traffic(
     key: Any,
     settings: Any,
 ) -> None:
-    from inference import services, shadows
+    from inference.registry import services
+    from inference.transport import shadows
 
     make_version("scored", options=SCORER)
     shadow = make_version(
@@ -145,8 +146,9 @@ def test_a_failing_canary_is_rolled_back_within_its_window_and_a_healthy_one_kep
     doubler: Any,
     settings: Any,
 ) -> None:
-    from inference import services, version_health
+    from inference.catalog import version_health
     from inference.models import ModelEvent, ModelVersion
+    from inference.registry import services
 
     window = 30
     # Fails for 30 % of inputs (x % 10 < 3), answers the rest; passes its check on x = 5.

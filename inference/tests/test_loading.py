@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from config import presence
-from inference import loading, selectors, serving
+from inference.catalog import selectors
 from inference.runtimes import base as runtimes_base
 from inference.tests.conftest import make_version
 from inference.tests.fakes import SlowLoader
+from inference.worker import loading, predict
+from plumbing import presence
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,13 +28,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def worker(settings: Any) -> Any:
     """A worker of this test on a queue of its own: embedded, a thread of this process; on
     Redis the same thread consuming Redis (the web half waits for its answer either way)."""
-    from config.embedded import start_worker
+    from plumbing.embedded import start_worker
 
     queue = f"q{uuid.uuid4().hex[:10]}"
     settings.INFERENCE_QUEUES = [*settings.INFERENCE_QUEUES, queue]
     settings.INFERENCE_PRELOAD = False
     settings.INFERENCE_BATCH_LANE = False  # the lane runs in `celery worker` processes only
-    loading.forget()
+    presence.forget_claims()
     running = start_worker(queues=[queue], concurrency=2)
     give_up = time.monotonic() + 10
     while not presence.consumers([queue])[queue] and time.monotonic() < give_up:
@@ -141,21 +142,21 @@ def test_late_items_are_kept_only_while_they_wait_for_a_load(settings: Any) -> N
     version = make_version(
         options={"handler": "inference.tests.fakes.SlowLoader", "load_sleep": 1.0}
     )
-    assert serving.load_grace(version.pk) == 0  # not loading here: late work is dropped
+    assert predict.load_grace(version.pk) == 0  # not loading here: late work is dropped
     assert not loading.in_progress(version.pk)
     asked = time.monotonic()
     loader = threading.Thread(
-        target=serving.model_cache().get, args=(selectors.version_spec(version.pk),)
+        target=predict.model_cache().get, args=(selectors.version_spec(version.pk),)
     )
     loader.start()
     time.sleep(0.5)
-    assert serving.load_grace(version.pk) == 30  # queued behind the load: kept
+    assert predict.load_grace(version.pk) == 30  # queued behind the load: kept
     assert loading.in_progress(version.pk)  # web processes see it loading
     loader.join()
-    loaded = serving.model_cache().get(selectors.version_spec(version.pk))
-    assert serving.load_grace(version.pk, since=asked, loaded=loaded) == 30  # waited for it
-    assert serving.load_grace(version.pk, since=time.monotonic(), loaded=loaded) == 0
-    assert serving.load_grace(version.pk) == 0
+    loaded = predict.model_cache().get(selectors.version_spec(version.pk))
+    assert predict.load_grace(version.pk, since=asked, loaded=loaded) == 30  # waited for it
+    assert predict.load_grace(version.pk, since=time.monotonic(), loaded=loaded) == 0
+    assert predict.load_grace(version.pk) == 0
     assert loading.in_progress(version.pk)  # for a moment after: the answers are on their way
     time.sleep(loading.LINGER_SECONDS + 0.1)
     assert not loading.in_progress(version.pk)

@@ -1,4 +1,4 @@
-"""Batching on an event loop (inference.dispatch.LoopCollector, the ASGI express lane's): the
+"""Batching on an event loop (inference.transport.dispatch.LoopCollector, the front door's): the
 same batches, refusals and deadlines as the threads' collector, with futures instead of
 threads. Real Redis; the worker's half is lane threads in this process."""
 
@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from inference import backpressure, dispatch
-from inference.lane import held_key
-from inference.redis_client import client
-from inference.selectors import VersionRoute
+from inference.catalog.selectors import VersionRoute
 from inference.tests.conftest import lane_queue, make_route, make_version
 from inference.tests.fakes import Doubler
+from inference.transport import admission, dispatch
+from inference.transport.lane import held_key
+from inference.transport.redis_client import client
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL, reason="the loop's batches travel on the Redis configuration's lane"
@@ -52,7 +52,7 @@ def test_requests_on_a_loop_travel_in_batches_and_each_gets_its_answer(lanes) ->
     sizes = [len(batch) for batch in Doubler.batches]
     assert sum(sizes) == 20 and sizes[0] == 1 and max(sizes) <= 8 and len(sizes) <= 4, sizes
     assert client().llen(held_key(queue, worker.hostname)) == 0
-    assert backpressure.in_flight(queue) == 0
+    assert admission.in_flight(queue) == 0
 
 
 @pytest.mark.django_db
@@ -68,7 +68,7 @@ def test_a_request_nobody_answers_gets_none_at_its_deadline_and_frees_its_slot(l
 
     reply, took = asyncio.run(main())
     assert reply is None and 0.25 < took < 2
-    assert backpressure.in_flight(queue) == 0
+    assert admission.in_flight(queue) == 0
 
 
 @pytest.mark.django_db
@@ -76,14 +76,14 @@ def test_a_full_queue_refuses_on_the_loop_without_sending(lanes, settings) -> No
     queue = lane_queue()
     lanes(queue)
     settings.INFERENCE_QUEUE_BOUNDS = {queue: 1}
-    backpressure.admit_many(queue, {"someone-else": time.time() + 10})
+    admission.admit_many(queue, {"someone-else": time.time() + 10})
     route = make_route(version_id=1, queue=queue, max_delay_ms=0)
     try:
-        with pytest.raises(backpressure.QueueFull):
+        with pytest.raises(admission.QueueFull):
             asyncio.run(ask_on_loop(route, 1))
         assert client().llen(f"{settings.REDIS_KEY_PREFIX}:inference:lane:{queue}") == 0
     finally:
-        backpressure.release_many(queue, ["someone-else"])
+        admission.release_many(queue, ["someone-else"])
 
 
 @pytest.mark.django_db
@@ -94,7 +94,7 @@ def test_a_batch_that_cannot_be_sent_fails_its_requests_and_the_next_batch_still
     lanes(queue)
     # A long window: a batch still counted in flight would hold the next one open.
     route = make_route(version_id=1, queue=queue, max_delay_ms=10_000)
-    real = backpressure.admit_many
+    real = admission.admit_many
     calls = []
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -103,7 +103,7 @@ def test_a_batch_that_cannot_be_sent_fails_its_requests_and_the_next_batch_still
             raise ConnectionError("redis went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(backpressure, "admit_many", flaky)
+    monkeypatch.setattr(admission, "admit_many", flaky)
 
     async def main() -> None:
         with pytest.raises(ConnectionError):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from django.conf import settings
 
-from streaming.log import RedisLog
+from streaming.eventlog import RedisLog
 from testing.processes import free_port, manage, own_database, running, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]

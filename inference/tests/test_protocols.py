@@ -8,8 +8,8 @@ import struct
 import pytest
 from sklearn.datasets import load_digits
 
-from inference.builtin import DIGITS_SCHEMA, TEXT_SCHEMA, sentiment_install
-from inference.protocols import v2
+from inference.api.protocols import v2
+from inference.registry.builtin import DIGITS_SCHEMA, TEXT_SCHEMA, sentiment_install
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,9 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from inference.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA
+from inference.catalog.selectors import candidates, model_for_tenant
 from inference.models import Model, ModelEvent, ModelVersion
-from inference.selectors import candidates, model_for_tenant
+from inference.registry.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA
 from inference.tests.conftest import make_version
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The registry's write API (inference/views_registry.py): staff sessions with the model
+"""The registry's write API (inference/api/registry_views.py): staff sessions with the model
 permission only; a failed pre-activation check is a 422 with the engine's error."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
-from inference.builtin import DIGITS_OPTIONS
 from inference.models import ModelEvent, ModelVersion
-from inference.services import version_register
+from inference.registry.builtin import DIGITS_OPTIONS
+from inference.registry.services import version_register
 
 pytestmark = pytest.mark.django_db
 

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from inference.builtin import DIGITS_SCHEMA
 from inference.models import Model, ModelVersion
+from inference.registry.builtin import DIGITS_SCHEMA
+from inference.registry.services import version_register
 from inference.runtimes.base import UpstreamError, VersionSpec
 from inference.runtimes.kserve import KServeRuntime
 from inference.runtimes.openai_remote import OpenAIRemoteRuntime
-from inference.services import version_register
 from inference.tests.fakes import LetterEmbedder
 from testing import mlserver as mls
 from testing.processes import free_port, manage, own_database, running, server_env

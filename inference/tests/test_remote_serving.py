@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from inference.models import ModelVersion
-from inference.services import version_register
+from inference.registry.services import version_register
 from inference.tests.fakes import X_SCHEMA
 from inference.tests.upstream_server import FakeUpstream, Reply, fake_upstream
 from testing.processes import free_port
@@ -183,9 +183,9 @@ def test_an_edited_url_is_loaded_afresh(api, eager) -> None:
         assert _infer(api, 1).status_code == 200
         row.runtime_options = {**row.runtime_options, "url": new.url}
         row.save()
-        from inference import serving
+        from inference.worker import predict
 
-        serving._specs.clear()  # the worker's 30 s spec cache, elapsed
+        predict._specs.clear()  # the worker's 30 s spec cache, elapsed
         assert _infer(api, 2).json()["output"] == {"y": 4}
         assert len(old.calls(INFER)) == 1 and len(new.calls(INFER)) == 1
 

@@ -5,7 +5,14 @@ from collections import Counter
 
 import pytest
 
-from inference.router import Candidate, CircuitBreaker, NoRoute, NotServed, route, sticky_point
+from inference.catalog.router import (
+    Candidate,
+    CircuitBreaker,
+    NoRoute,
+    NotServed,
+    route,
+    sticky_point,
+)
 
 pytestmark = pytest.mark.django_db  # the breaker keeps its state in the cache
 

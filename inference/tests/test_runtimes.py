@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from inference.builtin import DIGITS_OPTIONS
+from inference.registry.builtin import DIGITS_OPTIONS
 from inference.runtimes import RuntimeUnavailable, VersionSpec, runtime_class, unavailable_reason
 from inference.runtimes.onnx import OnnxRuntime
 

@@ -8,8 +8,13 @@ from typing import Any
 import pytest
 from rest_framework import serializers
 
-from inference.builtin import DIGITS_SCHEMA, MLP_SCHEMA, TEXT_SCHEMA
-from inference.schema import fast_validator, serializer_for, validate_input, validate_with
+from inference.registry.builtin import DIGITS_SCHEMA, MLP_SCHEMA, TEXT_SCHEMA
+from inference.rules.input_schema import (
+    fast_validator,
+    serializer_for,
+    validate_input,
+    validate_with,
+)
 
 MIXED: dict[str, Any] = {
     "type": "object",

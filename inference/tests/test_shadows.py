@@ -1,16 +1,18 @@
-"""Shadow versions report (inference/shadows.py): each shadow's answers are paired with the
-primary's by request and compared, shown in the admin and in metrics."""
+"""Shadow versions report (inference/transport/shadows.py): each shadow's answers are paired
+with the primary's by request and compared, shown in the admin and in metrics."""
 
 from __future__ import annotations
 
 import pytest
 from prometheus_client import REGISTRY
 
-from inference import dispatch, services, shadows, version_health
+from inference.catalog import version_health
 from inference.models import ModelVersion
-from inference.shadows import Comparison, compare
+from inference.registry import services
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, SCORER
+from inference.transport import dispatch, shadows
+from inference.transport.shadows import Comparison, compare
 
 pytestmark = pytest.mark.django_db
 

@@ -22,10 +22,10 @@ from asgiref.sync import async_to_sync
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from inference import streams
 from inference.models import Model
 from inference.tests.conftest import make_version
-from streaming.log import get_log
+from inference.transport import streams
+from streaming.eventlog import get_log
 from streaming.services import stream_slots_held
 from tenants.models import TenantAPIKey
 from tenants.selectors import forget_key

@@ -34,7 +34,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from streaming.log import RedisLog
+from streaming.eventlog import RedisLog
 from testing.processes import (
     celery_worker,
     free_port,
@@ -64,7 +64,7 @@ REGISTER = (
     f"max_batch_size={BATCH})\n"
     f"make_version('typist', options={{**TYPIST, 'sleep': {TOKEN_SECONDS}}}, "
     "task=Model.Task.TEXT)\n"
-    "from inference.builtin import faces_install\n"
+    "from inference.registry.builtin import faces_install\n"
     "faces_install()\n"
 )
 

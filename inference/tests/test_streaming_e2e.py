@@ -18,7 +18,7 @@ import pytest
 import websockets
 from django.conf import settings
 
-from streaming.log import RedisLog
+from streaming.eventlog import RedisLog
 from testing.processes import (
     celery_worker,
     free_port,
@@ -91,7 +91,7 @@ def stack(tmp_path_factory, lm_artifact):
             env,
             "shell",
             "-c",
-            "from inference.builtin import sentiment_install; sentiment_install()",
+            "from inference.registry.builtin import sentiment_install; sentiment_install()",
         )
         port = free_port()
         cmd = [sys.executable, "manage.py", "serve", "--no-worker", "--port", str(port)]

@@ -12,14 +12,16 @@ import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
-from inference import selectors, serving, streams
-from inference.builtin import TEXTGEN_SCHEMA
+from inference.catalog import selectors
 from inference.models import Model, ModelVersion
-from inference.services import version_register
+from inference.registry.builtin import TEXTGEN_SCHEMA
+from inference.registry.services import version_register
 from inference.tests.conftest import make_version
 from inference.tests.fakes import BROKEN
+from inference.transport import streams
+from inference.worker import predict
 from streaming import services as stream_slots
-from streaming.log import get_log
+from streaming.eventlog import get_log
 
 pytestmark = pytest.mark.django_db
 
@@ -219,7 +221,7 @@ def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) 
     started = _start(version, tenant, item)
     stream_log = get_log()
     # Loaded here: the producer thread must not query the test's (transactional) database.
-    serving.model_cache().get(streams._spec(version.pk))
+    predict.model_cache().get(streams._spec(version.pk))
     producer = threading.Thread(
         target=streams.stream_run,
         kwargs={
@@ -250,7 +252,7 @@ def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) 
 def test_the_deadline_stops_a_long_stream(tenant, tiny_lm) -> None:
     version = make_lm(tiny_lm)
     # Loaded first: a stream that waits for its model's load gets the load allowance on top.
-    serving.model_cache().get(selectors.version_spec(version.pk))
+    predict.model_cache().get(selectors.version_spec(version.pk))
     item = {"prompt": "Hello", "max_tokens": 1000}
     started = streams.stream_start(
         model=version.model, tenant=tenant, kind="text", items=[item], timeout_ms=300

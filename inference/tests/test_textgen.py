@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from inference import textgen
-from inference.builtin import TEXTGEN, textgen_install
 from inference.models import ModelVersion
+from inference.registry import textgen
+from inference.registry.builtin import TEXTGEN, textgen_install
 from inference.runtimes import VersionSpec
 from inference.runtimes.transformers import TransformersRuntime
 
@@ -71,7 +71,7 @@ def test_install_registers_a_streaming_text_model_once(small_builds) -> None:
 def test_without_torch_it_is_unavailable_until_an_install_with_torch(
     small_builds, monkeypatch, tmp_path
 ) -> None:
-    from inference import selectors
+    from inference.catalog import selectors
 
     monkeypatch.setattr(TransformersRuntime, "engines", ("sluice_absent_torch",))
     placeholder, created = textgen_install(actor="test")

@@ -11,8 +11,8 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-from inference import version_health
-from inference.version_health import flush, record, window, windows
+from inference.catalog import version_health
+from inference.catalog.version_health import flush, record, window, windows
 from testing.processes import ROOT
 
 
@@ -111,7 +111,7 @@ def test_it_sums_the_outcomes_of_several_processes() -> None:
     """Another process (its own buffer and flusher) records into the same Redis prefix."""
     prefix = cache.key_prefix  # type: ignore[attr-defined]  # this test's own namespace
     script = (
-        "from inference.version_health import record, flush\n"
+        "from inference.catalog.version_health import record, flush\n"
         "for _ in range(3): record(7, outcome='engine_error', latency_ms=None, caller='other',"
         " error='from the other process')\n"
         "flush()\n"

@@ -9,8 +9,8 @@ import re
 import pytest
 from django.core.management import call_command
 
-from inference import version_health
-from inference.router import CircuitBreaker
+from inference.catalog import version_health
+from inference.catalog.router import CircuitBreaker
 from inference.tests.conftest import make_version
 from inference.tests.fakes import PICKY
 

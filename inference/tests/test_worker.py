@@ -6,15 +6,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
 
-from inference import outcomes, serving
-from inference.cache import ModelCache
-from inference.replies import reply_publish, reply_wait
 from inference.runtimes import RuntimeUnavailable, VersionSpec
-from inference.tasks import inference_predict
 from inference.tests.conftest import make_version
 from inference.tests.fakes import DOUBLER, PICKY, Doubler
+from inference.transport import replies
+from inference.transport.replies import reply_publish, reply_wait
+from inference.worker import outcomes, predict
+from inference.worker.cache import ModelCache
 
 
 def _spec(id: int = 1, checksum: str = "a", **options) -> VersionSpec:
@@ -54,56 +53,6 @@ def test_it_reports_a_missing_handler_as_unavailable() -> None:
         cache.get(_spec(handler="sluice_missing_pkg.Handler"))
 
 
-@pytest.mark.django_db
-def test_it_drops_expired_work_without_running_it() -> None:
-    version = make_version()
-    rid = uuid.uuid4().hex
-    inference_predict(version.pk, {"x": 1}, rid, time.time() - 1)
-    assert Doubler.batches == []
-    assert serving.model_cache().loaded() == []  # not even loaded
-    assert reply_wait(rid, 0.05) is None
-
-
-@pytest.mark.django_db
-def test_it_publishes_the_answer_for_the_waiting_view() -> None:
-    version = make_version()
-    rid = uuid.uuid4().hex
-    inference_predict(version.pk, {"x": 4}, rid, time.time() + 10)
-    reply = reply_wait(rid, 1)
-    assert reply is not None and reply["ok"] is True and reply["output"] == {"y": 8}
-
-
-@pytest.mark.django_db
-def test_it_publishes_unavailable_with_the_reason() -> None:
-    version = make_version(options={"handler": "sluice_missing_pkg.Handler"})
-    rid = uuid.uuid4().hex
-    inference_predict(version.pk, {"x": 4}, rid, time.time() + 10)
-    reply = reply_wait(rid, 1)
-    assert reply is not None and reply["status"] == 503
-    assert "sluice_missing_pkg is not installed" in reply["error"]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_batches_concurrent_tasks_of_one_version() -> None:
-    version = make_version(max_batch_size=8, max_delay_ms=100)
-    ids = [uuid.uuid4().hex for _ in range(8)]
-    barrier = threading.Barrier(8)
-
-    def task(i: int) -> None:
-        barrier.wait()
-        try:
-            inference_predict(version.pk, {"x": i}, ids[i], time.time() + 10)
-        finally:
-            connection.close()  # each thread opened its own
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(task, range(8)))
-    replies = [reply_wait(rid, 1) for rid in ids]
-    assert [r["output"]["y"] for r in replies] == [i * 2 for i in range(8)]
-    assert len(Doubler.batches) < 8
-    assert max(r["batch_size"] for r in replies) > 1
-
-
 def test_it_delivers_replies_across_threads_and_times_out() -> None:
     rid = uuid.uuid4().hex
     threading.Timer(0.05, reply_publish, args=(rid, {"ok": True})).start()
@@ -117,10 +66,10 @@ def test_it_preloads_the_active_versions_of_its_queues() -> None:
     make_version("a")
     make_version("b", queue="gpu")
     draft = make_version("c", activate=False)
-    assert serving.preload({"cpu"}) == ["a:1"]
-    assert [s.label for s in serving.model_cache().loaded()] == ["a:1"]
+    assert predict.preload({"cpu"}) == ["a:1"]
+    assert [s.label for s in predict.model_cache().loaded()] == ["a:1"]
     assert Doubler.warmed == 1
-    assert draft.pk not in {s.id for s in serving.model_cache().loaded()}
+    assert draft.pk not in {s.id for s in predict.model_cache().loaded()}
 
 
 def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
@@ -136,7 +85,7 @@ def test_it_preloads_when_a_celery_worker_is_ready(monkeypatch) -> None:
         done.set()
         return []
 
-    monkeypatch.setattr(serving, "preload", fake_preload)
+    monkeypatch.setattr(predict, "preload", fake_preload)
     monkeypatch.setattr(outcomes, "outage_over", lambda queues: [])
     consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="cpu")]))
     apps._preload_on_worker_ready(sender=consumer)
@@ -150,10 +99,10 @@ def test_an_input_that_fails_the_engine_does_not_fail_its_batch(monkeypatch, cap
     version = make_version("picky", options=PICKY, max_batch_size=16)
     sent: dict[str, dict] = {}
     monkeypatch.setattr(
-        serving, "batch_reply_publish", lambda to, batch, replies, **kw: sent.update(replies)
+        replies, "batch_reply_publish", lambda to, batch, answers, **kw: sent.update(answers)
     )
     items = [(f"r{x}", {"x": x}, time.time() + 10) for x in range(16)]
-    serving.predict_batch(
+    replies.predict_batch(
         version_id=version.pk, queue="cpu", items=items, reply_to="inbox", batch_id="b"
     )
     assert [sent[f"r{x}"]["output"]["y"] for x in range(16) if x != 13] == [

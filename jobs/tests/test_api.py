@@ -211,7 +211,7 @@ def test_it_needs_the_jobs_scope(tenant: Tenant, client_for: Any, doubler: Any) 
 def test_a_job_submitted_while_no_worker_runs_is_queued_and_says_why_it_waits(
     api: APIClient, doubler: Any, settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    from config import presence
+    from plumbing import presence
 
     body = {"model": "doubler", "inputs": [{"x": 1}]}
     with django_capture_on_commit_callbacks(execute=False):  # not sent: nothing would run it

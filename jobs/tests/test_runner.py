@@ -14,7 +14,7 @@ from inference.models import ModelVersion
 from jobs import runner, services
 from jobs.inputs import from_list
 from jobs.models import Job, JobStatus, Task, TaskStatus
-from streaming.log import get_log
+from streaming.eventlog import get_log
 from tenants.models import Tenant
 
 pytestmark = pytest.mark.django_db

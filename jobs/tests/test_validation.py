@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from rest_framework import exceptions
 
-from inference.builtin import DIGITS_SCHEMA, TEXT_SCHEMA
-from inference.schema import validate_input
+from inference.registry.builtin import DIGITS_SCHEMA, TEXT_SCHEMA
+from inference.rules.input_schema import validate_input
 from jobs.validation import compile_validator
 
 MIXED: dict[str, Any] = {

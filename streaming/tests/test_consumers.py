@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from streaming.log import get_log
+from streaming.eventlog import get_log
 from tenants.services import apikey_revoke
 from tenants.tests.factories import make_key
 

@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 
 from streaming import fanout
-from streaming.log import END, GAP, MemoryLog, RedisLog
+from streaming.eventlog import END, GAP, MemoryLog, RedisLog
 
 
 class CountingLog:
@@ -116,7 +116,7 @@ def test_a_missing_stream_raises(log):
     async def run():
         await _collect(fanout.Hub(log), "no-such-stream")
 
-    from streaming.log import StreamNotFound
+    from streaming.eventlog import StreamNotFound
 
     with pytest.raises(StreamNotFound):
         asyncio.run(run())

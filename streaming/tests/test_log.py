@@ -10,7 +10,7 @@ import uuid
 import pytest
 from django.conf import settings
 
-from streaming.log import END, GAP, MemoryLog, RedisLog, StreamNotFound, id_key
+from streaming.eventlog import END, GAP, MemoryLog, RedisLog, StreamNotFound, id_key
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -12,9 +12,9 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 
 from config.celery import app
-from streaming import logs
-from streaming.log import MemoryLog, get_log
-from streaming.logs import StreamLogHandler, log_to
+from streaming import loglines
+from streaming.eventlog import MemoryLog, get_log
+from streaming.loglines import StreamLogHandler, log_to
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,7 +90,7 @@ def test_a_failing_stream_neither_raises_nor_recurses(memory_stream):
 
     def broken(*args):
         calls.append(args)
-        logging.getLogger("streaming.logs").error("the stream log is down")
+        logging.getLogger("streaming.loglines").error("the stream log is down")
         raise ConnectionError("down")
 
     handler = StreamLogHandler(append=broken)
@@ -112,10 +112,10 @@ def _log_line(text: str) -> None:
 
 
 def test_tasks_queued_under_a_log_stream_log_to_it_and_the_worker_has_its_own(settings):
-    from config.embedded import start_worker
+    from plumbing.embedded import start_worker
 
     settings.LOG_STREAM_WORKERS = True
-    stream = logs.open_log_stream(tenant_id=1, subject=uuid.uuid4().hex)
+    stream = loglines.open_log_stream(tenant_id=1, subject=uuid.uuid4().hex)
     worker = start_worker(queues=["streaming-test"], concurrency=1)
     try:
         with log_to(stream):
@@ -127,8 +127,8 @@ def test_tasks_queued_under_a_log_stream_log_to_it_and_the_worker_has_its_own(se
 
         got = _wait_for(lambda: [x for x in lines(stream) if x["logger"] == "sluice.test.task"])
         assert [x["message"] for x in got] == ["task says hello"]
-        worker_stream = logs.worker_stream_name(worker.hostname)
-        assert get_log().meta(worker_stream).tenant_id == logs.PLATFORM_TENANT
+        worker_stream = loglines.worker_stream_name(worker.hostname)
+        assert get_log().meta(worker_stream).tenant_id == loglines.PLATFORM_TENANT
         messages = _wait_for(
             lambda: {x["message"] for x in lines(worker_stream)}
             >= {
@@ -139,7 +139,7 @@ def test_tasks_queued_under_a_log_stream_log_to_it_and_the_worker_has_its_own(se
         assert messages
     finally:
         worker.stop(in_sighandler=False)
-        logs.set_worker_stream(None)
+        loglines.set_worker_stream(None)
 
 
 def test_a_tenant_follows_its_own_requests_log_stream(key, client_for, other_tenant, caplog):
@@ -150,7 +150,7 @@ def test_a_tenant_follows_its_own_requests_log_stream(key, client_for, other_ten
     assert response.status_code == 200
     stream = response["X-Log-Stream"]
     assert client_for(key[1]).get("/v1/tenant").get("X-Log-Stream") is None  # opt-in only
-    logs.handler().flush()
+    loglines.handler().flush()
     lines = [e.data for e in get_log().read(stream)]
     access = [x for x in lines if x["logger"] == "sluice.access"]
     assert access and access[0]["path"] == "/v1/tenant"

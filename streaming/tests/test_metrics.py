@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, Client
 
 from streaming import metrics
-from streaming.log import get_log
+from streaming.eventlog import get_log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

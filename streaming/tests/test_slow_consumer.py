@@ -18,7 +18,7 @@ import pytest
 import websockets
 from django.conf import settings
 
-from streaming.log import RedisLog
+from streaming.eventlog import RedisLog
 from testing.processes import free_port, manage, own_database, running_process, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db]

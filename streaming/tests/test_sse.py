@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 
-from streaming.log import get_log
+from streaming.eventlog import get_log
 from tenants.tests.factories import make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.test import AsyncClient, Client
 
 from config.asgi import application
-from streaming.log import get_log
-from streaming.logs import PLATFORM_TENANT
+from streaming.eventlog import get_log
+from streaming.loglines import PLATFORM_TENANT
 from tenants.models import Tenant
 from tenants.tests.factories import grant
 

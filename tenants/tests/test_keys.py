@@ -116,7 +116,7 @@ def test_it_records_last_used_at_once_a_minute(client, tenant, django_assert_num
 def test_cache_only_verification_asks_for_the_database_instead_of_querying(
     tenant, django_assert_num_queries
 ):
-    """What the unary server's loop relies on (inference.express_asgi): within cache_only()
+    """What the unary server's loop relies on (inference.api.frontdoor): within cache_only()
     a key is verified from the process's cache or NotCached is raised — never a query."""
     from tenants.authentication import authenticate_credential
     from tenants.selectors import NotCached, cache_only, forget_key

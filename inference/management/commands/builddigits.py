@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.builtin import digits_install
+from inference.registry.builtin import digits_install
 
 
 class Command(BaseCommand):

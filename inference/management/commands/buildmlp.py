@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.builtin import MLP_HIDDEN, mlp_install
+from inference.registry.builtin import MLP_HIDDEN, mlp_install
 
 
 def widths(text: str) -> tuple[int, ...]:

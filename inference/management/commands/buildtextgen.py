@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.builtin import textgen_install
+from inference.registry.builtin import textgen_install
 from inference.runtimes import unavailable_reason
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from inference import selectors
+from inference.catalog import selectors
 
 
 class Command(BaseCommand):

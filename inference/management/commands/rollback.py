@@ -7,8 +7,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference import services
 from inference.models import Model
+from inference.registry import services
 
 
 class Command(BaseCommand):

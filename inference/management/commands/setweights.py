@@ -10,10 +10,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference import services
-from inference.checks import describe
 from inference.management.cli import actor, skip_check_argument
 from inference.models import Model
+from inference.registry import services
+from inference.registry.checks import describe
 
 
 class Command(BaseCommand):

@@ -51,7 +51,7 @@ def test_a_closed_session_gives_its_stream_slot_back(tenant: Any) -> None:
 @pytest.mark.usefixtures("worker_everywhere")
 def test_a_session_whose_key_is_revoked_is_closed(tenant: Any, settings: Any) -> None:
     pytest.importorskip("pocketsphinx")
-    from inference.builtin import transcribe_install
+    from inference.registry.builtin import transcribe_install
 
     transcribe_install()
     settings.WS_REAUTH_SECONDS = 0.2

@@ -46,7 +46,8 @@ pytestmark = [
 SPOKEN = "Please open the door. The weather is nice today."
 MAX_VIDEO_BYTES = 200_000
 INSTALL_MEDIA = (
-    "from inference.builtin import MEDIA_INSTALLS\nfor install in MEDIA_INSTALLS: install()"
+    "from inference.registry.builtin import MEDIA_INSTALLS\n"
+    "for install in MEDIA_INSTALLS: install()"
 )
 
 

@@ -11,12 +11,17 @@ from typing import Any
 
 import pytest
 
-from inference.builtin import FACES_OPTIONS, SPEAK_OPTIONS, TRANSCRIBE_OPTIONS, TRANSLATE_OPTIONS
 from inference.engines import MediaInputError
 from inference.engines.audio import read_wav, resample
 from inference.engines.text import sentences
 from inference.engines.translate import probe
 from inference.media.tests.samples import BLANK_FRAMES, FACE_FRAMES, face_video, speech_pcm, wav
+from inference.registry.builtin import (
+    FACES_OPTIONS,
+    SPEAK_OPTIONS,
+    TRANSCRIBE_OPTIONS,
+    TRANSLATE_OPTIONS,
+)
 from inference.runtimes import VersionSpec, unavailable_reason
 from inference.runtimes.python import PythonRuntime
 

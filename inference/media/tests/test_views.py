@@ -13,14 +13,15 @@ from django.core.signals import request_finished
 from django.db import close_old_connections
 from django.test import AsyncClient
 
-from inference import backpressure, serving
-from inference.builtin import translate_install
 from inference.engines.translate import probe
 from inference.media import services
 from inference.media.tests.samples import wav
 from inference.models import ModelVersion
-from inference.services import version_register
-from streaming.log import get_log
+from inference.registry.builtin import translate_install
+from inference.registry.services import version_register
+from inference.transport import admission
+from inference.worker import predict
+from streaming.eventlog import get_log
 from streaming.services import stream_slots_held
 from tenants.models import Tenant
 from tenants.tests.factories import make_key
@@ -32,12 +33,12 @@ def _media(settings: Any, tmp_path: Any) -> Iterator[None]:
 
     settings.MEDIA_ROOT = str(tmp_path / "media")
     settings.MEDIA_FIRST_EVENT_TIMEOUT_SECONDS = 5
-    serving.model_cache().clear()
-    backpressure._local.clear()
+    predict.model_cache().clear()
+    admission._local.clear()
     app.conf.task_always_eager = True  # the worker half runs inside the request
     yield
     app.conf.task_always_eager = False
-    serving.model_cache().clear()
+    predict.model_cache().clear()
 
 
 def _register(name: str, options: dict[str, Any]) -> ModelVersion:

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 from rest_framework.exceptions import APIException, ValidationError
 
-from inference import selectors as inference_selectors
+from inference.catalog import selectors as inference_selectors
 from jobs import follow, inputs, services
 from tenants.models import Tenant
 
