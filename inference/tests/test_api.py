@@ -240,6 +240,7 @@ def test_a_circuit_a_worker_outage_opened_closes_when_a_worker_is_ready(settings
 
 @pytest.mark.redis
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the batch lane is the Redis configuration's")
+@pytest.mark.usefixtures("worker_everywhere")  # a worker that died: its claim not lapsed yet
 def test_requests_no_worker_takes_are_a_503_and_not_held_against_the_version(api, settings) -> None:
     """Nobody serves the version's queue (no worker in this process): each request waits its
     deadline, finds its batch still on the lane, and answers 503 with Retry-After."""

@@ -250,6 +250,9 @@ def _loading(planned: _Planned) -> bool:
         return False
 
 
+LOAD_POLL_SECONDS = 0.5  # how often a request waiting for its model's load looks at the mark
+
+
 def _allowance_left(planned: _Planned) -> float:
     return planned.deadline + settings.INFERENCE_LOAD_ALLOWANCE_SECONDS - time.time()
 
@@ -357,8 +360,11 @@ def infer(
         # Refusals of a batch another thread led come here (the queue's bound, its limits).
         reply = dispatch.wait(pending, planned.deadline - time.time())
         loading_late = reply is None and _loading(planned)
-        if loading_late:  # its model is loading: the allowance, not a 504 (see _loading)
-            reply = dispatch.wait(pending, _allowance_left(planned))
+        # Its model is loading: the allowance, not a 504 (see _loading), for as long as the
+        # mark says so — a load that ended leaves the request to the answers below.
+        while loading_late and reply is None and _allowance_left(planned) > 0:
+            reply = dispatch.wait(pending, min(LOAD_POLL_SECONDS, _allowance_left(planned)))
+            loading_late = reply is not None or _loading(planned)
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
     finally:
@@ -399,9 +405,11 @@ async def infer_async(
                     None, shadows.send_copy, shadow, rid, planned.payload, planned.deadline
                 )
         reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
-        loading_late = reply is None and _loading(planned)  # one Redis look, late requests only
-        if loading_late:
-            reply = await dispatch.wait_on_loop(pending, _allowance_left(planned))
+        loading_late = reply is None and _loading(planned)  # late requests only
+        while loading_late and reply is None and _allowance_left(planned) > 0:
+            left = min(LOAD_POLL_SECONDS, _allowance_left(planned))
+            reply = await dispatch.wait_on_loop(pending, left)
+            loading_late = reply is not None or _loading(planned)
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
     finally:

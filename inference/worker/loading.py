@@ -20,7 +20,7 @@ from django.conf import settings
 
 from plumbing import presence
 
-LINGER_SECONDS = 2.0  # a claim outlives its load this long: the answers are being sent
+LINGER_SECONDS = 1.0  # a claim outlives its load this long: the answers are being sent
 _me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
