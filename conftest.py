@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from plumbing import presence
 from tenants import selectors
 from tenants.models import Tenant, TenantAPIKey
 from tenants.tests.factories import TenantFactory, make_key
@@ -19,7 +20,7 @@ from tenants.tests.factories import TenantFactory, make_key
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings: Any) -> Iterator[None]:
     """Each test counts rate limits in its own cache namespace (never flushes a shared Redis)
-    and starts with an empty key cache."""
+    and starts with empty key and worker-presence caches."""
     default = dict(settings.CACHES["default"])
     if "LocMemCache" in default["BACKEND"]:
         default["LOCATION"] = f"test-{uuid.uuid4().hex}"
@@ -27,8 +28,19 @@ def _isolated_cache(settings: Any) -> Iterator[None]:
         default["KEY_PREFIX"] = f"{settings.REDIS_KEY_PREFIX}:t{uuid.uuid4().hex[:12]}"
     settings.CACHES = {"default": default}
     selectors._cache.clear()
+    presence.forget()  # whether a worker serves a queue is each test's own
+    presence.forget_claims()  # and the embedded claims (workers, loads) of earlier tests go
     yield
     selectors._cache.clear()
+    presence.forget()
+
+
+@pytest.fixture
+def worker_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every queue counts as served by a worker (``config.presence``), for tests of what
+    happens to requests queued where nothing answers them (a deadline, a full queue)."""
+    monkeypatch.setattr(presence, "_ask", lambda queue: True)
+    presence.forget()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -256,12 +256,19 @@ def bench_config(
             ) from None
         import httpx
 
-        probe = httpx.post(
-            url,
-            content=json.dumps({"input": INPUTS[model]}),
-            timeout=60,
-            headers={"X-API-Key": key, "Content-Type": "application/json"},
-        )
+        give_up = time.monotonic() + 30
+        while True:
+            probe = httpx.post(
+                url,
+                content=json.dumps({"input": INPUTS[model]}),
+                timeout=60,
+                headers={"X-API-Key": key, "Content-Type": "application/json"},
+            )
+            # 503 no-worker until the web process sees the worker's claim on its queue (it
+            # asks at most once a second): retried, as its Retry-After says.
+            if probe.status_code != 503 or time.monotonic() > give_up:
+                break
+            time.sleep(float(probe.headers.get("retry-after", "1")))
         if probe.status_code != 200:
             raise RuntimeError(f"probe answered {probe.status_code}: {probe.text[:500]}")
         results: dict[str, object] = {}

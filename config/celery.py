@@ -62,6 +62,38 @@ app.steps["consumer"].add(WakeLoop)
 app.steps["worker"].add("inference.transport.lane:BatchLane")
 
 
+class Presence(bootsteps.StartStopStep):
+    """The worker announces the queues it consumes while it consumes them
+    (``plumbing.presence``): web processes refuse a request whose queue nobody serves with a
+    503 at once instead of letting it wait out its deadline. Started once the consumer takes
+    messages from its queues; stopped (the claims removed) when it stops, on shutdown and
+    on a lost broker connection alike."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.announcer: Any = None
+
+    def start(self, parent: Any) -> None:
+        from plumbing.presence import Announcer, consumed_queues
+
+        # Unique per consumer: two in-process workers (embedded) may share a hostname.
+        name = f"{parent.hostname}/{os.getpid()}/{id(self):x}"
+        self.announcer = Announcer(name, consumed_queues(parent))
+        self.announcer.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.announcer is not None:
+            self.announcer.stop()
+            self.announcer = None
+
+    shutdown = stop
+
+
+app.steps["consumer"].add(Presence)
+
+
 @worker_init.connect
 def _serve_worker_metrics(**kwargs: Any) -> None:
     """A separate worker process serves its Prometheus metrics on WORKER_METRICS_PORT (the

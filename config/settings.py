@@ -50,6 +50,8 @@ EMBEDDED = not REDIS_URL
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="sluice")
 
 INSTALLED_APPS = [
+    # First: its runserver (daphne's, saying it starts no worker) wins over daphne's own.
+    "plumbing",  # the library every app shares (problem+json, rate limits, metrics, ...)
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -63,7 +65,6 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
-    "plumbing",  # the library every app shares (problem+json, rate limits, metrics, ...)
     "tenants",
     "inference",
     "streaming",
@@ -196,6 +197,11 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=9808)
+# Workers announce the queues they consume (plumbing/presence.py): renewed every interval, lapsed
+# after the TTL (a killed worker), read by web processes at most once per cache period per queue.
+WORKER_PRESENCE_INTERVAL_SECONDS = env.float("WORKER_PRESENCE_INTERVAL_SECONDS", default=2.0)
+WORKER_PRESENCE_TTL_SECONDS = env.float("WORKER_PRESENCE_TTL_SECONDS", default=6.0)
+WORKER_PRESENCE_CACHE_SECONDS = env.float("WORKER_PRESENCE_CACHE_SECONDS", default=1.0)
 # Workers log through LOGGING below (JSON in production), not Celery's own text handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -229,6 +235,9 @@ INFERENCE_QUEUE_BOUNDS = env.dict("INFERENCE_QUEUE_BOUNDS", cast={"value": int},
 INFERENCE_RETRY_AFTER_SECONDS = env.int("INFERENCE_RETRY_AFTER_SECONDS", default=1)
 INFERENCE_DEFAULT_TIMEOUT_MS = env.int("INFERENCE_DEFAULT_TIMEOUT_MS", default=10_000)
 INFERENCE_MAX_TIMEOUT_MS = env.int("INFERENCE_MAX_TIMEOUT_MS", default=60_000)
+# A request whose model is loading when its deadline comes waits this much longer for the load
+# (then 503 model-loading with Retry-After), never a 504 because of the load (docs/inference.md).
+INFERENCE_LOAD_ALLOWANCE_SECONDS = env.float("INFERENCE_LOAD_ALLOWANCE_SECONDS", default=30.0)
 # Circuit breaker per version: opens after this many consecutive failures, probes after cooldown.
 INFERENCE_BREAKER_FAILURES = env.int("INFERENCE_BREAKER_FAILURES", default=5)
 INFERENCE_BREAKER_COOLDOWN_SECONDS = env.float("INFERENCE_BREAKER_COOLDOWN_SECONDS", default=30.0)

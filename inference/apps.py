@@ -48,6 +48,11 @@ class InferenceConfig(AppConfig):
         register_shared_collector(VersionHealthCollector)
         queues = list(settings.INFERENCE_QUEUES)
         register_gauge("in_flight", lambda: {q: admission.in_flight(q) for q in queues})
+        # /readyz counts the workers of the queues the active versions use (plumbing.presence).
+        from plumbing import presence
+
+        if selectors.active_queues not in presence.needed_sources:
+            presence.needed_sources.append(selectors.active_queues)
 
 
 def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

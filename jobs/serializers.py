@@ -6,8 +6,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs.models import FINISHED_TASK, Job, JobStatus, Task, TaskStatus
+from jobs.models import ACTIVE_JOB, FINISHED_TASK, Job, JobStatus, Task, TaskStatus
 from jobs.selectors import Cursor, task_result
+from plumbing import presence
 from plumbing.untrusted import INT64_MAX
 
 
@@ -53,6 +54,7 @@ class JobSerializer(serializers.ModelSerializer):
     done = serializers.IntegerField()
     progress = serializers.FloatField()
     urls = serializers.SerializerMethodField()
+    notice = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -76,10 +78,21 @@ class JobSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "urls",
+            "notice",
         )
 
     def get_object(self, obj: Job) -> str:
         return "job"
+
+    def get_notice(self, obj: Job) -> str | None:
+        """Why an unfinished job does not move: no worker consumes the jobs queue. Not a
+        refusal: the job waits queued and runs when a worker starts (docs/jobs.md)."""
+        if obj.status not in ACTIVE_JOB or presence.served(settings.JOBS_QUEUE):
+            return None
+        return (
+            f"No worker is serving queue {settings.JOBS_QUEUE}: the job waits queued and runs "
+            "when a worker starts."
+        )
 
     def get_urls(self, obj: Job) -> dict[str, str]:
         base = f"/v1/jobs/{obj.pk}"

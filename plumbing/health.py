@@ -12,6 +12,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from plumbing import presence
+
 CHECK_TIMEOUT_SECONDS = 2
 
 
@@ -66,9 +68,24 @@ def _run(check: Callable[[], None]) -> dict[str, object]:
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
+def _workers() -> dict[str, object]:
+    """How many workers consume each queue this deployment needs (``plumbing.presence``)."""
+    try:
+        found = presence.consumers(presence.needed_queues())
+    except Exception as exc:  # noqa: BLE001 - reported by name, as the other checks
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "queues": {queue: len(names) for queue, names in found.items()}}
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready: every configured dependency answers within its timeout; 503 names what is down."""
+    """Ready: every configured dependency answers within its timeout; 503 names what is down.
+
+    Queues without a worker do not make this process unready: it still serves everything
+    else, and answers inference on those queues with a clear 503 ``no-worker`` at once —
+    taking every web pod out of the load balancer (or restarting it) because the workers are
+    down would turn a partial outage into a total one. They make the status ``degraded``
+    (200) and are listed in ``without_workers``."""
     found = checks()
     results: dict[str, dict[str, object]] = {}
     # The database check stays on this thread (Django connections are per thread).
@@ -81,5 +98,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
             except concurrent.futures.TimeoutError:
                 results[name] = {"ok": False, "error": "timed out"}
     down = sorted(name for name, r in results.items() if not r["ok"])
-    body = {"status": "unavailable" if down else "ok", "down": down, "checks": results}
+    without: list[str] = []
+    if "database" not in down and "redis" not in down:
+        results["workers"] = workers = _workers()
+        queues = workers.get("queues")
+        if isinstance(queues, dict):
+            without = sorted(queue for queue, count in queues.items() if not count)
+    status = "unavailable" if down else "degraded" if without else "ok"
+    body = {"status": status, "down": down, "without_workers": without, "checks": results}
     return JsonResponse(body, status=503 if down else 200)

@@ -178,6 +178,12 @@ def active_version_ids(queues: set[str]) -> list[int]:
     ]
 
 
+def active_queues() -> set[str]:
+    """The queues of the versions taking traffic (or shadowing): where workers are needed."""
+    rows = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE)
+    return set(rows.values_list("queue", flat=True).distinct())
+
+
 def model_events(model: Model, *, limit: int = 50) -> list[ModelEvent]:
     return list(model.events.select_related("version")[:limit])
 

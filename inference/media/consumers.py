@@ -34,6 +34,7 @@ from rest_framework import exceptions
 
 from inference.engines.audio import SAMPLE_RATE, SAMPLE_WIDTH
 from inference.media import services
+from plumbing.presence import NoWorker
 from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from streaming.sockets import (
     CLOSE_NORMAL,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # Close codes of this socket beyond the shared ones (one table in docs/streams.md).
 CLOSE_TOO_LONG = 4413  # more audio than MEDIA_MAX_AUDIO_SECONDS
 CLOSE_INVALID = 4422  # the model named is not a transcription model
-CLOSE_UNAVAILABLE = 4503  # no version can serve now (engine missing, queue full)
+CLOSE_UNAVAILABLE = 4503  # no version can serve now (engine missing, queue full, no worker)
 FORMAT = {"encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE, "channels": 1}
 
 
@@ -79,7 +80,8 @@ class TranscriptionConsumer(AuthenticatedSocket):
             await self._refuse_start("invalid", "Not a transcription model.", CLOSE_INVALID)
             return
         except exceptions.APIException as exc:
-            await self._refuse_start("unavailable", str(exc.detail), CLOSE_UNAVAILABLE)
+            code = "no-worker" if isinstance(exc, NoWorker) else "unavailable"
+            await self._refuse_start(code, str(exc.detail), CLOSE_UNAVAILABLE)
             return
         self.forwarder = asyncio.create_task(self._forward(self.started.stream_id))
         await self.send_json(

@@ -39,6 +39,7 @@ from inference.transport.unary_flow import ModelUnavailable, QueueFull
 from inference.worker.predict import model_cache
 from plumbing.exceptions import ServiceUnavailable
 from plumbing.metrics import MEDIA_FIRST_EVENT, MEDIA_REALTIME_FACTOR
+from plumbing.presence import require as require_worker
 from plumbing.taskref import task_named
 from streaming.eventlog import END, GAP, StreamNotFound, get_log
 from tenants.models import Tenant
@@ -90,6 +91,7 @@ def media_start(
     version = selectors.version_of(model, plan.primary.id)
     if version.runtime_options.get("media") != kind:
         raise exceptions.ValidationError({"model": [f"{name} does not make {kind} streams."]})
+    require_worker(version.queue)  # 503 no-worker rather than a stream nothing will write
     stream_id = uuid.uuid4().hex
     stream_log = get_log()
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
+import importlib.util
 import json
 import logging
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +36,43 @@ def torch_device(wanted: str, torch: Any, label: str) -> str:
             return "cuda"
         log.warning("%s asks for cuda; torch sees no GPU, using the CPU", label)
     return "cpu"
+
+
+# How long "not installed" is believed before the engine is looked for again: extras installed
+# while the platform runs are found without a restart (docs/inference.md, "Runtimes").
+ENGINE_RECHECK_SECONDS = 5.0
+_found: dict[str, bool | float] = {}  # module -> True, or the monotonic time it was missing
+_found_lock = threading.Lock()
+
+
+def engine_installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it). Asked on every routing
+    decision, so answered from memory: "installed" for good, "missing" for
+    :data:`ENGINE_RECHECK_SECONDS`, then looked for again with the import system's caches of
+    directory listings dropped (``pip install`` while the process runs)."""
+    known = _found.get(module)
+    if known is True:
+        return True
+    now = time.monotonic()
+    if known is not None and now - float(known) < ENGINE_RECHECK_SECONDS:
+        return False
+    if known is not None:
+        importlib.invalidate_caches()
+    try:
+        present = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        present = False
+    with _found_lock:
+        _found[module] = True if present else now
+    if present and known is not None:
+        log.info("engine %s is installed now", module)
+    return present
+
+
+def forget_engines() -> None:
+    """Look for every engine afresh (tests)."""
+    with _found_lock:
+        _found.clear()
 
 
 class RuntimeUnavailable(Exception):

@@ -11,12 +11,16 @@ runtime_options:
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 from typing import Any, ClassVar
 
-from inference.runtimes.base import INSTALL_HINT, Item, Runtime, RuntimeUnavailable
+from inference.runtimes.base import (
+    INSTALL_HINT,
+    Item,
+    Runtime,
+    RuntimeUnavailable,
+    engine_installed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ class OnnxRuntime(Runtime):
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
         for module in cls.engines:
-            if not _installed(module):
+            if not engine_installed(module):
                 return f"unavailable: {module} is not installed — {INSTALL_HINT}"
         return None
 
@@ -87,12 +91,6 @@ class OnnxRuntime(Runtime):
 
     def close(self) -> None:
         self.session = None
-
-
-@functools.cache
-def _installed(module: str) -> bool:
-    # Asked on every routing decision; an engine does not appear while the process runs.
-    return importlib.util.find_spec(module) is not None
 
 
 def _dtype_of(onnx_type: str) -> str:

@@ -10,13 +10,18 @@ version loads, in the worker.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
 from django.utils.module_loading import import_string
 
-from inference.runtimes.base import INSTALL_HINT, Item, Runtime, RuntimeUnavailable
+from inference.runtimes.base import (
+    INSTALL_HINT,
+    Item,
+    Runtime,
+    RuntimeUnavailable,
+    engine_installed,
+)
 
 
 class PythonRuntime(Runtime):
@@ -29,19 +34,11 @@ class PythonRuntime(Runtime):
         if not path or "." not in str(path):
             return "unavailable: runtime_options.handler must be a dotted path to a class"
         module = str(path).rpartition(".")[0]
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            found = None
-        if found is None:
+        if not engine_installed(module):
             return f"unavailable: handler module {module} is not installed"
         # Engines the handler imports, so the web tier can say what is missing, and how to fix.
         for engine in options.get("requires") or []:
-            try:
-                present = importlib.util.find_spec(str(engine)) is not None
-            except (ImportError, ValueError):
-                present = False
-            if not present:
+            if not engine_installed(str(engine)):
                 hint = options.get("install_hint") or INSTALL_HINT
                 return f"unavailable: {engine} is not installed ({hint})"
         # An engine that is not a Python module (a program) names a cheap check of its own.

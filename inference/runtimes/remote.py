@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import re
@@ -42,6 +40,7 @@ from inference.runtimes.base import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    engine_installed,
 )
 from plumbing.metrics import UPSTREAM_CALLS, UPSTREAM_DURATION
 
@@ -63,14 +62,9 @@ class InvalidOptions(ValueError):
     """runtime_options that cannot work; the message names the option."""
 
 
-@functools.cache
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def missing_engine(extra: tuple[str, ...] = ()) -> str | None:
     for module in (*ENGINES, *extra):
-        if not _installed(module):
+        if not engine_installed(module):
             return f"unavailable: {module} is not installed — {REMOTE_HINT}"
     return None
 

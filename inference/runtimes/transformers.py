@@ -32,8 +32,6 @@ runtime_options:
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import io
 import json
 import logging
@@ -48,7 +46,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from inference.runtimes.base import InvalidInput, Item, Runtime, RuntimeUnavailable, torch_device
+from inference.runtimes.base import (
+    InvalidInput,
+    Item,
+    Runtime,
+    RuntimeUnavailable,
+    engine_installed,
+    torch_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ class TransformersRuntime(Runtime):
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
         for module in cls.engines:
-            if not _installed(module):
+            if not engine_installed(module):
                 return f"unavailable: {module} is not installed — {EXTRA_HINT}"
         task = options.get("task")
         if task not in (None, "causal-lm", "seq2seq"):
@@ -524,8 +529,3 @@ def _model_root(top: Path) -> Path:
     if not found:
         raise RuntimeUnavailable("unavailable: the model archive has no config.json")
     return found[0]
-
-
-@functools.cache
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None

@@ -212,7 +212,8 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
     """A worker and a web server sharing this test's database, Redis prefix and MEDIA_ROOT.
     ``@pytest.mark.stack_env(NAME=value)`` adds settings; ``restart_worker()`` kills the worker
     (SIGKILL, mid-task) and starts another with the same name; ``kill_worker()`` and
-    ``start_worker()`` do it in two steps (an outage in between)."""
+    ``start_worker()`` do it in two steps (an outage in between); ``stop_worker()`` stops it
+    cleanly (SIGTERM)."""
     marker = request.node.get_closest_marker("stack_env")
     env = server_env(
         e2e_database_url(),
@@ -246,6 +247,9 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
             os.killpg(proc.pid, signal.SIGKILL)
             worker.close()
 
+        def stop_worker() -> None:
+            worker.close()  # SIGTERM: Celery's warm shutdown, as a deployment stops it
+
         def start_again() -> None:
             nonlocal proc
             proc = worker.enter_context(start_worker())
@@ -261,6 +265,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
             "hostname": hostname,
             "restart_worker": restart_worker,
             "kill_worker": kill_worker,
+            "stop_worker": stop_worker,
             "start_worker": start_again,
         }
 

@@ -37,6 +37,18 @@ class Doubler:
         cls.batches, cls.warmed, cls.closed = [], 0, 0
 
 
+class SlowLoader(Doubler):
+    """:class:`Doubler` whose load takes ``options["load_sleep"]`` seconds (a large model's
+    weights), longer than a request's deadline in the load-allowance tests."""
+
+    loads: ClassVar[int] = 0
+
+    def __init__(self, *, options: dict[str, Any], artifact: bytes | None) -> None:
+        super().__init__(options=options, artifact=artifact)
+        SlowLoader.loads += 1
+        time.sleep(float(options.get("load_sleep", 0)))
+
+
 class Typist:
     """``{"x": n}`` → ``n`` tokens ``{"text": "t<i> "}``, one every ``sleep`` seconds when
     streamed: a text model that keeps streaming for a while (cancellation tests)."""

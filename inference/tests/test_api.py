@@ -89,6 +89,7 @@ def test_it_answers_422_naming_the_wrong_field(api, digits) -> None:
     assert body["errors"][0]["field"] == "input"
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_it_answers_503_with_retry_after_when_the_queue_is_full(api, settings) -> None:
     queue = f"q{time.time_ns()}"  # a queue of this test only (the Redis pass shares the server)
     settings.INFERENCE_QUEUES = ["cpu", queue]
@@ -113,6 +114,7 @@ def test_it_frees_a_slot_held_past_its_deadline() -> None:
     assert admission.in_flight(queue) == 0
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_it_answers_504_when_no_answer_comes_before_the_deadline(api, doubler, monkeypatch):
     monkeypatch.setattr(dispatch, "batch_wire", lambda *args: None)  # via enqueue_batch
     monkeypatch.setattr(dispatch, "enqueue_batch", lambda **kw: None)  # a worker that never answers
@@ -238,6 +240,7 @@ def test_a_circuit_a_worker_outage_opened_closes_when_a_worker_is_ready(settings
 
 @pytest.mark.redis
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the batch lane is the Redis configuration's")
+@pytest.mark.usefixtures("worker_everywhere")  # a worker that died: its claim not lapsed yet
 def test_requests_no_worker_takes_are_a_503_and_not_held_against_the_version(api, settings) -> None:
     """Nobody serves the version's queue (no worker in this process): each request waits its
     deadline, finds its batch still on the lane, and answers 503 with Retry-After."""
@@ -307,6 +310,7 @@ def test_it_keeps_a_tenant_on_one_canary_version_when_sticky(api, other_api, eag
         assert len(seen) == 1
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_it_answers_503_when_the_broker_is_unreachable(api, doubler, monkeypatch) -> None:
     from kombu.exceptions import OperationalError
 

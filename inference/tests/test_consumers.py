@@ -104,6 +104,7 @@ def test_refusals_use_the_documented_close_codes(tenant, key) -> None:
     async_to_sync(run)()
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_cancel_and_disconnect_stop_the_running_inference(key) -> None:
     make_version()  # not eager: no worker consumes the task, so the stream stays open
 

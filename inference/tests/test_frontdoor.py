@@ -80,8 +80,9 @@ def call(
 
 
 @pytest.fixture
-def served(lanes: Any, key: Any, settings: Any) -> Any:
-    """A doubler on a queue of its own with a lane thread serving it, and the app."""
+def served(lanes: Any, key: Any, settings: Any, worker_everywhere: None) -> Any:
+    """A doubler on a queue of its own with a lane thread serving it (no Celery worker to
+    announce it: every queue counts as served), and the app."""
     queue = lane_queue()
     settings.INFERENCE_QUEUES = [*settings.INFERENCE_QUEUES, queue]
     make_version(queue=queue, max_batch_size=8, max_delay_ms=0)

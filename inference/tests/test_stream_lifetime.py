@@ -42,6 +42,7 @@ def _wait_for(check: Any, what: str, timeout: float = 5) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_a_stream_started_for_a_client_that_left_is_cancelled_and_frees_its_slot(
     tenant: Any, key: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,6 +127,7 @@ def _streaming(raw: str, path: str, body: dict[str, Any]) -> Any:
     return response
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 @pytest.mark.parametrize("ending", ["revoked", "expired", "tenant deactivated"])
 def test_a_streams_answer_ends_when_its_credential_stops_verifying(
     tenant: Any, settings: Any, ending: str
@@ -153,6 +155,7 @@ def test_a_streams_answer_ends_when_its_credential_stops_verifying(
     assert stream_slots_held(tenant.pk) == 0
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_an_openai_streams_answer_ends_with_an_error_chunk(tenant: Any, settings: Any) -> None:
     settings.WS_REAUTH_SECONDS = 0.2
     prompt = {"type": "object", "properties": {"prompt": {"type": "string"}}}

@@ -12,6 +12,7 @@ import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
+from inference.catalog import selectors
 from inference.models import Model, ModelVersion
 from inference.registry.builtin import TEXTGEN_SCHEMA
 from inference.registry.services import version_register
@@ -165,6 +166,7 @@ def test_a_failing_model_ends_the_stream_with_an_error(api, eager) -> None:
     assert events[-1] == ("end", {"reason": "error"})
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_a_client_that_goes_away_cancels_the_stream(api) -> None:
     make_version()  # not eager: nothing consumes the task, the stream stays open
     response = api.post("/v1/models/doubler/infer?stream=true", {"input": {"x": 1}}, format="json")
@@ -175,6 +177,7 @@ def test_a_client_that_goes_away_cancels_the_stream(api) -> None:
     assert get_log().is_cancelled(stream_id)
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_a_response_dropped_before_its_first_byte_still_cancels_and_frees_the_slot(
     api, tenant
 ) -> None:
@@ -194,6 +197,7 @@ def _start(version: ModelVersion, tenant, item: dict) -> streams.Started:
     return streams.stream_start(model=version.model, tenant=tenant, kind=streams.TEXT, items=[item])
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_a_stream_cancelled_while_queued_is_dropped_on_start(tenant, tiny_lm) -> None:
     version = make_lm(tiny_lm)
     started = _start(version, tenant, {"prompt": "Hi", "max_tokens": 5})
@@ -210,6 +214,7 @@ def test_a_stream_cancelled_while_queued_is_dropped_on_start(tenant, tiny_lm) ->
     assert end.event == "end" and end.data["reason"] == "cancelled"
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) -> None:
     version = make_lm(tiny_lm)
     item = {"prompt": "Hello", "max_tokens": 1000}
@@ -243,8 +248,11 @@ def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) 
     assert "result" not in {e.event for e in events}
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_the_deadline_stops_a_long_stream(tenant, tiny_lm) -> None:
     version = make_lm(tiny_lm)
+    # Loaded first: a stream that waits for its model's load gets the load allowance on top.
+    predict.model_cache().get(selectors.version_spec(version.pk))
     item = {"prompt": "Hello", "max_tokens": 1000}
     started = streams.stream_start(
         model=version.model, tenant=tenant, kind="text", items=[item], timeout_ms=300

@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from inference.catalog.selectors import VersionRoute
@@ -382,7 +383,10 @@ def _batch_task(
     return {
         "args": (version_id, queue, [list(item) for item in items], reply_to, batch_id),
         "queue": queue,
-        "expires": max(1.0, max(item[2] for item in items) - time.time()),
+        # Kept past the deadlines by the load allowance: a batch queued behind its model's load
+        # still runs (the worker drops late items itself once the model is loaded).
+        "expires": max(1.0, max(item[2] for item in items) - time.time())
+        + settings.INFERENCE_LOAD_ALLOWANCE_SECONDS,
         # What monitors (events, Flower, the worker's log) show instead of the inputs: they
         # may be private, and Celery's repr of a batch cost ~150 µs per message.
         "argsrepr": f"(version={version_id}, requests={len(items)}, batch={batch_id})",
@@ -526,6 +530,10 @@ async def wait_on_loop(pending: Pending, timeout: float) -> dict[str, Any] | Non
     pass first; raises what refused it."""
     signal = pending.waiter.event
     assert isinstance(signal, LoopSignal)
+    if signal.future.done() and pending.error is None and pending.waiter.reply is None:
+        # A second wait (the load allowance, inference.serving): the first one's timer
+        # resolved the future; the answer resolves a new one.
+        signal.future = signal.future.get_loop().create_future()
     if pending.error is None and pending.waiter.reply is None:
         timer = signal.future.get_loop().call_later(max(0.0, timeout), signal.resolve)
         try:

@@ -44,6 +44,7 @@ from inference.runtimes.base import InvalidInput, Item, UpstreamError
 from inference.transport import admission, unary_flow
 from inference.worker import predict
 from plumbing.exceptions import ServiceUnavailable
+from plumbing.presence import require as require_worker
 from plumbing.redis_wire import redis_wire
 from plumbing.taskref import task_named
 from streaming.eventlog import RedisLog, StreamNotFound, get_log
@@ -111,6 +112,7 @@ def stream_start(
         except exceptions.ValidationError as exc:
             key = field if field == "input" else f"inputs[{index}]"
             raise exceptions.ValidationError({key: exc.detail}) from exc
+    require_worker(chosen.queue)  # 503 no-worker rather than a stream nothing will write
     deadline = _deadline(timeout_ms)
     stream_id = f"inf-{uuid.uuid4().hex}"
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
@@ -119,7 +121,9 @@ def stream_start(
         "args": (chosen.id, kind, payloads, stream_id, deadline, chosen.queue),
         "queue": chosen.queue,
         "task_id": stream_id,
-        "expires": max(1.0, deadline - time.time()),
+        # Past the deadline by the load allowance, as the unary batches: one queued behind its
+        # model's load still runs (the worker drops it on arrival otherwise).
+        "expires": max(1.0, deadline - time.time()) + settings.INFERENCE_LOAD_ALLOWANCE_SECONDS,
         # As the unary batches (inference.transport.dispatch): monitors see a summary, not the
         # inputs.
         "argsrepr": f"(version={chosen.id}, kind={kind}, items={len(payloads)})",
@@ -215,10 +219,13 @@ def stream_run(
         if stream_log.is_cancelled(stream_id):
             stream_log.close(stream_id, {"reason": "cancelled", "stopped_at": time.time()})
             return
-        if time.time() >= deadline:
+        if time.time() >= deadline + predict.load_grace(version_id):
             raise _Stop("timeout")
         spec = _spec(version_id)
+        asked = time.monotonic()
         loaded = predict.model_cache().get(spec)
+        # A stream that waited for its model's load gets the load allowance on top.
+        deadline += predict.load_grace(version_id, since=asked, loaded=loaded)
         if loaded.checks:
             items = [loaded.runtime.check(item) for item in items]
 

@@ -30,8 +30,10 @@ from inference.catalog.router import CircuitBreaker, NoRoute, NotServed, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
 from inference.transport import admission, dispatch, shadows
+from inference.worker import loading
 from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
 from plumbing.logcontext import request_id_var
+from plumbing.presence import NoWorker, served
 from tenants.limits import PlanTicket
 from tenants.models import Tenant
 
@@ -41,6 +43,14 @@ log = logging.getLogger(__name__)
 class QueueFull(ServiceUnavailable):
     default_detail = "The model's queue is full; retry later."
     problem_slug = "queue-full"
+
+
+class ModelLoading(ServiceUnavailable):
+    """503: the request's model was still loading when its deadline and the load allowance
+    (``INFERENCE_LOAD_ALLOWANCE_SECONDS``) had passed."""
+
+    default_detail = "The model is still loading; retry later."
+    problem_slug = "model-loading"
 
 
 class ModelUnavailable(ServiceUnavailable):
@@ -195,6 +205,16 @@ def _unreachable(planned: _Planned, exc: BaseException) -> exceptions.APIExcepti
 _UNREACHABLE = (admission.QueueFull, RedisError, KombuError, OSError)
 
 
+def _require_worker(planned: _Planned) -> None:
+    """503 ``no-worker`` at once when nothing consumes the chosen version's queue: queued, the
+    request would only wait out its deadline. Says nothing of the version (its breaker's
+    probe, if this request held it, is freed)."""
+    queue = planned.chosen.queue
+    if not served(queue):
+        _outcome(planned, version_health.UNAVAILABLE, error=f"no worker serves queue {queue}")
+        raise NoWorker(queue)
+
+
 def _outcome(
     planned: _Planned, outcome: str, *, latency_ms: float | None = None, error: str | None = None
 ) -> None:
@@ -215,8 +235,33 @@ def _outcome(
     )
 
 
-def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch.Pending) -> Answer:
-    """The answer for the worker's ``reply`` (None: none came before the deadline)."""
+def _loading(planned: _Planned) -> bool:
+    """Whether the request's version is loading in a worker (asked once its deadline passed
+    unanswered): then it may wait ``INFERENCE_LOAD_ALLOWANCE_SECONDS`` more, and the worker
+    runs its late items that waited for the load (:func:`predict_batch`)."""
+    try:
+        return loading.in_progress(planned.chosen.id)
+    except (RedisError, OSError):
+        log.warning("reading the loading mark of version %s failed", planned.chosen.id)
+        return False
+
+
+LOAD_POLL_SECONDS = 0.5  # how often a request waiting for its model's load looks at the mark
+
+
+def _allowance_left(planned: _Planned) -> float:
+    return planned.deadline + settings.INFERENCE_LOAD_ALLOWANCE_SECONDS - time.time()
+
+
+def _conclude(
+    planned: _Planned,
+    reply: dict[str, Any] | None,
+    pending: dispatch.Pending,
+    *,
+    loading_late: bool = False,
+) -> Answer:
+    """The answer for the worker's ``reply`` (None: none came before the deadline, or before
+    the load allowance when ``loading_late``)."""
     chosen = planned.chosen
     label = f"{planned.table.name}:{chosen.version}"
     if reply is None and dispatch.gave_up(chosen, pending):
@@ -231,7 +276,14 @@ def _conclude(planned: _Planned, reply: dict[str, Any] | None, pending: dispatch
         )
         down.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
         raise down
-    if reply is None or time.time() > planned.deadline:
+    if reply is None and loading_late:
+        # Not the version's failure, nor a timeout of its engine: it is not loaded yet.
+        _outcome(planned, version_health.UNAVAILABLE, error="still loading past the allowance")
+        still = ModelLoading(f"{label} is still loading; retry later.")
+        still.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+        raise still
+    until = planned.deadline + (settings.INFERENCE_LOAD_ALLOWANCE_SECONDS if loading_late else 0)
+    if reply is None or time.time() > until:
         _outcome(planned, version_health.TIMEOUT, error="no answer before the deadline")
         raise GatewayTimeout(f"No answer from {label} before the deadline.")
     latency_ms = round((time.perf_counter() - planned.started) * 1000, 2)
@@ -286,6 +338,7 @@ def infer(
     ``limits``: the request's rate limits and quota, counted with its web-side batch (429 when
     they refuse it); None when the caller counted them already."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    _require_worker(planned)
     copies: list[str] = []
     reply = None
     try:
@@ -302,12 +355,18 @@ def infer(
             )
         # Refusals of a batch another thread led come here (the queue's bound, its limits).
         reply = dispatch.wait(pending, planned.deadline - time.time())
+        loading_late = reply is None and _loading(planned)
+        # Its model is loading: the allowance, not a 504 (see _loading), for as long as the
+        # mark says so — a load that ended leaves the request to the answers below.
+        while loading_late and reply is None and _allowance_left(planned) > 0:
+            reply = dispatch.wait(pending, min(LOAD_POLL_SECONDS, _allowance_left(planned)))
+            loading_late = reply is not None or _loading(planned)
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
     finally:
         if copies:
             shadows.primary_answered(copies, reply)
-    return _conclude(planned, reply, pending)
+    return _conclude(planned, reply, pending, loading_late=loading_late)
 
 
 async def infer_async(
@@ -323,6 +382,7 @@ async def infer_async(
     it joins the version's batch on the loop (:class:`inference.transport.dispatch.LoopCollector`)
     and awaits its answer instead of blocking a thread; shadow copies go from a thread."""
     planned = _plan(model, tenant, data, version, timeout_ms)
+    _require_worker(planned)
     copies: list[str] = []
     reply = None
     try:
@@ -341,9 +401,14 @@ async def infer_async(
                     None, shadows.send_copy, shadow, rid, planned.payload, planned.deadline
                 )
         reply = await dispatch.wait_on_loop(pending, planned.deadline - time.time())
+        loading_late = reply is None and _loading(planned)  # late requests only
+        while loading_late and reply is None and _allowance_left(planned) > 0:
+            left = min(LOAD_POLL_SECONDS, _allowance_left(planned))
+            reply = await dispatch.wait_on_loop(pending, left)
+            loading_late = reply is not None or _loading(planned)
     except _UNREACHABLE as exc:
         raise _unreachable(planned, exc) from exc
     finally:
         if copies:
             shadows.primary_answered(copies, reply)
-    return _conclude(planned, reply, pending)
+    return _conclude(planned, reply, pending, loading_late=loading_late)

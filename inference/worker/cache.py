@@ -8,14 +8,17 @@ starting their own.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from inference.runtimes import Runtime, VersionSpec, runtime_class
+from inference.runtimes import Runtime, RuntimeUnavailable, VersionSpec, runtime_class
 from inference.runtimes.base import Item, blames_input
 from inference.worker.batcher import Batcher
 from plumbing.metrics import BATCH_SIZE
@@ -23,6 +26,7 @@ from plumbing.metrics import BATCH_SIZE
 log = logging.getLogger(__name__)
 
 ArtifactReader = Callable[[VersionSpec], bytes | None]
+LoadMark = Callable[[VersionSpec], AbstractContextManager[object]]
 Key = tuple[int, str, int, int, str, str]
 
 
@@ -34,6 +38,7 @@ class Loaded:
     runtime: Runtime
     batcher: Batcher[Item, Item]
     load_ms: float
+    loaded_at: float = 0.0  # time.monotonic() when the load ended
 
     @property
     def checks(self) -> bool:
@@ -42,12 +47,21 @@ class Loaded:
 
 
 class ModelCache:
-    def __init__(self, *, max_models: int, read_artifact: ArtifactReader) -> None:
+    def __init__(
+        self,
+        *,
+        max_models: int,
+        read_artifact: ArtifactReader,
+        while_loading: LoadMark | None = None,
+    ) -> None:
         self.max_models = max(1, max_models)
         self.read_artifact = read_artifact
+        # Held around every load: web processes see the version loading (worker.loading).
+        self.while_loading = while_loading
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, Loaded] = OrderedDict()
         self._loading: dict[Key, threading.Lock] = {}
+        self._in_load: dict[int, int] = {}  # version id -> loads under way
         self.loads = 0
 
     def get(self, spec: VersionSpec) -> Loaded:
@@ -82,11 +96,32 @@ class ModelCache:
             self._close(old)
         return entry
 
+    def loading(self, version_id: int) -> bool:
+        """Whether a version is being loaded here now."""
+        with self._lock:
+            return self._in_load.get(version_id, 0) > 0
+
     def _load(self, spec: VersionSpec) -> Loaded:
         started = time.perf_counter()
-        runtime = runtime_class(spec.runtime)(spec)
-        runtime.load(self.read_artifact(spec))
-        runtime.warmup()
+        mark = self.while_loading(spec) if self.while_loading else contextlib.nullcontext()
+        with self._lock:
+            self._in_load[spec.id] = self._in_load.get(spec.id, 0) + 1
+        try:
+            with mark:
+                runtime = runtime_class(spec.runtime)(spec)
+                try:
+                    runtime.load(self.read_artifact(spec))
+                except RuntimeUnavailable:
+                    # Its engine may be installed next (extras added while running): the
+                    # next load looks at the directories afresh, not at a stale listing.
+                    importlib.invalidate_caches()
+                    raise
+                runtime.warmup()
+        finally:
+            with self._lock:
+                left = self._in_load.pop(spec.id, 1) - 1
+                if left > 0:
+                    self._in_load[spec.id] = left
         self.loads += 1
         load_ms = (time.perf_counter() - started) * 1000
         log.info("loaded %s (%s) in %.0f ms", spec.label, spec.runtime, load_ms)
@@ -102,7 +137,13 @@ class ModelCache:
             max_delay_ms=spec.max_delay_ms,
             isolate=blames_input,
         )
-        return Loaded(spec=spec, runtime=runtime, batcher=batcher, load_ms=load_ms)
+        return Loaded(
+            spec=spec,
+            runtime=runtime,
+            batcher=batcher,
+            load_ms=load_ms,
+            loaded_at=time.monotonic(),
+        )
 
     def _close(self, entry: Loaded) -> None:
         log.info("evicting %s from the model cache", entry.spec.label)

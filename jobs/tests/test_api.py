@@ -206,3 +206,26 @@ def test_it_needs_the_jobs_scope(tenant: Tenant, client_for: Any, doubler: Any) 
     response = client.get("/v1/jobs")
     assert response.status_code == 403
     assert response["Content-Type"] == "application/problem+json"
+
+
+def test_a_job_submitted_while_no_worker_runs_is_queued_and_says_why_it_waits(
+    api: APIClient, doubler: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from plumbing import presence
+
+    body = {"model": "doubler", "inputs": [{"x": 1}]}
+    with django_capture_on_commit_callbacks(execute=False):  # not sent: nothing would run it
+        response = api.post("/v1/jobs", body, format="json")
+    assert response.status_code == 201, response.json()  # accepted: jobs wait for a worker
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["notice"] == (
+        f"No worker is serving queue {settings.JOBS_QUEUE}: the job waits queued and runs when "
+        "a worker starts."
+    )
+    presence.announce("jobs-test", [settings.JOBS_QUEUE])
+    try:
+        presence.forget()
+        assert api.get(f"/v1/jobs/{job['id']}").json()["notice"] is None
+    finally:
+        presence.withdraw("jobs-test", [settings.JOBS_QUEUE])

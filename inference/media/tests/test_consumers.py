@@ -48,6 +48,7 @@ def test_a_closed_session_gives_its_stream_slot_back(tenant: Any) -> None:
     assert stream_slots_held(tenant.pk) == 0
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_a_session_whose_key_is_revoked_is_closed(tenant: Any, settings: Any) -> None:
     pytest.importorskip("pocketsphinx")
     from inference.registry.builtin import TRANSCRIBE, install

@@ -127,6 +127,7 @@ def _server_close(response: Any) -> None:
         request_finished.connect(close_old_connections)
 
 
+@pytest.mark.usefixtures("worker_everywhere")
 def test_a_media_answer_holds_a_stream_slot_until_it_is_over(
     translator: ModelVersion, tenant: Tenant, key: tuple, settings: Any
 ) -> None:

@@ -25,6 +25,7 @@ class Command(BaseCommand):
         from daphne.endpoints import build_endpoint_description_strings
 
         from plumbing.embedded import start_worker
+        from plumbing.presence import no_worker_warning
         from streaming.server import SluiceServer, closing_handshake
 
         application = get_default_application()  # settings.ASGI_APPLICATION
@@ -45,6 +46,8 @@ class Command(BaseCommand):
             ready_callable=lambda: closing_handshake(server),
         )
         worker = None if opts["no_worker"] else start_worker()
+        if worker is None:
+            self.stderr.write(no_worker_warning("serve --no-worker"), style_func=self.style.WARNING)
         from streaming.metrics import start_sampler
 
         start_sampler()  # one leader among the ASGI processes samples the platform each second
