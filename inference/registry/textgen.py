@@ -366,7 +366,7 @@ def greedy_tokens(
     try:
         out = []
         for prompt in prompts:
-            ids = runtime._encode(prompt) or [runtime.eos or 0]
+            ids = runtime.encode(prompt) or [runtime.eos or 0]
             settings = {
                 "max_new_tokens": n,
                 "temperature": 0.0,
@@ -374,7 +374,7 @@ def greedy_tokens(
                 "top_k": 0,
                 "seed": 0,
             }
-            out.append(list(runtime._tokens(ids, settings)))
+            out.append(list(runtime.tokens(ids, settings)))
         return out
     finally:
         runtime.close()

@@ -43,8 +43,9 @@ from inference.runtimes.base import (
     Item,
     Runtime,
     RuntimeUnavailable,
+    cut_at_stop,
 )
-from inference.runtimes.transformers import _cut_at_stop, text_generation_schema
+from inference.runtimes.transformers import text_generation_schema
 
 # Added to the attention scores a token may not look at (a finite number: no NaN from -inf).
 _MASKED = -1e9
@@ -141,7 +142,7 @@ class OnnxTextgenRuntime(Runtime):
 
     # --- checks and settings ------------------------------------------------------------------
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text).ids
         return ids
 
@@ -151,7 +152,7 @@ class OnnxTextgenRuntime(Runtime):
         ``max_tokens`` the default completion is cut to what is left. An empty prompt starts
         from the end-of-text token, as GPT-2 generates unconditional text."""
         context = self.context
-        tokens = len(self._encode(str(item.get("prompt", ""))))
+        tokens = len(self.encode(str(item.get("prompt", ""))))
         if tokens == 0:
             if not self.eos_token:
                 raise InvalidInput({"prompt": ["The prompt is empty; this model needs a token."]})
@@ -206,7 +207,7 @@ class OnnxTextgenRuntime(Runtime):
             out.append(last)
         return out
 
-    def _tokens(self, prompt: list[int], settings: dict[str, Any]) -> Iterator[int]:
+    def tokens(self, prompt: list[int], settings: dict[str, Any]) -> Iterator[int]:
         """Token ids, one model step each, until the limit (the caller stops at end of text)."""
         import numpy as np
 
@@ -238,7 +239,7 @@ class OnnxTextgenRuntime(Runtime):
         """Token pieces as they are generated, then the whole answer."""
         settings = self._settings(item)
         limit = settings["max_new_tokens"]
-        prompt = self._encode(str(item.get("prompt", "")))
+        prompt = self.encode(str(item.get("prompt", "")))
         if not prompt and self.eos is not None:
             prompt = [self.eos]
         # A prompt too long for the context keeps its end, which the continuation follows
@@ -250,7 +251,7 @@ class OnnxTextgenRuntime(Runtime):
         prefix, read = 0, 0  # incremental detokenisation: bytes of one character may span tokens
         emitted = ""
         ended = stopped = False
-        for token in self._tokens(prompt, settings):
+        for token in self.tokens(prompt, settings):
             if token == self.eos:
                 ended = True
                 break
@@ -261,7 +262,7 @@ class OnnxTextgenRuntime(Runtime):
                 continue
             piece = after[len(before) :]
             prefix, read = read, len(ids)
-            cut, stopped = _cut_at_stop(emitted + piece, item.get("stop"))
+            cut, stopped = cut_at_stop(emitted + piece, item.get("stop"))
             piece = cut[len(emitted) :]
             emitted = cut
             if piece:

@@ -51,6 +51,7 @@ from inference.runtimes.base import (
     Item,
     Runtime,
     RuntimeUnavailable,
+    cut_at_stop,
     engine_installed,
     torch_device,
 )
@@ -335,7 +336,7 @@ class TransformersRuntime(Runtime):
         if ended:
             ids = ids[: next(n for n, t in enumerate(ids) if t in eos)]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        text, stopped = _cut_at_stop(text, item.get("stop"))
+        text, stopped = cut_at_stop(text, item.get("stop"))
         finish = "stop" if (ended or stopped or len(ids) < limit) else "length"
         return {
             "text": text,
@@ -407,7 +408,7 @@ class TransformersRuntime(Runtime):
                     continue
                 piece = after[len(before) :]
                 prefix, read = read, len(ids)
-                cut, stopped = _cut_at_stop(emitted + piece, item.get("stop"))
+                cut, stopped = cut_at_stop(emitted + piece, item.get("stop"))
                 piece = cut[len(emitted) :]
                 emitted = cut
                 if piece:
@@ -448,14 +449,6 @@ class _QueueStreamer:
 
     def end(self) -> None:
         pass
-
-
-def _cut_at_stop(text: str, stops: Any) -> tuple[str, bool]:
-    if not stops:
-        return text, False
-    found = [text.find(s) for s in ([stops] if isinstance(stops, str) else stops) if s]
-    found = [i for i in found if i >= 0]
-    return (text[: min(found)], True) if found else (text, False)
 
 
 def _extract(artifact: bytes, into: Path) -> None:

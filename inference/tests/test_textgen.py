@@ -74,11 +74,11 @@ def test_the_kv_cache_gives_what_recomputing_the_whole_sequence_gives(runtime) -
     import numpy as np
 
     settings = {"max_new_tokens": 10, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": 0}
-    prompt = runtime._encode("In the beginning")
-    cached = list(runtime._tokens(prompt, settings))
+    prompt = runtime.encode("In the beginning")
+    cached = list(runtime.tokens(prompt, settings))
     recomputed, ids = [], list(prompt)
     for _ in range(10):
-        (token,) = runtime._tokens(ids, {**settings, "max_new_tokens": 1})
+        (token,) = runtime.tokens(ids, {**settings, "max_new_tokens": 1})
         recomputed.append(token)
         ids.append(token)
     assert cached == recomputed
@@ -120,7 +120,7 @@ def test_the_context_window_is_checked_naming_the_field(runtime) -> None:
     assert list(full.value.errors) == ["prompt"]
     # without max_tokens the default completion is cut to what the context has left
     crowded = "And God said, Let there be light. " * 25
-    tokens = len(runtime._encode(crowded))
+    tokens = len(runtime.encode(crowded))
     assert 256 - 64 < tokens < 256
     assert runtime.check({"prompt": crowded})["max_tokens"] == 256 - tokens
     # an empty prompt starts from the end-of-text token
