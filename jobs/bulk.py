@@ -4,10 +4,10 @@ write a chunk's results.
 On PostgreSQL each is one statement of plain SQL: ``COPY`` for the task rows; one
 ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` for a claim; one
 ``UPDATE … FROM unnest(…)`` for a chunk's results, conditional on the task still being open.
-Through the ORM (``bulk_create``, ``Case(When(…))`` over 500 rows) the same work cost ~250 µs
-per task in Python alone, more than the whole budget of the 120,000 tasks/min target
-(docs/performance.md). Other databases (SQLite: the embedded default, one process) take the
-ORM path, with the same semantics; both are run by the test suite.
+The ORM's ``bulk_create`` and ``Case(When(…))`` spend more Python time per task than the
+120,000 tasks/min target allows (figures in docs/performance.md). Other databases (SQLite:
+the embedded default, one process) take the ORM path, with the same semantics; both are run by
+the test suite.
 """
 
 from __future__ import annotations
