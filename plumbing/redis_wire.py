@@ -2,7 +2,7 @@
 
 1. **One Redis client per channel.** kombu builds a new ``redis.Redis`` for every publish and
    every acknowledgement (``Channel.conn_or_acquire``); a client over the channel's
-   connection pool is thread-safe, so one per pool is enough (docs/performance.md).
+   connection pool is thread-safe, so one per pool is enough (docs/performance-history.md).
 2. **A way to wake the worker's event loop from another thread** (:meth:`Transport.wake_loop`:
    a byte on a pipe the loop watches), used by ``config.celery.WakeLoop``: see there why.
 
