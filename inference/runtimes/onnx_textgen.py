@@ -30,7 +30,6 @@ runtime_options:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -43,6 +42,7 @@ from inference.runtimes.base import (
     Item,
     Runtime,
     RuntimeUnavailable,
+    engine_installed,
 )
 from inference.runtimes.transformers import _cut_at_stop, text_generation_schema
 
@@ -66,7 +66,7 @@ class OnnxTextgenRuntime(Runtime):
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
         for module in cls.engines:
-            if importlib.util.find_spec(module) is None:
+            if not engine_installed(module):
                 return f"unavailable: {module} is not installed — {INSTALL_HINT}"
         return None
 
