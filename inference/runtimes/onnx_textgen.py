@@ -30,7 +30,6 @@ runtime_options:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -44,6 +43,7 @@ from inference.runtimes.base import (
     Runtime,
     RuntimeUnavailable,
     cut_at_stop,
+    engine_installed,
 )
 from inference.runtimes.transformers import text_generation_schema
 
@@ -67,7 +67,7 @@ class OnnxTextgenRuntime(Runtime):
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
         for module in cls.engines:
-            if importlib.util.find_spec(module) is None:
+            if not engine_installed(module):
                 return f"unavailable: {module} is not installed — {INSTALL_HINT}"
         return None
 

