@@ -15,7 +15,7 @@ def freeze_startup_objects() -> None:
     A serving process holds ~130,000 long-lived objects (Django, DRF, Celery, kombu, redis);
     without this every full collection walks all of them, and under load the collector —
     triggered by whatever allocation comes next — was the largest single item in the web
-    process's profile (docs/performance.md). Frozen objects are still freed normally when
+    process's profile (docs/performance-history.md). Frozen objects are still freed normally when
     their reference count drops; they are only never scanned for cycles.
     """
     from django.urls import get_resolver

@@ -5,7 +5,7 @@ On PostgreSQL each is one statement of plain SQL: ``COPY`` for the task rows; on
 ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` for a claim; one
 ``UPDATE … FROM unnest(…)`` for a chunk's results, conditional on the task still being open.
 The ORM's ``bulk_create`` and ``Case(When(…))`` spend more Python time per task than the
-120,000 tasks/min target allows (figures in docs/performance.md). Other databases (SQLite:
+120,000 tasks/min target allows (figures in docs/performance-history.md). Other databases (SQLite:
 the embedded default, one process) take the ORM path, with the same semantics; both are run by
 the test suite.
 """

@@ -10,7 +10,7 @@ Selected for ``redis://`` and ``rediss://`` brokers by ``CELERY_BROKER_TRANSPORT
 
 And :func:`redis_wire`: the exact bytes ``apply_async`` would ``LPUSH`` for a task, built
 without Celery's producer machinery, so a hot path can push them in a round trip it makes
-anyway (docs/performance.md has the cost of each).
+anyway (docs/performance-history.md has the cost of each).
 """
 
 from __future__ import annotations

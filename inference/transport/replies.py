@@ -126,7 +126,8 @@ class Signal:
     """A flag that is set once and wakes the threads waiting for it: ``threading.Event``'s
     contract for that use, on one lock taken at birth and released by :meth:`set`. An Event
     builds a Condition and, per wait, one more lock; the unary path made two per request, and
-    their creation and wake-ups were a fifth of the web process's CPU (docs/performance.md)."""
+    their creation and wake-ups were a fifth of the web process's CPU
+    (docs/performance-history.md)."""
 
     __slots__ = ("_lock",)
 
