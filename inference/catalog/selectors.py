@@ -16,8 +16,9 @@ from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
 from inference.catalog import canary, version_health
-from inference.catalog.router import Candidate, CircuitBreaker
+from inference.catalog.router import Candidate
 from inference.models import Model, ModelEvent, ModelVersion
+from inference.rules.breaker import CircuitBreaker
 from inference.rules.input_schema import Validator, validator_for
 from inference.runtimes import VersionSpec
 from inference.runtimes import unavailable_reason as _runtime_reason

@@ -38,21 +38,11 @@ from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
 from inference.rules.canary_policy import HEALTH_RETENTION_SECONDS
+from inference.rules.outcome_kinds import COUNTED, FAILURES, INPUT_ERROR, OK, OUTCOMES
 from plumbing.metrics import INFERENCE_OUTCOMES
 
 log = logging.getLogger(__name__)
 
-OK = "ok"
-INPUT_ERROR = "input_error"
-ENGINE_ERROR = "engine_error"
-TIMEOUT = "timeout"
-WORKER_LOST = "worker_lost"
-UNAVAILABLE = "unavailable"
-OUTCOMES = frozenset({OK, INPUT_ERROR, ENGINE_ERROR, TIMEOUT, WORKER_LOST, UNAVAILABLE})
-# Outcomes that say the version itself is unhealthy, whoever sent the request.
-FAILURES = frozenset({ENGINE_ERROR, TIMEOUT, WORKER_LOST})
-# What a window counts as requests: not ``unavailable`` (the version never ran them).
-COUNTED = frozenset({OK, INPUT_ERROR, *FAILURES})
 
 BUCKET_SECONDS = 5
 RETENTION_SECONDS = HEALTH_RETENTION_SECONDS

@@ -31,8 +31,9 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from inference.catalog import selectors
-from inference.catalog.router import CircuitBreaker, NoRoute, route
+from inference.catalog.router import NoRoute, route
 from inference.engines import MediaInputError
+from inference.rules.breaker import CircuitBreaker
 from inference.runtimes import RuntimeUnavailable
 from inference.transport import admission
 from inference.transport.unary_flow import ModelUnavailable, QueueFull

@@ -16,8 +16,8 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from inference.catalog import selectors
-from inference.catalog.router import CircuitBreaker
 from inference.models import ModelVersion
+from inference.rules.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ retried up to ``retries`` times; the wait before retry *n* is uniform in
 attempt. A read timeout is not retried: the upstream is slow, and a second copy of the work
 would only add to its load.
 
-Circuit breaker: :class:`inference.catalog.router.CircuitBreaker` (shared cache state, one
+Circuit breaker: :class:`inference.rules.breaker.CircuitBreaker` (shared cache state, one
 half-open probe across processes), keyed by the upstream's base URL, so every version that calls the
 same server shares it. Every attempt counts: connect errors, timeouts and 5xx are failures,
 any other answer is a success (the upstream is there), 429 counts neither way.
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from inference.catalog.router import CircuitBreaker
+from inference.rules.breaker import CircuitBreaker
 from inference.runtimes import egress
 from inference.runtimes.base import (
     UpstreamError,

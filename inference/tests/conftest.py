@@ -15,11 +15,12 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from inference.catalog import canary, router, selectors, version_health
+from inference.catalog import canary, selectors, version_health
 from inference.catalog.selectors import VersionRoute
 from inference.models import Model, ModelVersion
 from inference.registry.builtin import DIGITS_OPTIONS, DIGITS_SCHEMA, digits_build
 from inference.registry.services import version_register
+from inference.rules import breaker
 from inference.rules.input_schema import validator_for
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
 from inference.transport import admission, dispatch, lane, replies, shadows, streams
@@ -39,7 +40,7 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     admission._local.clear()
     replies._local._box.clear()
     selectors._forget_all()
-    router.forget_breakers()
+    breaker.forget_breakers()
     dispatch._collectors.clear()
     dispatch._loop_collectors.clear()
     shadows._pairs.clear()
@@ -54,7 +55,7 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     predict._specs.clear()
     streams._specs.clear()
     selectors._forget_all()
-    router.forget_breakers()
+    breaker.forget_breakers()
 
 
 @pytest.fixture

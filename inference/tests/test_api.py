@@ -8,8 +8,8 @@ from django.conf import settings
 from sklearn.datasets import load_digits
 
 from inference.catalog import version_health
-from inference.catalog.router import CircuitBreaker
 from inference.models import ModelVersion
+from inference.rules.breaker import CircuitBreaker
 from inference.runtimes.onnx import OnnxRuntime
 from inference.tests.conftest import make_version, wait_for
 from inference.tests.fakes import BROKEN, PICKY

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from inference.catalog.router import CircuitBreaker
 from inference.models import Model, ModelVersion
 from inference.registry.services import version_register
+from inference.rules.breaker import CircuitBreaker
 from inference.tests.test_streams import sse_events
 from jobs import runner, services
 from jobs.inputs import from_list

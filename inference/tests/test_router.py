@@ -7,12 +7,12 @@ import pytest
 
 from inference.catalog.router import (
     Candidate,
-    CircuitBreaker,
     NoRoute,
     NotServed,
     route,
     sticky_point,
 )
+from inference.rules.breaker import CircuitBreaker
 
 pytestmark = pytest.mark.django_db  # the breaker keeps its state in the cache
 

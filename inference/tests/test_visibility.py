@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 
 from inference.catalog import version_health
-from inference.catalog.router import CircuitBreaker
+from inference.rules.breaker import CircuitBreaker
 from inference.tests.conftest import make_version
 from inference.tests.fakes import PICKY
 

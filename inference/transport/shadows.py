@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from inference.catalog import version_health
 from inference.catalog.selectors import VersionRoute
+from inference.rules import outcome_kinds
 from inference.transport import dispatch
 from inference.transport.replies import Waiter, inbox
 from plumbing.metrics import (
@@ -156,11 +157,11 @@ def _count(pair: _Pair) -> None:
     shadow, primary = pair.shadow_reply, pair.primary_reply
     if shadow is not None:  # the shadow's own health, as its requests' would be
         ok = bool(shadow.get("ok"))
-        outcome = version_health.OK if ok else shadow.get("outcome")
+        outcome = outcome_kinds.OK if ok else shadow.get("outcome")
         version_health.record(
             pair.shadow.id,
             # A worker of another release may name none: the version's failure, as _conclude.
-            outcome=outcome if outcome in version_health.OUTCOMES else version_health.ENGINE_ERROR,
+            outcome=outcome if outcome in outcome_kinds.OUTCOMES else outcome_kinds.ENGINE_ERROR,
             latency_ms=float(shadow.get("ms", 0.0)) if ok else None,
             caller=None,
             error=None if ok else str(shadow.get("internal") or shadow.get("error", "")),

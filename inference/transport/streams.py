@@ -36,9 +36,10 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from inference.catalog import selectors
-from inference.catalog.router import CircuitBreaker, NoRoute, route
+from inference.catalog.router import NoRoute, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
+from inference.rules.breaker import CircuitBreaker
 from inference.runtimes import RuntimeUnavailable, VersionSpec
 from inference.runtimes.base import InvalidInput, Item, UpstreamError
 from inference.transport import admission, unary_flow

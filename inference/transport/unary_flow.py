@@ -26,9 +26,11 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from inference.catalog import selectors, version_health
-from inference.catalog.router import CircuitBreaker, NoRoute, NotServed, route
+from inference.catalog.router import NoRoute, NotServed, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
+from inference.rules import outcome_kinds
+from inference.rules.breaker import CircuitBreaker
 from inference.transport import admission, dispatch, shadows
 from inference.worker import loading
 from plumbing.exceptions import GatewayTimeout, ServiceUnavailable
@@ -211,7 +213,7 @@ def _require_worker(planned: _Planned) -> None:
     probe, if this request held it, is freed)."""
     queue = planned.chosen.queue
     if not served(queue):
-        _outcome(planned, version_health.UNAVAILABLE, error=f"no worker serves queue {queue}")
+        _outcome(planned, outcome_kinds.UNAVAILABLE, error=f"no worker serves queue {queue}")
         raise NoWorker(queue)
 
 
@@ -221,7 +223,7 @@ def _outcome(
     """Record what happened to the request: the version's breaker and its health stats (and
     with them the outcome metric); in process, but for the breaker's write after a failure."""
     chosen = planned.chosen
-    if outcome == version_health.OK:
+    if outcome == outcome_kinds.OK:
         planned.breaker.record(chosen.id, ok=True)
     else:
         planned.breaker.record(chosen.id, ok=False, outcome=outcome, caller=planned.caller)
@@ -267,9 +269,7 @@ def _conclude(
     if reply is None and dispatch.gave_up(chosen, pending):
         # No worker took it: the queue had nobody serving it, which says nothing of the
         # version (docs/inference.md, "The circuit breaker").
-        _outcome(
-            planned, version_health.UNAVAILABLE, error=f"no worker took it from {chosen.queue}"
-        )
+        _outcome(planned, outcome_kinds.UNAVAILABLE, error=f"no worker took it from {chosen.queue}")
         down = ServiceUnavailable(
             f"No worker took the request from queue {chosen.queue} before its deadline; "
             "retry later."
@@ -278,13 +278,13 @@ def _conclude(
         raise down
     if reply is None and loading_late:
         # Not the version's failure, nor a timeout of its engine: it is not loaded yet.
-        _outcome(planned, version_health.UNAVAILABLE, error="still loading past the allowance")
+        _outcome(planned, outcome_kinds.UNAVAILABLE, error="still loading past the allowance")
         still = ModelLoading(f"{label} is still loading; retry later.")
         still.wait = settings.INFERENCE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
         raise still
     until = planned.deadline + (settings.INFERENCE_LOAD_ALLOWANCE_SECONDS if loading_late else 0)
     if reply is None or time.time() > until:
-        _outcome(planned, version_health.TIMEOUT, error="no answer before the deadline")
+        _outcome(planned, outcome_kinds.TIMEOUT, error="no answer before the deadline")
         raise GatewayTimeout(f"No answer from {label} before the deadline.")
     latency_ms = round((time.perf_counter() - planned.started) * 1000, 2)
     if not reply.get("ok"):
@@ -297,7 +297,7 @@ def _conclude(
             log.warning("%s failed inference %s: %s", label, planned.request_id, internal)
         _outcome(
             planned,
-            str(reply.get("outcome", version_health.ENGINE_ERROR)),
+            str(reply.get("outcome", outcome_kinds.ENGINE_ERROR)),
             error=str(internal or error),
         )
         if status == 503:
@@ -312,7 +312,7 @@ def _conclude(
             # Outside an HTTP request (a pool thread of the OpenAI endpoints): our own id.
             raise InferenceError(planned.request_id if request_id == "-" else request_id)
         raise InferenceFailed(error)
-    _outcome(planned, version_health.OK, latency_ms=latency_ms)
+    _outcome(planned, outcome_kinds.OK, latency_ms=latency_ms)
     return Answer(
         request_id=planned.request_id,
         model=planned.table.name,

@@ -15,8 +15,9 @@ from typing import Any
 
 from django.db import connection
 
-from inference.catalog import selectors, version_health
-from inference.catalog.router import CircuitBreaker
+from inference.catalog import selectors
+from inference.rules import outcome_kinds
+from inference.rules.breaker import CircuitBreaker
 from inference.runtimes import RuntimeUnavailable
 from inference.runtimes.base import InvalidInput, UpstreamError, blames_input
 from inference.worker.batcher import DeadlineExceeded
@@ -52,7 +53,7 @@ def failure_reply(
             "ok": False,
             "status": 503,
             "error": str(exc),
-            "outcome": version_health.ENGINE_ERROR,
+            "outcome": outcome_kinds.ENGINE_ERROR,
             "internal": internal,
         }
         if getattr(exc, "retry_after", None):
@@ -62,11 +63,9 @@ def failure_reply(
         log.warning("version %s: upstream failed (requests %s): %s", version_id, rids, exc)
         said = f" with HTTP {exc.upstream_status}" if exc.upstream_status else ""
         if exc.status == 504:
-            outcome, public = version_health.TIMEOUT, "The model's upstream did not answer in time."
+            outcome, public = outcome_kinds.TIMEOUT, "The model's upstream did not answer in time."
         else:
-            outcome = (
-                version_health.INPUT_ERROR if blames_input(exc) else version_health.ENGINE_ERROR
-            )
+            outcome = outcome_kinds.INPUT_ERROR if blames_input(exc) else outcome_kinds.ENGINE_ERROR
             public = f"The model's upstream failed{said}."
         return {
             "ok": False,
@@ -82,7 +81,7 @@ def failure_reply(
         "ok": False,
         "status": 500,
         "error": "The model failed on this input.",
-        "outcome": version_health.INPUT_ERROR,
+        "outcome": outcome_kinds.INPUT_ERROR,
         "internal": internal,
     }
 
@@ -130,7 +129,7 @@ def outage_over(queues: set[str]) -> list[str]:
     closed = []
     try:
         for version_id in selectors.active_version_ids(queues):
-            if breaker.reason(version_id) in (version_health.TIMEOUT, version_health.WORKER_LOST):
+            if breaker.reason(version_id) in (outcome_kinds.TIMEOUT, outcome_kinds.WORKER_LOST):
                 breaker.reset(version_id)
                 closed.append(str(version_id))
     finally:
