@@ -20,7 +20,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def memory_stream():
+def memory_stream(monkeypatch):
+    # Not a worker's process: an earlier test that ran a Celery worker in this process left its
+    # platform stream set, and every line would go there too.
+    monkeypatch.setattr(loglines, "_worker_stream", None)
     log = MemoryLog()
     name = f"logs.{uuid.uuid4().hex}"
     log.create(name, tenant_id=1, kind="logs", maxlen=1000, ttl=60)
