@@ -23,7 +23,7 @@ from inference.models import Model, ModelVersion
 from inference.registry import textgen
 from inference.registry.services import version_register
 from inference.registry.textgen import Recipe
-from inference.runtimes.transformers import text_generation_schema
+from inference.runtimes.text import text_generation_schema
 
 DIGITS = "digits"
 DIGITS_SCHEMA: dict[str, Any] = {

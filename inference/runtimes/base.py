@@ -127,16 +127,6 @@ def blames_input(exc: BaseException) -> bool:
     return True
 
 
-def cut_at_stop(text: str, stops: Any) -> tuple[str, bool]:
-    """``text`` up to the first of the ``stops`` (a string or a list of them) it contains, and
-    whether one was found: the OpenAI ``stop`` parameter, shared by the text runtimes."""
-    if not stops:
-        return text, False
-    found = [text.find(s) for s in ([stops] if isinstance(stops, str) else stops) if s]
-    found = [i for i in found if i >= 0]
-    return (text[: min(found)], True) if found else (text, False)
-
-
 @dataclass(frozen=True)
 class VersionSpec:
     """Everything needed to load and batch one model version (no ORM object crosses here)."""

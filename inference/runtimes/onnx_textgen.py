@@ -38,14 +38,12 @@ from typing import IO, Any, ClassVar
 
 from inference.runtimes.base import (
     INSTALL_HINT,
-    InvalidInput,
     Item,
     Runtime,
     RuntimeUnavailable,
-    cut_at_stop,
     engine_installed,
 )
-from inference.runtimes.transformers import text_generation_schema
+from inference.runtimes.text import Pieces, bound_max_tokens, fit_context
 
 # Added to the attention scores a token may not look at (a finite number: no NaN from -inf).
 _MASKED = -1e9
@@ -75,24 +73,13 @@ class OnnxTextgenRuntime(Runtime):
     def on_register(
         cls, options: dict[str, Any], artifact: IO[bytes] | None, input_schema: dict[str, Any]
     ) -> dict[str, Any]:
-        """The context window in the artifact's ``config.json`` bounds ``max_tokens``: an
-        empty schema becomes :func:`text_generation_schema`, a declared ``max_tokens`` gets
-        that maximum at most."""
+        """The context window in the artifact's ``config.json`` bounds ``max_tokens``
+        (:func:`inference.runtimes.text.bound_max_tokens`)."""
         config = _read_config(artifact)
         context = config.get("n_positions") if config else None
         if not isinstance(context, int) or context < 2:
             return input_schema
-        most = min(context - 1, int(options.get("max_tokens_limit", 1024)))
-        if not input_schema:
-            return text_generation_schema(most)
-        properties = input_schema.get("properties")
-        if not isinstance(properties, dict):
-            return input_schema
-        declared = properties.get("max_tokens")
-        if not isinstance(declared, dict) or declared.get("maximum", most + 1) <= most:
-            return input_schema
-        bounded = {**declared, "maximum": most}
-        return {**input_schema, "properties": {**properties, "max_tokens": bounded}}
+        return bound_max_tokens(input_schema, context, options)
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -147,40 +134,15 @@ class OnnxTextgenRuntime(Runtime):
         return ids
 
     def check(self, item: Item) -> Item:
-        """The prompt and the completion share the context window: a prompt that fills it, or
-        an explicit ``max_tokens`` that does not fit after the prompt, is a 422; without
-        ``max_tokens`` the default completion is cut to what is left. An empty prompt starts
-        from the end-of-text token, as GPT-2 generates unconditional text."""
-        context = self.context
-        tokens = len(self.encode(str(item.get("prompt", ""))))
-        if tokens == 0:
-            if not self.eos_token:
-                raise InvalidInput({"prompt": ["The prompt is empty; this model needs a token."]})
-            item, tokens = {**item, "prompt": self.eos_token}, 1
-        if tokens >= context:
-            raise InvalidInput(
-                {
-                    "prompt": [
-                        f"The prompt is {tokens} tokens; the model's context window is "
-                        f"{context} tokens, and the answer needs at least one of them."
-                    ]
-                }
-            )
-        asked = item.get("max_tokens")
-        if asked is None:
-            wanted = self._settings(item)["max_new_tokens"]
-            return item if tokens + wanted <= context else {**item, "max_tokens": context - tokens}
-        if tokens + int(asked) > context:
-            raise InvalidInput(
-                {
-                    "max_tokens": [
-                        f"The prompt is {tokens} tokens and max_tokens is {asked}: together "
-                        f"they exceed the model's context window of {context} tokens (at most "
-                        f"{context - tokens} here)."
-                    ]
-                }
-            )
-        return item
+        """The context window's rules (:func:`inference.runtimes.text.fit_context`); an empty
+        prompt starts from the end-of-text token."""
+        return fit_context(
+            item,
+            tokens=len(self.encode(str(item.get("prompt", "")))),
+            context=self.context,
+            start_token=self.eos_token,
+            default_new_tokens=self._settings(item)["max_new_tokens"],
+        )
 
     def _settings(self, item: Item) -> dict[str, Any]:
         options = self.spec.options
@@ -247,33 +209,25 @@ class OnnxTextgenRuntime(Runtime):
         prompt = prompt[-max(1, self.context - limit) :]
         limit = min(limit, self.context - len(prompt))
         settings = {**settings, "max_new_tokens": limit}
-        ids: list[int] = []
-        prefix, read = 0, 0  # incremental detokenisation: bytes of one character may span tokens
-        emitted = ""
-        ended = stopped = False
+        pieces = Pieces(
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), item.get("stop")
+        )
+        ended = False
         for token in self.tokens(prompt, settings):
             if token == self.eos:
                 ended = True
                 break
-            ids.append(token)
-            before = self.tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
-            after = self.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-            if len(after) <= len(before) or after.endswith("\ufffd"):
-                continue
-            piece = after[len(before) :]
-            prefix, read = read, len(ids)
-            cut, stopped = cut_at_stop(emitted + piece, item.get("stop"))
-            piece = cut[len(emitted) :]
-            emitted = cut
+            piece = pieces.add(token)
             if piece:
                 yield {"text": piece}
-            if stopped:
+            if pieces.stopped:
                 break
+        done = ended or pieces.stopped or len(pieces.ids) < limit
         yield {
-            "text": emitted,
-            "finish_reason": "stop" if (ended or stopped or len(ids) < limit) else "length",
+            "text": pieces.text,
+            "finish_reason": "stop" if done else "length",
             "prompt_tokens": len(prompt),
-            "completion_tokens": len(ids),
+            "completion_tokens": len(pieces.ids),
         }
 
 

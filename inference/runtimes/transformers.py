@@ -47,14 +47,13 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from inference.runtimes.base import (
-    InvalidInput,
     Item,
     Runtime,
     RuntimeUnavailable,
-    cut_at_stop,
     engine_installed,
     torch_device,
 )
+from inference.runtimes.text import Pieces, bound_max_tokens, cut_at_stop, fit_context
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +61,6 @@ EXTRA_HINT = "install with pip install -r requirements-models-extra.txt"
 _DONE = object()
 # What the config of a model names its context window (positions), in the order looked at.
 _CONTEXT_KEYS = ("n_positions", "max_position_embeddings")
-
-
-def text_generation_schema(max_tokens: int) -> dict[str, Any]:
-    """The input schema of a text-generation version: the fields this runtime reads, with
-    ``max_tokens`` bounded by what the model can generate (its context window less one
-    prompt token, or ``max_tokens_limit``)."""
-    return {
-        "type": "object",
-        "properties": {
-            "prompt": {"type": "string", "minLength": 0, "maxLength": 20000},
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": max_tokens},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
-            "messages": {"type": "array", "items": {"type": "object"}, "maxItems": 256},
-        },
-        "required": ["prompt"],
-    }
 
 
 class TransformersRuntime(Runtime):
@@ -107,25 +88,14 @@ class TransformersRuntime(Runtime):
         cls, options: dict[str, Any], artifact: IO[bytes] | None, input_schema: dict[str, Any]
     ) -> dict[str, Any]:
         """A causal model's context window (from its ``config.json``, read without torch)
-        bounds ``max_tokens``: an empty schema becomes :func:`text_generation_schema`, a
-        declared ``max_tokens`` gets that maximum at most."""
+        bounds ``max_tokens`` (:func:`inference.runtimes.text.bound_max_tokens`)."""
         config = _read_config(artifact, options.get("path"))
         if config is None or _is_seq2seq(config, options):
             return input_schema
         context = _context_of(config)
         if context is None:
             return input_schema
-        most = min(context - 1, int(options.get("max_tokens_limit", 1024)))
-        if not input_schema:
-            return text_generation_schema(most)
-        properties = input_schema.get("properties")
-        if not isinstance(properties, dict):
-            return input_schema
-        declared = properties.get("max_tokens")
-        if not isinstance(declared, dict) or declared.get("maximum", most + 1) <= most:
-            return input_schema
-        bounded = {**declared, "maximum": most}
-        return {**input_schema, "properties": {**properties, "max_tokens": bounded}}
+        return bound_max_tokens(input_schema, context, options)
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -215,44 +185,18 @@ class TransformersRuntime(Runtime):
     # --- generation ---------------------------------------------------------------------------
 
     def check(self, item: Item) -> Item:
-        """A causal model's prompt and completion share its context window: a prompt that
-        fills it, or an explicit ``max_tokens`` that does not fit after the prompt, is a 422
-        (the engine would fail on it); without ``max_tokens`` the default completion is cut to
-        what is left. An empty prompt starts from the tokenizer's BOS (or EOS) token, as GPT-2
-        generates unconditional text."""
+        """A causal model's context window rules (:func:`inference.runtimes.text.fit_context`:
+        the engine would fail past it); an empty prompt starts from the tokenizer's BOS (or EOS)
+        token."""
         if self.seq2seq or self.max_positions is None:
             return item
-        context = self.max_positions
-        tokens = len(self.tokenizer(self._prompt(item))["input_ids"])
-        if tokens == 0:
-            start = self.tokenizer.bos_token or self.tokenizer.eos_token
-            if not start:
-                raise InvalidInput({"prompt": ["The prompt is empty; this model needs a token."]})
-            item, tokens = {**item, "prompt": start}, 1
-        if tokens >= context:
-            raise InvalidInput(
-                {
-                    "prompt": [
-                        f"The prompt is {tokens} tokens; the model's context window is "
-                        f"{context} tokens, and the answer needs at least one of them."
-                    ]
-                }
-            )
-        asked = item.get("max_tokens")
-        if asked is None:
-            wanted = self._settings(item)["max_new_tokens"]
-            return item if tokens + wanted <= context else {**item, "max_tokens": context - tokens}
-        if tokens + int(asked) > context:
-            raise InvalidInput(
-                {
-                    "max_tokens": [
-                        f"The prompt is {tokens} tokens and max_tokens is {asked}: together "
-                        f"they exceed the model's context window of {context} tokens (at most "
-                        f"{context - tokens} here)."
-                    ]
-                }
-            )
-        return item
+        return fit_context(
+            item,
+            tokens=len(self.tokenizer(self._prompt(item))["input_ids"]),
+            context=self.max_positions,
+            start_token=self.tokenizer.bos_token or self.tokenizer.eos_token,
+            default_new_tokens=self._settings(item)["max_new_tokens"],
+        )
 
     def _settings(self, item: Item) -> dict[str, Any]:
         options = self.spec.options
@@ -385,35 +329,26 @@ class TransformersRuntime(Runtime):
 
         worker = threading.Thread(target=run, name=f"generate-{self.spec.label}", daemon=True)
         worker.start()
-        ids: list[int] = []
         eos = self._eos()
         decoder_start = self._decoder_start() if self.seq2seq else None
-        prefix, read = 0, 0  # incremental detokenisation: bytes of one character may span tokens
-        emitted = ""
-        ended = stopped = False
+        pieces = Pieces(
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), item.get("stop")
+        )
+        ended = False
         try:
             while True:
                 token = tokens.get()
                 if token is _DONE:
                     break
-                if not ids and token == decoder_start:
+                if not pieces.ids and token == decoder_start:
                     continue
                 if token in eos:
                     ended = True
                     continue
-                ids.append(token)
-                before = self.tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
-                after = self.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-                if len(after) <= len(before) or after.endswith("\ufffd"):
-                    continue
-                piece = after[len(before) :]
-                prefix, read = read, len(ids)
-                cut, stopped = cut_at_stop(emitted + piece, item.get("stop"))
-                piece = cut[len(emitted) :]
-                emitted = cut
+                piece = pieces.add(token)
                 if piece:
                     yield {"text": piece}
-                if stopped:
+                if pieces.stopped:
                     stop.set()
                     break
         finally:
@@ -423,12 +358,12 @@ class TransformersRuntime(Runtime):
             worker.join()
         if failure:
             raise failure[0]
-        limit = settings["max_new_tokens"]
+        done = ended or pieces.stopped or len(pieces.ids) < settings["max_new_tokens"]
         yield {
-            "text": emitted,
-            "finish_reason": "stop" if (ended or stopped or len(ids) < limit) else "length",
+            "text": pieces.text,
+            "finish_reason": "stop" if done else "length",
             "prompt_tokens": int(encoded["attention_mask"][0].sum()),
-            "completion_tokens": len(ids),
+            "completion_tokens": len(pieces.ids),
         }
 
 
