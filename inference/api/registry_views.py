@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -103,48 +103,49 @@ def _version(name: str, version: str) -> ModelVersion:
         raise exceptions.NotFound(exc.messages[0]) from exc
 
 
-class ActivateView(APIView):
-    """Activate a version (run on example inputs first)."""
+class _VersionChangeView(APIView):
+    """A change of one version by its service (``change``), checked and answered alike."""
 
     permission_classes = [IsRegistryOperator]
+    change: Callable[..., Any]
 
-    @extend_schema(
+    def post(self, request: Request, name: str, version: str) -> Response:
+        target = _version(name, version)
+        change = type(self).change
+        return _answer(
+            request,
+            name,
+            ChangeSerializer,
+            lambda data, actor: change(
+                version=target, actor=actor, skip_check=data.get("skip_check")
+            ),
+        )
+
+
+@extend_schema_view(
+    post=extend_schema(
         operation_id="models_versions_activate",
         request=ChangeSerializer,
         responses=ChangeResponseSerializer,
     )
-    def post(self, request: Request, name: str, version: str) -> Response:
-        target = _version(name, version)
-        return _answer(
-            request,
-            name,
-            ChangeSerializer,
-            lambda data, actor: services.version_activate(
-                version=target, actor=actor, skip_check=data.get("skip_check")
-            ),
-        )
+)
+class ActivateView(_VersionChangeView):
+    """Activate a version (run on example inputs first)."""
+
+    change = services.version_activate
 
 
-class PromoteView(APIView):
-    """Make a version stable with all the traffic (checked first when it serves none)."""
-
-    permission_classes = [IsRegistryOperator]
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         operation_id="models_versions_promote",
         request=ChangeSerializer,
         responses=ChangeResponseSerializer,
     )
-    def post(self, request: Request, name: str, version: str) -> Response:
-        target = _version(name, version)
-        return _answer(
-            request,
-            name,
-            ChangeSerializer,
-            lambda data, actor: services.version_promote(
-                version=target, actor=actor, skip_check=data.get("skip_check")
-            ),
-        )
+)
+class PromoteView(_VersionChangeView):
+    """Make a version stable with all the traffic (checked first when it serves none)."""
+
+    change = services.version_promote
 
 
 class WeightsView(APIView):
