@@ -21,7 +21,6 @@ covers a model whose web processes went idle or restarted.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -34,6 +33,7 @@ from inference.catalog import version_health
 from inference.models import Model, ModelVersion
 from inference.rules.canary_policy import Policy, policy_parse
 from plumbing.metrics import CANARY_ROLLBACKS
+from plumbing.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -138,35 +138,32 @@ def evaluate_all(names: set[str] | None = None) -> list[str]:
 
 _watched: dict[str, float] = {}  # model name -> when its routing table last asked (monotonic)
 _watched_lock = threading.Lock()
-_watcher_pid: int | None = None
 
 
 def watch(name: str) -> None:
     """Judge ``name`` in this process about once a second while it keeps being routed (its
     routing table was loaded with a policy and a canary)."""
-    global _watcher_pid  # the process that owns the running watcher
     with _watched_lock:
         _watched[name] = time.monotonic()
-        if _watcher_pid == os.getpid():
-            return
-        _watcher_pid = os.getpid()
-    threading.Thread(target=_watch_forever, name="canary-watch", daemon=True).start()
+    if not _watcher.started:
+        _watcher.start()
 
 
-def _watch_forever() -> None:
-    while True:
-        time.sleep(settings.INFERENCE_CANARY_INTERVAL_SECONDS)
-        now = time.monotonic()
-        with _watched_lock:
-            for name in [n for n, at in _watched.items() if now - at > WATCH_SECONDS]:
-                del _watched[name]
-            names = set(_watched)
-        if not names:
-            connections.close_all()  # this thread's: an idle watcher holds no connection
-            continue
-        try:
-            evaluate_all(names)
-        except Exception:  # the watcher outlives a database or cache hiccup; next turn retries
-            log.exception("canary watch: judging %s failed", sorted(names))
-        finally:
-            close_old_connections()  # a thread of its own: no connection outlives its age
+def _watch_once() -> None:
+    now = time.monotonic()
+    with _watched_lock:
+        for name in [n for n, at in _watched.items() if now - at > WATCH_SECONDS]:
+            del _watched[name]
+        names = set(_watched)
+    if not names:
+        connections.close_all()  # this thread's: an idle watcher holds no connection
+        return
+    try:
+        evaluate_all(names)
+    except Exception:  # the watcher outlives a database or cache hiccup; next turn retries
+        log.exception("canary watch: judging %s failed", sorted(names))
+    finally:
+        close_old_connections()  # a thread of its own: no connection outlives its age
+
+
+_watcher = Periodic("canary-watch", lambda: settings.INFERENCE_CANARY_INTERVAL_SECONDS, _watch_once)

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from inference.rules.canary_policy import HEALTH_RETENTION_SECONDS
 from inference.rules.outcome_kinds import COUNTED, FAILURES, INPUT_ERROR, OK, OUTCOMES
 from plumbing.metrics import INFERENCE_OUTCOMES
+from plumbing.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,6 @@ _errors: dict[int, list[_Error]] = {}
 _labels: dict[int, tuple[str, str]] = {}
 _lock = threading.Lock()
 _flushing = threading.Lock()  # held by a flush from taking the buffer until it is written
-_flusher_started = False  # in this process (a forked child starts its own)
 
 
 def record(
@@ -125,8 +125,8 @@ def record(
             bucket.callers.add(caller)
         if error:
             _errors.setdefault(version_id, []).append((now, error[:ERROR_MAX_CHARS], outcome))
-    if not _flusher_started:
-        _start_flusher()
+    if not _flusher.started:
+        _flusher.start()
 
 
 def flush() -> None:
@@ -371,21 +371,10 @@ def _dropped(count: int) -> None:
         log.warning("version health: the cache is unreachable; %d outcome(s) dropped", count)
 
 
-def _start_flusher() -> None:
-    """One flusher thread per process."""
-    global _flusher_started  # one flusher per process
-    with _lock:
-        if _flusher_started:
-            return
-        _flusher_started = True
-    threading.Thread(target=_flush_forever, name="version-health", daemon=True).start()
-
-
 def _forked() -> None:
     """A forked child (gunicorn's workers) has no flusher and must not flush its parent's
     buffer a second time."""
-    global _flusher_started, _lock, _flushing  # this process's own, from here on
-    _flusher_started = False
+    global _lock, _flushing  # this process's own, from here on
     _lock, _flushing = threading.Lock(), threading.Lock()
     _pending.clear()
     _errors.clear()
@@ -394,17 +383,5 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def _flush_forever() -> None:
-    while True:
-        time.sleep(FLUSH_SECONDS)
-        _flush_logged()
-
-
-def _flush_logged() -> None:
-    try:
-        flush()
-    except Exception:  # the flusher outlives one bad flush; the next one retries
-        log.exception("version health: flush failed")
-
-
-atexit.register(_flush_logged)  # a process that stops keeps its last second of outcomes
+_flusher = Periodic("version-health", FLUSH_SECONDS, flush)
+atexit.register(_flusher.run_once)  # a process that stops keeps its last second of outcomes

@@ -27,9 +27,7 @@ import atexit
 import functools
 import logging
 import math
-import os
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from plumbing.metrics import (
     SHADOW_LATENCY,
     SHADOW_REQUESTS,
 )
+from plumbing.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +277,6 @@ class _Tally:
 
 _tallies: dict[int, _Tally] = {}
 _tallies_lock = threading.Lock()
-_flusher_pid: int | None = None
-_flusher_lock = threading.Lock()
 
 
 def _tally(pair: _Pair) -> _Tally:
@@ -288,8 +285,8 @@ def _tally(pair: _Pair) -> _Tally:
     found = _tallies.get(pair.shadow.id)
     if found is None:
         found = _tallies[pair.shadow.id] = _Tally(model=pair.model, version=pair.shadow.version)
-    if _flusher_pid != os.getpid():
-        _start_flusher()
+    if not _flusher.started:
+        _flusher.start()
     return found
 
 
@@ -460,27 +457,5 @@ def _summary(found: dict[str, float]) -> ShadowReport:
     )
 
 
-def _start_flusher() -> None:
-    """One flusher thread per process (a forked child starts its own)."""
-    global _flusher_pid  # the process that owns the running flusher
-    with _flusher_lock:
-        if _flusher_pid == os.getpid():
-            return
-        _flusher_pid = os.getpid()
-    threading.Thread(target=_flush_forever, name="shadow-compare", daemon=True).start()
-
-
-def _flush_forever() -> None:
-    while True:
-        time.sleep(FLUSH_SECONDS)
-        _flush_logged()
-
-
-def _flush_logged() -> None:
-    try:
-        flush()
-    except Exception:  # the flusher outlives one bad flush; the next one retries
-        log.exception("shadow comparison: flush failed")
-
-
-atexit.register(_flush_logged)  # a process that stops keeps its last second of comparisons
+_flusher = Periodic("shadow-compare", FLUSH_SECONDS, flush)
+atexit.register(_flusher.run_once)  # a process that stops keeps its last second of comparisons
