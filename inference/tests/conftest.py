@@ -23,7 +23,7 @@ from inference.registry.services import version_register
 from inference.rules import breaker
 from inference.rules.input_schema import validator_for
 from inference.tests.fakes import DOUBLER, X_SCHEMA, Doubler
-from inference.transport import admission, dispatch, lane, replies, shadows, streams
+from inference.transport import admission, dispatch, lane, replies, shadows
 from inference.transport.lane import Lane, alive_key, held_key, lane_key
 from inference.transport.redis_client import client
 from inference.worker import predict
@@ -36,7 +36,6 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     settings.MEDIA_ROOT = str(tmp_path / "media")
     predict.model_cache().clear()
     predict._specs.clear()
-    streams._specs.clear()
     admission._local.clear()
     replies._local._box.clear()
     selectors._forget_all()
@@ -53,7 +52,6 @@ def _isolated_inference(settings: Any, tmp_path: Any) -> Iterator[None]:
     version_health.discard()
     predict.model_cache().clear()
     predict._specs.clear()
-    streams._specs.clear()
     selectors._forget_all()
     breaker.forget_breakers()
 

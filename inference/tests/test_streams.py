@@ -221,7 +221,7 @@ def test_cancelling_mid_stream_stops_the_worker_within_a_token(tenant, tiny_lm) 
     started = _start(version, tenant, item)
     stream_log = get_log()
     # Loaded here: the producer thread must not query the test's (transactional) database.
-    predict.model_cache().get(streams._spec(version.pk))
+    predict.model_cache().get(predict.version_spec(version.pk))
     producer = threading.Thread(
         target=streams.stream_run,
         kwargs={

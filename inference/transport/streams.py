@@ -21,22 +21,18 @@ ends with ``end`` ``{"reason": "cancelled"}``. Failures end with ``error`` then 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import TTLCache
 from celery import current_app as app
 from django.conf import settings
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 
-from inference.catalog import selectors
-from inference.catalog.router import NoRoute, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
 from inference.rules.breaker import CircuitBreaker
@@ -67,11 +63,6 @@ class Started:
     deadline: float
 
 
-def _deadline(timeout_ms: int | None) -> float:
-    ms = timeout_ms or settings.INFERENCE_DEFAULT_TIMEOUT_MS
-    return time.time() + min(ms, settings.INFERENCE_MAX_TIMEOUT_MS) / 1000
-
-
 def stream_start(
     *,
     model: Model | RoutingTable,
@@ -90,20 +81,7 @@ def stream_start(
     while it is fresh)."""
     if kind not in KINDS:
         raise ValueError(f"unknown stream kind {kind!r}")
-    table = model if isinstance(model, RoutingTable) else selectors.routing_table(model.name)
-    if table is None:
-        raise unary_flow.ModelUnavailable(f"{model.name} has no version taking traffic")
-    sticky_key = str(tenant.pk) if (tenant is not None and table.sticky_routing) else None
-    try:
-        plan = route(
-            table.name,
-            table.candidates,
-            version=version,
-            sticky_key=sticky_key,
-            breaker=CircuitBreaker(),
-        )
-    except NoRoute as exc:
-        raise unary_flow.unroutable(exc) from exc
+    table, plan = unary_flow.pick_route(model, tenant, version, CircuitBreaker())
     chosen = table.versions[plan.primary.id]
     payloads = []
     field = "input" if kind != ANALYSIS or len(items) == 1 else "inputs"
@@ -114,7 +92,7 @@ def stream_start(
             key = field if field == "input" else f"inputs[{index}]"
             raise exceptions.ValidationError({key: exc.detail}) from exc
     require_worker(chosen.queue)  # 503 no-worker rather than a stream nothing will write
-    deadline = _deadline(timeout_ms)
+    deadline = unary_flow.deadline_for(timeout_ms)
     stream_id = f"inf-{uuid.uuid4().hex}"
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
     inference_stream = task_named("inference_stream")  # inference.tasks
@@ -184,19 +162,6 @@ def stream_cancel(stream_id: str) -> None:
 
 # --- worker side ------------------------------------------------------------------------------
 
-_specs: TTLCache[int, VersionSpec] = TTLCache(maxsize=1024, ttl=30)
-_specs_lock = threading.Lock()
-
-
-def _spec(version_id: int) -> VersionSpec:
-    with _specs_lock:
-        spec = _specs.get(version_id)
-    if spec is None:
-        spec = selectors.version_spec(version_id)
-        with _specs_lock:
-            _specs[version_id] = spec
-    return spec
-
 
 class _Stop(Exception):
     def __init__(self, reason: str) -> None:
@@ -222,7 +187,7 @@ def stream_run(
             return
         if time.time() >= deadline + predict.load_grace(version_id):
             raise _Stop("timeout")
-        spec = _spec(version_id)
+        spec = predict.version_spec(version_id)
         asked = time.monotonic()
         loaded = predict.model_cache().get(spec)
         # A stream that waited for its model's load gets the load allowance on top.

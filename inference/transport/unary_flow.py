@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 
 from inference.catalog import selectors, version_health
-from inference.catalog.router import NoRoute, NotServed, route
+from inference.catalog.router import NoRoute, NotServed, Route, route
 from inference.catalog.selectors import RoutingTable
 from inference.models import Model
 from inference.rules import outcome_kinds
@@ -126,9 +126,36 @@ class Answer:
         }
 
 
-def _deadline(timeout_ms: int | None) -> float:
+def deadline_for(timeout_ms: int | None) -> float:
+    """The wall-clock deadline of a request asking ``timeout_ms`` (the default when None,
+    ``INFERENCE_MAX_TIMEOUT_MS`` at most)."""
     ms = timeout_ms or settings.INFERENCE_DEFAULT_TIMEOUT_MS
     return time.time() + min(ms, settings.INFERENCE_MAX_TIMEOUT_MS) / 1000
+
+
+def pick_route(
+    model: Model | RoutingTable,
+    tenant: Tenant | None,
+    version: str | None,
+    breaker: CircuitBreaker,
+) -> tuple[RoutingTable, Route]:
+    """The routing table of ``model`` and the route a request takes (pinned ``version``,
+    the tenant's sticky point, past open circuits); the API's 503/422 when there is none."""
+    table = model if isinstance(model, RoutingTable) else selectors.routing_table(model.name)
+    if table is None:
+        raise ModelUnavailable(f"{model.name} has no version taking traffic")
+    sticky_key = str(tenant.pk) if (tenant is not None and table.sticky_routing) else None
+    try:
+        plan = route(
+            table.name,
+            table.candidates,
+            version=version,
+            sticky_key=sticky_key,
+            breaker=breaker,
+        )
+    except NoRoute as exc:
+        raise unroutable(exc) from exc
+    return table, plan
 
 
 @dataclass(frozen=True)
@@ -157,21 +184,8 @@ def _plan(
     started = time.perf_counter()
     # Always our own id: the reply channel must not be addressable by a client-chosen id.
     request_id = uuid.uuid4().hex
-    table = model if isinstance(model, RoutingTable) else selectors.routing_table(model.name)
-    if table is None:
-        raise ModelUnavailable(f"{model.name} has no version taking traffic")
     breaker = CircuitBreaker()
-    sticky_key = str(tenant.pk) if (tenant is not None and table.sticky_routing) else None
-    try:
-        plan = route(
-            table.name,
-            table.candidates,
-            version=version,
-            sticky_key=sticky_key,
-            breaker=breaker,
-        )
-    except NoRoute as exc:
-        raise unroutable(exc) from exc
+    table, plan = pick_route(model, tenant, version, breaker)
     chosen = table.versions[plan.primary.id]
     try:
         payload = chosen.validator.validate(data)
@@ -184,7 +198,7 @@ def _plan(
         shadows=tuple(table.versions[shadow.id] for shadow in plan.shadows),
         failed_over=plan.failed_over_from is not None,
         payload=payload,
-        deadline=_deadline(timeout_ms),
+        deadline=deadline_for(timeout_ms),
         breaker=breaker,
         started=started,
         caller=str(tenant.pk) if tenant is not None else None,
