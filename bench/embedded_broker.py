@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testing.processes import free_port, running  # noqa: E402
+from testing.processes import free_port, manage, running  # noqa: E402
 
 PIXELS = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0]
 PIXELS += [0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0]
@@ -60,19 +59,6 @@ def _env(tmp: Path, spool: bool) -> dict[str, str]:
     return env
 
 
-def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def _latencies(base: str, key: str, n: int) -> list[float]:
     body = {"input": {"pixels": PIXELS}}
     with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
@@ -92,7 +78,7 @@ def _job_seconds(
     """Seconds from starting ``submitjob`` to the job's end, and from the command's exit (the
     job queued) to its end; infinite past ``cap``."""
     started = time.perf_counter()
-    job_id = _manage(env, "submitjob", str(file), "--model", "sentiment")
+    job_id = manage(env, "submitjob", str(file), "--model", "sentiment")
     queued = time.perf_counter()
     with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=10) as client:
         while time.perf_counter() - started < cap:
@@ -124,8 +110,8 @@ def main() -> int:
     results: dict[str, Any] = {"requests": args.requests, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        _manage(_env(tmp, True), "migrate", "--no-input", "-v0")
-        key = _manage(_env(tmp, True), "demo")
+        manage(_env(tmp, True), "migrate", "--no-input", "-v0", timeout=600)
+        key = manage(_env(tmp, True), "demo", timeout=600)
         lines = [json.dumps({"text": f"I like item {n} a lot"}) for n in range(20)]
         (tmp / "job.jsonl").write_text("\n".join(lines) + "\n")
         per: dict[str, list[dict[str, float]]] = {"memory": [], "spool": []}
