@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from testing.processes import free_port, manage, own_database, running, server_env
+from testing.processes import (
+    free_port,
+    manage,
+    migrate_with_static,
+    own_database,
+    running,
+    server_env,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -36,19 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, 
             STATIC_ROOT=str(tmp / "static"),
             DEMO_KEY_FILE=str(tmp / "demo-key"),
         )
-        manage(env, "migrate", "--no-input", "-v0")
-        # Without DEBUG on PostgreSQL + Redis the pages need collected static files (as the
-        # image has); the API docs' and DRF's are left out (minutes to compress).
-        manage(
-            env,
-            "collectstatic",
-            "--no-input",
-            "-v0",
-            "--ignore",
-            "drf_spectacular_sidecar",
-            "--ignore",
-            "rest_framework",
-        )
+        migrate_with_static(env)
         manage(env, "createtenant", "Demo", "--rpm", "1000")
         key = manage(env, "createapikey", "--tenant", "demo", "--scopes", "infer")
         (tmp / "demo-key").write_text(key + "\n")

@@ -9,7 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testing.processes import free_port, manage, own_database, running, server_env
+from testing.processes import (
+    free_port,
+    manage,
+    migrate_with_static,
+    own_database,
+    running,
+    server_env,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -25,19 +32,7 @@ def server(tmp_path):
         env = server_env(
             url, DJANGO_SUPERUSER_PASSWORD="correct-horse-9", STATIC_ROOT=str(tmp_path / "static")
         )
-        manage(env, "migrate", "--no-input", "-v0")
-        # As the production image does, less the API docs' and DRF's files this page never
-        # loads (compressing those takes minutes on a busy machine).
-        manage(
-            env,
-            "collectstatic",
-            "--no-input",
-            "-v0",
-            "--ignore",
-            "drf_spectacular_sidecar",
-            "--ignore",
-            "rest_framework",
-        )
+        migrate_with_static(env)
         manage(env, "createtenant", "Acme", "--rpm", "1000")
         manage(env, "createsuperuser", "--no-input", "--username", "ops", "--email", "o@x.io")
         key = manage(env, "createapikey", "--tenant", "acme")
