@@ -158,5 +158,7 @@ def test_late_items_are_kept_only_while_they_wait_for_a_load(settings: Any) -> N
     assert predict.load_grace(version.pk, since=time.monotonic(), loaded=loaded) == 0
     assert predict.load_grace(version.pk) == 0
     assert loading.in_progress(version.pk)  # for a moment after: the answers are on their way
+    assert loading.in_progress(version.pk, since=time.time() - 5)  # a request it held up
+    assert not loading.in_progress(version.pk, since=time.time())  # one that came after
     time.sleep(loading.LINGER_SECONDS + 0.1)
     assert not loading.in_progress(version.pk)

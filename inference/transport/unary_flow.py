@@ -171,6 +171,7 @@ class _Planned:
     deadline: float
     breaker: CircuitBreaker
     started: float
+    arrived: float  # wall clock, as the loading marks say when a load ended
     caller: str | None  # the tenant, as the breaker and the health stats count callers
 
 
@@ -201,6 +202,7 @@ def _plan(
         deadline=deadline_for(timeout_ms),
         breaker=breaker,
         started=started,
+        arrived=time.time(),
         caller=str(tenant.pk) if tenant is not None else None,
     )
 
@@ -256,7 +258,7 @@ def _loading(planned: _Planned) -> bool:
     unanswered): then it may wait ``INFERENCE_LOAD_ALLOWANCE_SECONDS`` more, and the worker
     runs its late items that waited for the load (:func:`predict_batch`)."""
     try:
-        return loading.in_progress(planned.chosen.id)
+        return loading.in_progress(planned.chosen.id, since=planned.arrived)
     except (RedisError, OSError):
         log.warning("reading the loading mark of version %s failed", planned.chosen.id)
         return False
