@@ -69,6 +69,15 @@ def engine_installed(module: str) -> bool:
     return present
 
 
+def missing_engine(modules: tuple[str, ...], hint: str) -> str | None:
+    """Why a runtime needing ``modules`` cannot serve here (the first one not installed, and
+    ``hint``: how to install it), or None."""
+    for module in modules:
+        if not engine_installed(module):
+            return f"unavailable: {module} is not installed — {hint}"
+    return None
+
+
 def forget_engines() -> None:
     """Look for every engine afresh (tests)."""
     with _found_lock:

@@ -27,10 +27,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from inference.runtimes import kserve_codec
-from inference.runtimes.base import Item, Runtime, UpstreamError, UpstreamUnavailable
+from inference.runtimes import kserve_codec, remote
+from inference.runtimes.base import (
+    Item,
+    Runtime,
+    UpstreamError,
+    UpstreamUnavailable,
+    missing_engine,
+)
 from inference.runtimes.kserve_codec import DATATYPES
-from inference.runtimes.remote import InvalidOptions, RemoteOptions, Upstream, missing_engine
+from inference.runtimes.remote import InvalidOptions, RemoteOptions, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +130,7 @@ class KServeRuntime(Runtime):
 
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
-        reason = missing_engine(cls.engines)
+        reason = missing_engine((*remote.ENGINES, *cls.engines), remote.REMOTE_HINT)
         if reason:
             return reason
         try:

@@ -19,7 +19,7 @@ from inference.runtimes.base import (
     Item,
     Runtime,
     RuntimeUnavailable,
-    engine_installed,
+    missing_engine,
 )
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,7 @@ class OnnxRuntime(Runtime):
 
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
-        for module in cls.engines:
-            if not engine_installed(module):
-                return f"unavailable: {module} is not installed — {INSTALL_HINT}"
-        return None
+        return missing_engine(cls.engines, INSTALL_HINT)
 
     def load(self, artifact: bytes | None) -> None:
         reason = self.unavailable(self.spec.options)

@@ -41,7 +41,7 @@ from inference.runtimes.base import (
     Item,
     Runtime,
     RuntimeUnavailable,
-    engine_installed,
+    missing_engine,
 )
 from inference.runtimes.text import Pieces, bound_max_tokens, fit_context
 
@@ -64,10 +64,7 @@ class OnnxTextgenRuntime(Runtime):
 
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
-        for module in cls.engines:
-            if not engine_installed(module):
-                return f"unavailable: {module} is not installed — {INSTALL_HINT}"
-        return None
+        return missing_engine(cls.engines, INSTALL_HINT)
 
     @classmethod
     def on_register(

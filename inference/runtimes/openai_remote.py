@@ -31,8 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from inference.runtimes.base import Item, Runtime, UpstreamError, UpstreamUnavailable
-from inference.runtimes.remote import InvalidOptions, RemoteOptions, Upstream, missing_engine
+from inference.runtimes import remote
+from inference.runtimes.base import (
+    Item,
+    Runtime,
+    UpstreamError,
+    UpstreamUnavailable,
+    missing_engine,
+)
+from inference.runtimes.remote import InvalidOptions, RemoteOptions, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ class OpenAIRemoteRuntime(Runtime):
 
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
-        reason = missing_engine(cls.engines)
+        reason = missing_engine((*remote.ENGINES, *cls.engines), remote.REMOTE_HINT)
         if reason:
             return reason
         try:

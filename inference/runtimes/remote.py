@@ -40,7 +40,6 @@ from inference.runtimes.base import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    engine_installed,
 )
 from plumbing.metrics import UPSTREAM_CALLS, UPSTREAM_DURATION
 
@@ -60,13 +59,6 @@ _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
 
 class InvalidOptions(ValueError):
     """runtime_options that cannot work; the message names the option."""
-
-
-def missing_engine(extra: tuple[str, ...] = ()) -> str | None:
-    for module in (*ENGINES, *extra):
-        if not engine_installed(module):
-            return f"unavailable: {module} is not installed — {REMOTE_HINT}"
-    return None
 
 
 def _number(options: dict[str, Any], name: str, default: float, low: float, high: float) -> float:

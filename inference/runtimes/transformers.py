@@ -50,7 +50,7 @@ from inference.runtimes.base import (
     Item,
     Runtime,
     RuntimeUnavailable,
-    engine_installed,
+    missing_engine,
     torch_device,
 )
 from inference.runtimes.text import Pieces, bound_max_tokens, cut_at_stop, fit_context
@@ -75,9 +75,9 @@ class TransformersRuntime(Runtime):
 
     @classmethod
     def unavailable(cls, options: dict[str, Any]) -> str | None:
-        for module in cls.engines:
-            if not engine_installed(module):
-                return f"unavailable: {module} is not installed — {EXTRA_HINT}"
+        missing = missing_engine(cls.engines, EXTRA_HINT)
+        if missing:
+            return missing
         task = options.get("task")
         if task not in (None, "causal-lm", "seq2seq"):
             return f"unavailable: runtime_options.task must be causal-lm or seq2seq, not {task!r}"
